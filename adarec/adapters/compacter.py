@@ -1,0 +1,74 @@
+"""Compacter (Mahabadi et al. 2021): a bottleneck adapter whose projections are PHM layers.
+
+A PHM weight is a sum of Kronecker products, ``W = sum_i A_i (x) B_i`` with ``n`` "rule" matrices
+``A_i`` (n x n) that are shared by every PHM layer of the adapter set, and per-layer ``B_i`` that
+are rank-r factorised, ``B_i = s_i t_i^T``. Unlike the paper's research code we keep the skip
+connection: ``y' = y + s * up(act(down(y)))``; with ``up``'s ``s`` factors at zero the adapter is
+the identity at initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ..errors import SpecError
+from .bottleneck import BottleneckAdapter
+
+
+class PHMLinear(nn.Module):
+    """``x @ W + b`` with ``W = sum_i kron(rule[i], s[i] @ t[i])``, W of shape (d_in, d_out)."""
+
+    def __init__(
+        self, d_in: int, d_out: int, n: int, rank: int, rule: nn.Parameter | None,
+        zero_init: bool = False,
+    ) -> None:
+        super().__init__()
+        for dim, what in ((d_in, "input"), (d_out, "output")):
+            if dim % n:
+                raise SpecError(
+                    f"AdapterSpec.phm_dim={n} must divide the Compacter {what} size {dim}"
+                )
+        self.n, self.d_in, self.d_out = n, d_in, d_out
+        self.rule = rule if rule is not None else new_rule(n)
+        self.s = nn.Parameter(torch.empty(n, d_in // n, rank))
+        self.t = nn.Parameter(torch.empty(n, rank, d_out // n))
+        self.bias = nn.Parameter(torch.zeros(d_out))
+        bound = 1.0 / math.sqrt(d_in)
+        nn.init.uniform_(self.t, -1.0, 1.0)
+        if zero_init:
+            nn.init.zeros_(self.s)
+        else:
+            nn.init.uniform_(self.s, -bound, bound)
+
+    def weight(self) -> torch.Tensor:
+        b = self.s @ self.t  # (n, d_in/n, d_out/n)
+        w = torch.einsum("nab,ncd->acbd", self.rule, b)
+        return rearrange(w, "a c b d -> (a c) (b d)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight() + self.bias
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_out={self.d_out}, n={self.n}, rank={self.s.shape[-1]}"
+
+
+def new_rule(n: int) -> nn.Parameter:
+    return nn.Parameter(torch.randn(n, n, n) * (1.0 / n))
+
+
+def build_compacter(spec: Any, d_in: int, d_out: int, shared: dict[str, Any]) -> BottleneckAdapter:
+    n, r = spec.phm_dim, spec.phm_rank
+    k = spec.bottleneck_for(d_out)
+    if k % n:
+        raise SpecError(f"Compacter bottleneck {k} must be divisible by phm_dim={n}")
+    rule = None
+    if spec.shared_phm_rule:
+        rule = shared.setdefault("phm_rule", new_rule(n))
+    down = PHMLinear(d_out, k, n, r, rule)
+    up = PHMLinear(k, d_out, n, r, rule, zero_init=True)
+    return BottleneckAdapter(down, up, spec.activation, spec.dropout, spec.scaling)

@@ -1,0 +1,70 @@
+"""LoRA (Hu et al. 2021): ``y' = W x + b + (alpha / r) * B A drop(x)``, beside the frozen weight.
+
+The pre-trained weight is kept and frozen (the paper's research code replaced it), ``B`` starts at
+zero so the layer is the identity at initialisation, and `merge` folds ``(alpha/r) B A`` into the
+base weight for inference (`unmerge` takes it out again).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import AdapterStateError
+from .base import AdapterLayer
+
+
+class LoRAAdapter(AdapterLayer):
+    def __init__(self, d_in: int, d_out: int, r: int, alpha: float, dropout: float) -> None:
+        super().__init__()
+        self.lora_A = nn.Linear(d_in, r, bias=False)
+        self.lora_B = nn.Linear(r, d_out, bias=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.dropout = nn.Dropout(dropout)
+        self.scaling = alpha / r
+        self.merged = False
+
+    def forward(self, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return y
+        assert x is not None
+        return y + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        """``(alpha/r) B A`` in nn.Linear's (out, in) orientation."""
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+
+    @torch.no_grad()
+    def merge(self, base: nn.Module) -> None:
+        if self.merged:
+            raise AdapterStateError(f"LoRA set {self.set_name!r} is already merged")
+        _base_weight(base).add_(_oriented(base, self.delta_weight()))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self, base: nn.Module) -> None:
+        if not self.merged:
+            raise AdapterStateError(f"LoRA set {self.set_name!r} is not merged")
+        _base_weight(base).sub_(_oriented(base, self.delta_weight()))
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"scaling={self.scaling}"
+
+
+def _base_weight(base: nn.Module) -> torch.Tensor:
+    return base.weight.data
+
+
+def _oriented(base: nn.Module, delta: torch.Tensor) -> torch.Tensor:
+    """transformers' Conv1D stores its weight as (in, out), nn.Linear as (out, in)."""
+    delta = delta.to(base.weight.dtype)
+    return delta.T if type(base).__name__ == "Conv1D" else delta
+
+
+def build_lora(spec: Any, d_in: int, d_out: int, shared: dict[str, Any]) -> LoRAAdapter:
+    return LoRAAdapter(d_in, d_out, spec.lora_r, spec.lora_alpha, spec.lora_dropout)

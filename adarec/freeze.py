@@ -1,0 +1,180 @@
+"""Freezing utilities and the trainable-parameter summary.
+
+Adapter parameters are found through the layer protocol (``adapter_params()``), never by guessing
+from names, so a parameter called ``adapter`` in a user's head is not mistaken for one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .adapters.base import is_adapter
+
+_ORIG_FLAGS = "_adarec_requires_grad"
+
+
+def adapter_parameters(model: nn.Module, name: str | None = None) -> dict[str, nn.Parameter]:
+    """Every adapter parameter (of set ``name``, or all sets) by full name, shared ones once."""
+    out: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    for mname, module in model.named_modules():
+        if not is_adapter(module) or (name is not None and module.set_name != name):
+            continue
+        own = dict(module.named_parameters())
+        for rel in module.adapter_params():
+            p = own[rel]
+            if id(p) not in seen:
+                seen.add(id(p))
+                out[f"{mname}.{rel}" if mname else rel] = p
+    return out
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Set ``requires_grad=False`` on every parameter."""
+    _remember_flags(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _is_norm(module: nn.Module) -> bool:
+    cls = type(module).__name__
+    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or cls.endswith(("LayerNorm", "RMSNorm"))
+
+
+def mark_only_adapters_trainable(
+    model: nn.Module, also: str | Iterable[str] = (), names: Iterable[str] | None = None
+) -> nn.Module:
+    """Freeze everything, then unfreeze adapter parameters and the parameters whose full name
+    matches any regex in ``also`` (e.g. ``"LayerNorm"`` or ``"^head\\."``).
+
+    ``names`` limits the adapters to those sets. Norm layers are unfrozen too when an adapter set
+    asks for it (``AdapterSpec.tune_layernorm``, as Houlsby et al. tuned LayerNorms).
+    """
+    patterns = [re.compile(p) for p in ([also] if isinstance(also, str) else list(also))]
+    wanted = None if names is None else set(names)
+    freeze(model)
+    tune_norms = False
+    for module in model.modules():
+        if is_adapter(module) and (wanted is None or module.set_name in wanted):
+            own = dict(module.named_parameters())
+            for rel in module.adapter_params():
+                own[rel].requires_grad_(True)
+            tune_norms |= bool(getattr(module.spec, "tune_layernorm", False))
+    if tune_norms:
+        for module in model.modules():
+            if _is_norm(module):
+                for p in module.parameters(recurse=False):
+                    p.requires_grad_(True)
+    for pname, p in model.named_parameters():
+        if any(rx.search(pname) for rx in patterns):
+            p.requires_grad_(True)
+    return model
+
+
+def _remember_flags(model: nn.Module) -> None:
+    """Keep the pre-adarec ``requires_grad`` flags once, so ejecting can restore them."""
+    if getattr(model, _ORIG_FLAGS, None) is None:
+        flags = {n: p.requires_grad for n, p in model.named_parameters()
+                 if n not in adapter_parameters(model)}
+        object.__setattr__(model, _ORIG_FLAGS, flags)
+
+
+def restore_requires_grad(model: nn.Module) -> None:
+    """Give parameters back the flags they had before adarec first froze ``model``."""
+    flags = getattr(model, _ORIG_FLAGS, None)
+    if flags is None:
+        return
+    for n, p in model.named_parameters():
+        if n in flags:
+            p.requires_grad_(flags[n])
+    object.__delattr__(model, _ORIG_FLAGS)
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters an optimiser should get: ``requires_grad=True``, shared ones once."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+# --------------------------------------------------------------------------------- summary
+@dataclass
+class SummaryRow:
+    group: str
+    module: str
+    trainable: int
+    total: int
+
+
+@dataclass
+class ParameterSummary:
+    """Trainable / total counts grouped by adapter set and module (digits become ``*``)."""
+
+    rows: list[SummaryRow] = field(default_factory=list)
+
+    @property
+    def trainable(self) -> int:
+        return sum(r.trainable for r in self.rows)
+
+    @property
+    def total(self) -> int:
+        return sum(r.total for r in self.rows)
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+    def group_totals(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for r in self.rows:
+            t, a = out.get(r.group, (0, 0))
+            out[r.group] = (t + r.trainable, a + r.total)
+        return out
+
+    def __str__(self) -> str:
+        w = max([len(r.module) for r in self.rows] + [6])
+        g = max([len(r.group) for r in self.rows] + [5])
+        lines = [f"{'group':<{g}}  {'module':<{w}}  {'trainable':>12}  {'total':>12}"]
+        lines.append("-" * len(lines[0]))
+        for r in self.rows:
+            lines.append(f"{r.group:<{g}}  {r.module:<{w}}  {r.trainable:>12,}  {r.total:>12,}")
+        lines.append("-" * len(lines[0]))
+        lines.append(
+            f"{'total':<{g}}  {'':<{w}}  {self.trainable:>12,}  {self.total:>12,}"
+            f"  ({self.percent:.2f}% trainable)"
+        )
+        return "\n".join(lines)
+
+
+def _glob(name: str) -> str:
+    return ".".join("*" if part.isdigit() else part for part in name.split("."))
+
+
+def parameter_summary(model: nn.Module, base_depth: int = 2) -> ParameterSummary:
+    """Group adapter parameters by set and adapted module, the rest ("base") by the first
+    ``base_depth`` name components; each parameter is counted once."""
+    owner: dict[int, tuple[str, str]] = {}
+    for mname, module in model.named_modules():
+        if is_adapter(module):
+            site = mname.rsplit(".adarec_adapters.", 1)[0]
+            for p in module.parameters():
+                owner.setdefault(id(p), (module.set_name, _glob(site)))
+    table: dict[tuple[str, str], list[int]] = {}
+    for pname, p in model.named_parameters():
+        key = owner.get(id(p)) or ("base", _glob(".".join(pname.split(".")[:base_depth])))
+        row = table.setdefault(key, [0, 0])
+        row[0] += p.numel() if p.requires_grad else 0
+        row[1] += p.numel()
+    rows = [SummaryRow(g, m, t, a) for (g, m), (t, a) in table.items()]
+    rows.sort(key=lambda r: (r.group == "base", r.group, r.module))
+    return ParameterSummary(rows)
+
+
+def print_trainable_parameters(model: nn.Module) -> ParameterSummary:
+    """Print (and return) the `parameter_summary` table."""
+    summary = parameter_summary(model)
+    print(summary)
+    return summary
