@@ -11,6 +11,7 @@ its sublayer's entry module to read the sublayer input.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from .layouts import is_linear_like, iter_blocks
 from .spec import AdapterSpec, as_spec, normalise_layers
 
 ADAPTERS_ATTR = "adarec_adapters"
+_injection_counter = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,7 @@ def inject_adapters(
 
     builder = ADAPTER_BUILDERS[spec.method]
     shared: dict[str, Any] = {}
+    order = next(_injection_counter)
     for site, (module, d_in, d_out) in zip(sites, attach, strict=True):
         entry = model.get_submodule(site.entry)
         if spec.method == "parallel" and entry is not module:
@@ -198,7 +201,7 @@ def inject_adapters(
             d_in = entry_dims[0] if entry_dims else d_out
         adapter = builder(spec, d_in, d_out, shared)
         adapter.set_name, adapter.spec = name, spec
-        adapter.site = site
+        adapter.site, adapter.injection_order = site, order
         ref = next((p for p in module.parameters(recurse=False)), None)
         if ref is not None:
             adapter.to(device=ref.device, dtype=ref.dtype)
@@ -237,10 +240,10 @@ def _adapters_of(model: nn.Module, name: str | None) -> list[AdapterLayer]:
 
 def adapter_sets(model: nn.Module) -> dict[str, AdapterSpec]:
     """The adapter sets present in ``model``: name -> spec, in injection order."""
-    out: dict[str, AdapterSpec] = {}
+    out: dict[str, tuple[int, AdapterSpec]] = {}
     for _, _, a in iter_adapters(model):
-        out.setdefault(a.set_name, a.spec)
-    return out
+        out.setdefault(a.set_name, (getattr(a, "injection_order", 0), a.spec))
+    return {n: spec for n, (_, spec) in sorted(out.items(), key=lambda kv: kv[1][0])}
 
 
 def active_adapters(model: nn.Module) -> list[str]:
