@@ -1,0 +1,59 @@
+"""Recommendation side of adarec: interaction data, losses and full-ranking evaluation."""
+
+from __future__ import annotations
+
+from adarec.rec.data import (
+    PAD,
+    EvalCollator,
+    EvalDataset,
+    EvalExample,
+    InteractionData,
+    LeaveOneOutSplit,
+    TrainCollator,
+    TrainDataset,
+    TrainExample,
+    leave_one_out,
+    pad_left,
+    pad_right,
+    sample_negatives,
+    tokenize_item_texts,
+)
+from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
+from adarec.rec.losses import LOSSES, bce_loss, full_softmax_loss, sampled_softmax_loss
+from adarec.rec.metrics import (
+    PopularityRecommender,
+    evaluate_full_ranking,
+    full_ranking_ranks,
+    ranking_metrics,
+    target_ranks,
+    topk_chunked,
+)
+
+__all__ = [
+    "LOSSES",
+    "PAD",
+    "EvalCollator",
+    "EvalDataset",
+    "EvalExample",
+    "InteractionData",
+    "LeaveOneOutSplit",
+    "PopularityRecommender",
+    "TrainCollator",
+    "TrainDataset",
+    "TrainExample",
+    "bce_loss",
+    "evaluate_full_ranking",
+    "full_ranking_ranks",
+    "full_softmax_loss",
+    "leave_one_out",
+    "load_movielens_100k",
+    "load_movielens_latest_small",
+    "pad_left",
+    "pad_right",
+    "ranking_metrics",
+    "sample_negatives",
+    "sampled_softmax_loss",
+    "target_ranks",
+    "tokenize_item_texts",
+    "topk_chunked",
+]

@@ -1,0 +1,79 @@
+"""Training losses for next-item prediction: SASRec BCE, sampled softmax and full softmax."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from adarec.rec.data import PAD
+
+
+def bce_loss(user_repr: Tensor, pos_emb: Tensor, neg_emb: Tensor, mask: Tensor) -> Tensor:
+    """SASRec binary cross-entropy (Kang & McAuley 2018) with ``k`` sampled negatives.
+
+    ``user_repr``/``pos_emb`` are ``[B, L, d]``, ``neg_emb`` ``[B, L, k, d]`` (or ``[B, L, d]``
+    for k = 1), ``mask`` ``[B, L]`` marks real positions. Every negative is its own binary
+    example (summed over k, as in word2vec negative sampling; identical to SASRec for k = 1);
+    the sum is averaged over real positions. Padded positions are dropped before any math, so
+    even NaN there cannot leak into the loss.
+    """
+    if neg_emb.dim() == user_repr.dim():
+        neg_emb = neg_emb.unsqueeze(-2)
+    user = user_repr[mask]
+    pos_logits = (user * pos_emb[mask]).sum(-1)
+    neg_logits = torch.einsum("md,mkd->mk", user, neg_emb[mask])
+    loss = F.binary_cross_entropy_with_logits(
+        pos_logits, torch.ones_like(pos_logits), reduction="sum"
+    ) + F.binary_cross_entropy_with_logits(
+        neg_logits, torch.zeros_like(neg_logits), reduction="sum"
+    )
+    return loss / max(user.size(0), 1)
+
+
+def sampled_softmax_loss(
+    user_repr: Tensor,
+    candidates: Tensor,
+    pos_index: Tensor,
+    logq: Tensor | None = None,
+    temperature: float = 1.0,
+    candidate_ids: Tensor | None = None,
+) -> Tensor:
+    """In-batch sampled softmax over ``candidates`` ``[C, d]``; row m's positive is
+    ``candidates[pos_index[m]]``.
+
+    Logits are ``user_repr @ candidates.T / temperature - logq`` (logQ correction, Yi et al.
+    2019: subtracting each candidate's log sampling probability makes the sampled softmax an
+    unbiased estimate of the full one; only differences matter, so logq may be off by a
+    constant). With ``candidate_ids`` ``[C]``, accidental hits are masked: a candidate with the
+    positive's id at another column (duplicate in-batch items) or the padding item. Typical
+    use: ``ids, pos_index = torch.unique(target_ids, return_inverse=True)``.
+    """
+    logits = user_repr @ candidates.T / temperature
+    if logq is not None:
+        logits = logits - logq
+    if candidate_ids is not None:
+        positive_ids = candidate_ids[pos_index]
+        hit = (candidate_ids.unsqueeze(0) == positive_ids.unsqueeze(1)) | (
+            candidate_ids.unsqueeze(0) == PAD
+        )
+        hit[torch.arange(len(pos_index), device=hit.device), pos_index] = False
+        logits = logits.masked_fill(hit, float("-inf"))
+    return F.cross_entropy(logits, pos_index)
+
+
+def full_softmax_loss(user_repr: Tensor, item_table: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy over every real item: ``item_table`` ``[N + 1, d]``, row 0 (padding) left
+    out of the softmax, ``targets`` ``[M]`` in 1..N."""
+    if targets.numel() and int(targets.min()) < 1:
+        raise ValueError("targets must be item indices >= 1 (0 is the padding item)")
+    return F.cross_entropy(user_repr @ item_table[1:].T, targets - 1)
+
+
+LOSSES: dict[str, Callable[..., Tensor]] = {
+    "bce": bce_loss,
+    "sampled_softmax": sampled_softmax_loss,
+    "full_softmax": full_softmax_loss,
+}

@@ -1,0 +1,157 @@
+"""Encoder step benchmark: forward / training step time and peak memory per adapter method.
+
+A BERT-base-shaped encoder (random weights, 12 x 768 by default), batch 64 x 32 tokens, on the CPU
+threads you give it. Every configuration is timed in the same process, interleaved round by round,
+and reported as the median; ratios are to full fine-tuning measured in the same run, because
+absolute times on a shared machine are noisy. Peak memory (``--memory``) runs each configuration
+in a fresh subprocess and reports the growth of its peak RSS over the model's own footprint.
+
+    python benchmarks/bench_encoder_step.py                 # full size (several minutes on 2 cores)
+    python benchmarks/bench_encoder_step.py --layers 2 --rounds 2   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import BertConfig, BertModel
+
+import adarec
+
+METHODS = ["houlsby", "pfeiffer", "parallel", "compacter", "lora"]
+CONFIGS = ["base forward (frozen)", "full fine-tuning", *METHODS]
+
+
+def build(args: argparse.Namespace, config: str) -> tuple[torch.nn.Module, torch.optim.Optimizer | None]:
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        hidden_size=args.hidden, num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64, intermediate_size=4 * args.hidden,
+        attn_implementation="sdpa",
+    )
+    model = BertModel(cfg, add_pooling_layer=False)
+    model.train()
+    if config in METHODS:
+        adarec.inject_adapters(model, config)
+    elif config.startswith("base"):
+        adarec.freeze(model)
+        return model, None
+    params = list(adarec.trainable_parameters(model).values())
+    return model, torch.optim.AdamW(params, lr=1e-4)
+
+
+def batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 20000, (args.batch, args.seq), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer | None, x: dict) -> Callable[[], None]:
+    def forward() -> None:
+        with torch.no_grad():
+            model(**x)
+
+    def train() -> None:
+        assert opt is not None
+        opt.zero_grad(set_to_none=True)
+        model(**x).last_hidden_state.float().pow(2).mean().backward()
+        opt.step()
+
+    return forward if opt is None else train
+
+
+def timed(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def run_timing(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    x = batch(args)
+    built = {c: build(args, c) for c in args.configs}
+    fwd: dict[str, list[float]] = {c: [] for c in args.configs}
+    stp: dict[str, list[float]] = {c: [] for c in args.configs}
+    for c, (model, opt) in built.items():  # warm-up: allocator, optimizer state, kernels
+        step_fn(model, opt, x)()
+    for _ in range(args.rounds):
+        for c, (model, opt) in built.items():
+            fwd[c].append(timed(step_fn(model, None, x)))
+            if opt is not None:
+                stp[c].append(timed(step_fn(model, opt, x)))
+    out = {}
+    for c, (model, _) in built.items():
+        s = adarec.parameter_summary(model)
+        out[c] = {
+            "forward_ms": statistics.median(fwd[c]),
+            "step_ms": statistics.median(stp[c]) if stp[c] else float("nan"),
+            "trainable": s.trainable if c != CONFIGS[0] else 0,
+            "percent": s.percent if c != CONFIGS[0] else 0.0,
+        }
+    return out
+
+
+def peak_memory_mb(args: argparse.Namespace, config: str) -> float:
+    """Run one configuration in a subprocess; peak RSS growth during two training steps."""
+    cmd = [sys.executable, __file__, "--_child", config, "--layers", str(args.layers),
+           "--hidden", str(args.hidden), "--batch", str(args.batch), "--seq", str(args.seq),
+           "--threads", str(args.threads)]
+    return float(json.loads(subprocess.check_output(cmd, text=True).strip().splitlines()[-1]))
+
+
+def child(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    model, opt = build(args, args._child)
+    x = batch(args)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(2):
+        step_fn(model, opt, x)()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps((after - before) / 1024))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seq", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
+    p.add_argument("--memory", action="store_true", help="also measure peak memory (subprocesses)")
+    p.add_argument("--_child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._child:
+        return child(args)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads; BERT-shaped {args.layers} x "
+          f"{args.hidden}, batch {args.batch} x {args.seq} tokens, median of {args.rounds} rounds")
+    res = run_timing(args)
+    full = res.get("full fine-tuning", {}).get("step_ms", float("nan"))
+    base_fwd = res.get(CONFIGS[0], {}).get("forward_ms", float("nan"))
+    mem = {c: peak_memory_mb(args, c) for c in args.configs} if args.memory else {}
+    head = (f"| {'configuration':<22} | {'trainable':>11} | {'%':>6} | {'forward ms':>10} | "
+            f"{'fwd / base':>10} | {'step ms':>9} | {'step / full FT':>14} |")
+    if mem:
+        head += f" {'peak MB':>8} |"
+    print(head)
+    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
+    for c, r in res.items():
+        line = (f"| {c:<22} | {r['trainable']:>11,} | {r['percent']:>6.2f} | "
+                f"{r['forward_ms']:>10.1f} | {r['forward_ms'] / base_fwd:>10.2f} | "
+                f"{r['step_ms']:>9.1f} | {r['step_ms'] / full:>14.2f} |")
+        if mem:
+            line += f" {mem[c]:>8.0f} |"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Tests for interaction data, leave-one-out, batching and negative sampling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adarec.rec.data import (
+    EvalCollator,
+    EvalDataset,
+    InteractionData,
+    TrainCollator,
+    TrainDataset,
+    leave_one_out,
+    pad_left,
+    sample_negatives,
+    tokenize_item_texts,
+)
+
+
+def _data() -> InteractionData:
+    rows = [
+        ("u1", "a", 3),
+        ("u2", "c", 1),
+        ("u1", "b", 1),
+        ("u1", "c", 2),
+        ("u1", "d", 3),
+        ("u2", "a", 2),
+        ("u2", "e", 3),
+        ("u3", "z", 1),
+    ]
+    texts = {"a": "A", "b": "B", "c": None, "z": "Z"}
+    return InteractionData.from_interactions(rows, texts, min_user_interactions=3, name="toy")
+
+
+def test_from_interactions_sorts_stably_filters_and_reindexes() -> None:
+    data = _data()
+    assert list(data.sequences) == ["u1", "u2"]  # u3 has 1 interaction
+    # item index order = first appearance in the rows, among kept users; "z" is gone
+    assert data.item_ids == [None, "a", "c", "b", "d", "e"]
+    assert data.n_items == 5
+    # u1: b(1) c(2) a(3) d(3): the tie at t=3 keeps file order (a before d)
+    assert data.sequences["u1"] == [3, 2, 1, 4]
+    assert data.sequences["u2"] == [2, 1, 5]
+    assert data.item_texts == ["", "A", "", "B", "", ""]
+    assert data.n_users == 2 and data.n_interactions == 7 and data.name == "toy"
+
+
+def test_interaction_data_validates_tables() -> None:
+    with pytest.raises(ValueError, match="n_items"):
+        InteractionData({"u": [1]}, n_items=2, item_ids=[None, 1], item_texts=["", "x"])
+    with pytest.raises(ValueError, match="outside"):
+        InteractionData({"u": [3]}, n_items=1, item_ids=[None, 1], item_texts=["", "x"])
+
+
+def test_leave_one_out() -> None:
+    data = InteractionData(
+        {"u": [1, 2, 3, 4, 5], "v": [5, 4, 3]}, 5, [None, *"abcde"], ["", *"abcde"]
+    )
+    split = leave_one_out(data)
+    assert split.users == ["u", "v"]
+    assert split.train == [[1, 2, 3], [5]]
+    assert split.valid == [([1, 2, 3], 4), ([5], 4)]
+    assert split.test == [([1, 2, 3, 4], 5), ([5, 4], 3)]
+
+
+def test_leave_one_out_short_users() -> None:
+    data = InteractionData({"u": [1, 2], "v": [1, 2, 3]}, 3, [None, 1, 2, 3], ["", "", "", ""])
+    with pytest.raises(ValueError, match="'u' has 2 items"):
+        leave_one_out(data)
+    assert leave_one_out(data, skip_short=True).users == ["v"]
+
+
+def test_pad_left_truncates_to_most_recent() -> None:
+    out = pad_left([[1, 2, 3, 4, 5], [7], []], 3)
+    assert out.tolist() == [[3, 4, 5], [0, 0, 7], [0, 0, 0]]
+    assert out.dtype == torch.long
+
+
+def test_train_dataset_windows_and_shapes() -> None:
+    ds = TrainDataset([[1, 2, 3, 4, 5, 6], [2, 3], [9]], max_len=3)
+    assert len(ds) == 2  # [9] has no next-item pair
+    ex = ds[0]
+    assert ex.input_ids == [3, 4, 5] and ex.target_ids == [4, 5, 6]
+    assert ex.history == [1, 2, 3, 4, 5, 6]
+    batch = TrainCollator(n_items=20, max_len=3, num_negatives=2, seed=1)([ds[0], ds[1]])
+    assert batch["input_ids"].tolist() == [[3, 4, 5], [0, 0, 2]]
+    assert batch["target_ids"].tolist() == [[4, 5, 6], [0, 0, 3]]
+    assert batch["mask"].tolist() == [[True] * 3, [False, False, True]]
+    assert batch["negative_ids"].shape == (2, 3, 2)
+    assert (batch["negative_ids"][1, :2] == 0).all()  # padding positions get padding
+    neg = batch["negative_ids"]
+    assert not torch.isin(neg[0], torch.tensor([0, 1, 2, 3, 4, 5, 6])).any()
+    assert not torch.isin(neg[1, 2], torch.tensor([0, 2, 3])).any()
+
+
+def test_collator_reproducible_by_seed() -> None:
+    ds = TrainDataset([list(range(1, 30)), [3, 1, 2]], max_len=10)
+    batch = [ds[0], ds[1]]
+    a = TrainCollator(50, 10, 3, seed=7)
+    b = TrainCollator(50, 10, 3, seed=7)
+    first, second = a(batch)["negative_ids"], a(batch)["negative_ids"]
+    assert torch.equal(first, b(batch)["negative_ids"])
+    assert torch.equal(second, b(batch)["negative_ids"])
+    assert not torch.equal(first, second)  # the stream moves on between batches
+    assert not torch.equal(first, TrainCollator(50, 10, 3, seed=8)(batch)["negative_ids"])
+
+
+def test_collator_in_dataloader_workers_is_reproducible() -> None:
+    ds = TrainDataset([list(range(1, 9))] * 8, max_len=5)  # identical users
+
+    def run() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        collate = TrainCollator(40, 5, seed=3)
+        loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate, num_workers=2)
+        return [b["negative_ids"] for _ in range(2) for b in loader]  # two epochs
+
+    first, second = run(), run()
+    assert all(torch.equal(x, y) for x, y in zip(first, second, strict=True))
+    assert not torch.equal(first[0], first[1])  # worker 0 and worker 1 draw differently
+    assert not torch.equal(first[0], first[4])  # and so do epochs
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    histories=st.lists(
+        st.lists(st.integers(1, 12), min_size=1, max_size=30), min_size=1, max_size=6
+    ),
+    seed=st.integers(0, 2**31 - 1),
+    k=st.integers(1, 4),
+)
+def test_sampler_avoids_history_and_is_seeded(
+    histories: list[list[int]], seed: int, k: int
+) -> None:
+    n_items = 13  # at least one item is free for every user
+    ds = TrainDataset([[*h, h[0]] for h in histories], max_len=8)
+    batch = [ds[i] for i in range(len(ds))]
+    out = TrainCollator(n_items, 8, k, seed=seed)(batch)
+    again = TrainCollator(n_items, 8, k, seed=seed)(batch)
+    assert torch.equal(out["negative_ids"], again["negative_ids"])
+    for row, ex in enumerate(batch):
+        neg = out["negative_ids"][row][out["mask"][row]]
+        assert ((neg >= 1) & (neg <= n_items)).all()
+        assert not torch.isin(neg, torch.tensor(ex.history)).any()
+
+
+def test_sampler_dense_history_falls_back_exactly() -> None:
+    history = torch.arange(1, 1000).unsqueeze(0)  # only item 1000 is free
+    gen = torch.Generator().manual_seed(0)
+    neg = sample_negatives(history, 1000, (50, 2), gen, max_rounds=2)
+    assert (neg == 1000).all()
+    with pytest.raises(ValueError, match="covers every item"):
+        sample_negatives(torch.arange(1, 11).unsqueeze(0), 10, (3,), gen)
+
+
+def test_eval_dataset_and_collator() -> None:
+    ds = EvalDataset([([1, 2, 3, 4, 5], 6), ([7], 8)], max_len=3)
+    assert ds[0].history_ids == [3, 4, 5] and ds[0].exclude_ids == [1, 2, 3, 4, 5]
+    batch = EvalCollator(3)([ds[0], ds[1]])
+    assert batch["history_ids"].tolist() == [[3, 4, 5], [0, 0, 7]]
+    assert batch["target_ids"].tolist() == [6, 8]
+    assert batch["exclude_ids"].tolist() == [[1, 2, 3, 4, 5], [7, 0, 0, 0, 0]]
+
+
+def _tokenizer() -> Any:
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "toy", "story", "(", ")", "1995", "."]
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
+
+
+def test_tokenize_item_texts() -> None:
+    tok = _tokenizer()
+    texts = ["", "Toy Story (1995).", "story " * 50]
+    out = tokenize_item_texts(texts, tok, max_length=8)
+    assert set(out) == {"input_ids", "attention_mask"}
+    assert out["input_ids"].shape == out["attention_mask"].shape == (3, 8)
+    assert out["attention_mask"][0].tolist() == [1, 1, 0, 0, 0, 0, 0, 0]  # [CLS] [SEP]
+    assert out["attention_mask"][2].all()  # truncated to max_length
+    assert out["input_ids"][1, :3].tolist() == [2, 5, 6]
+    with pytest.raises(ValueError, match="padding item"):
+        tokenize_item_texts(texts[1:], tok)
