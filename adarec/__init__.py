@@ -7,7 +7,23 @@ the recommender side (TransRec, data, losses, metrics).
 
 from __future__ import annotations
 
-from .adapters import AdapterLayer, BottleneckAdapter, LoRAAdapter, PHMLinear
+from .adapters import (
+    AdapterLayer,
+    BottleneckAdapter,
+    IA3Adapter,
+    KAdapter,
+    LoRAAdapter,
+    PHMLinear,
+    PromptAdapter,
+)
+from .checkpoint import (
+    LoadResult,
+    checkpoint_info,
+    load_adapters,
+    load_model_state,
+    save_adapters,
+    save_model_state,
+)
 from .errors import (
     AdapterStateError,
     AdarecError,
@@ -21,8 +37,10 @@ from .freeze import (
     adapter_parameters,
     freeze,
     mark_only_adapters_trainable,
+    mark_only_biases_trainable,
     parameter_summary,
     print_trainable_parameters,
+    restore_requires_grad,
     trainable_parameters,
 )
 from .inject import (
@@ -35,7 +53,9 @@ from .inject import (
     plan_sites,
     set_active_adapters,
 )
+from .interop import export_peft_lora, import_peft_lora
 from .layouts import Layout, register_layout
+from .merge import merge_adapters, unmerge_adapters
 from .spec import PRESETS, AdapterSpec, as_spec, register_preset
 from .version import __version__
 
@@ -47,10 +67,14 @@ __all__ = [
     "AdarecError",
     "BottleneckAdapter",
     "CheckpointError",
+    "IA3Adapter",
+    "KAdapter",
     "Layout",
     "LoRAAdapter",
+    "LoadResult",
     "PHMLinear",
     "ParameterSummary",
+    "PromptAdapter",
     "SpecError",
     "TargetNotFoundError",
     "UnsupportedModuleError",
@@ -60,16 +84,27 @@ __all__ = [
     "adapter_sets",
     "adapters_disabled",
     "as_spec",
+    "checkpoint_info",
     "eject_adapters",
+    "export_peft_lora",
     "freeze",
+    "import_peft_lora",
     "inject_adapters",
     "iter_adapters",
+    "load_adapters",
+    "load_model_state",
     "mark_only_adapters_trainable",
+    "mark_only_biases_trainable",
+    "merge_adapters",
     "parameter_summary",
     "plan_sites",
     "print_trainable_parameters",
     "register_layout",
     "register_preset",
+    "restore_requires_grad",
+    "save_adapters",
+    "save_model_state",
     "set_active_adapters",
     "trainable_parameters",
+    "unmerge_adapters",
 ]

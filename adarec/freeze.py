@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .adapters.base import is_adapter
+from .errors import TargetNotFoundError
 
 _ORIG_FLAGS = "_adarec_requires_grad"
 
@@ -72,6 +73,37 @@ def mark_only_adapters_trainable(
                     p.requires_grad_(True)
     for pname, p in model.named_parameters():
         if any(rx.search(pname) for rx in patterns):
+            p.requires_grad_(True)
+    return model
+
+
+def mark_only_biases_trainable(
+    model: nn.Module, also: str | Iterable[str] = (), adapters: bool = False
+) -> nn.Module:
+    """BitFit (Ben Zaken et al. 2022): freeze everything but the model's bias terms (every
+    parameter named ``bias``, LayerNorm biases included) and those matching a regex in ``also``
+    (e.g. ``"^head\\."`` for a task head). With ``adapters`` the adapter sets train too.
+
+    A freezing policy, not an adapter: nothing is injected, so `eject_adapters` does not undo
+    it; `restore_requires_grad` gives back the flags the model had before.
+    """
+    patterns = [re.compile(p) for p in ([also] if isinstance(also, str) else list(also))]
+    own = set(adapter_parameters(model))
+    biases = [p for n, p in model.named_parameters()
+              if n not in own and n.rsplit(".", 1)[-1] == "bias"]
+    if not biases:
+        raise TargetNotFoundError(
+            f"{type(model).__name__} has no bias parameters (LLaMA- and T5-style models have "
+            "none), so BitFit would train nothing"
+        )
+    if adapters:
+        mark_only_adapters_trainable(model)
+    else:
+        freeze(model)
+    for p in biases:
+        p.requires_grad_(True)
+    for pname, p in model.named_parameters():
+        if pname not in own and any(rx.search(pname) for rx in patterns):
             p.requires_grad_(True)
     return model
 

@@ -16,10 +16,15 @@ from .errors import SpecError
 
 BOTTLENECK_METHODS = ("houlsby", "pfeiffer", "parallel", "compacter")
 """Methods that add a bottleneck ``up(act(down(h)))`` at MHA/FFN sublayers."""
-METHODS = (*BOTTLENECK_METHODS, "lora")
+MODEL_METHODS = ("kadapter", "prompt")
+"""Methods that act on the whole model (a side network, soft prompts), not on sublayers."""
+METHODS = (*BOTTLENECK_METHODS, "lora", "ia3", *MODEL_METHODS)
 POSITIONS = ("mha", "ffn")
 LORA_ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 """Layout roles LoRA can target: query/key/value/output projections and the FFN projections."""
+IA3_ROLES = ("k", "v", "ffn_out")
+"""(IA)^3 scales the key and value outputs and the input of the FFN output projection."""
+PROMPT_INITS = ("random", "vocab")
 
 
 def _activations() -> tuple[str, ...]:
@@ -36,6 +41,12 @@ class AdapterSpec:
     ``layers`` indexes the model's block stack (negative indices count from the top; ``None`` means
     all blocks). ``target_modules`` overrides the layout: a string is a regex matched against full
     module names, a sequence matches name suffixes (as in peft's ``target_modules``).
+
+    K-Adapter reads the outputs of blocks ``kadapter_layers`` with a side network of width
+    ``bottleneck`` (``kadapter_depth`` encoder layers with ``kadapter_heads`` heads per adapter
+    layer); ``kadapter_causal=None`` detects a causal model. Prompt tuning prepends
+    ``prompt_length`` soft tokens (``prompt_init``: random, or the mean word embedding plus noise).
+    (IA)^3 scales the roles in ``ia3_targets``.
     """
 
     method: str = "houlsby"
@@ -55,10 +66,17 @@ class AdapterSpec:
     lora_targets: tuple[str, ...] = ("q", "v")
     target_modules: str | tuple[str, ...] | None = None
     tune_layernorm: bool = False
+    kadapter_layers: tuple[int, ...] = (0, -1)
+    kadapter_depth: int = 2
+    kadapter_heads: int = 4
+    kadapter_causal: bool | None = None
+    prompt_length: int = 10
+    prompt_init: str = "random"
+    ia3_targets: tuple[str, ...] = IA3_ROLES
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        for name in ("positions", "layers", "lora_targets"):
+        for name in ("positions", "layers", "lora_targets", "kadapter_layers", "ia3_targets"):
             value = getattr(self, name)
             if isinstance(value, (list, range)):
                 object.__setattr__(self, name, tuple(value))
@@ -70,6 +88,11 @@ class AdapterSpec:
     @property
     def is_bottleneck(self) -> bool:
         return self.method in BOTTLENECK_METHODS
+
+    @property
+    def needs_bottleneck(self) -> bool:
+        """Bottleneck adapters and K-Adapter's side network have a width to choose."""
+        return self.is_bottleneck or self.method == "kadapter"
 
     def bottleneck_for(self, hidden: int) -> int:
         """The bottleneck size for a sublayer of width ``hidden``."""
@@ -144,7 +167,7 @@ def _is_num(x: Any) -> bool:
 
 def _validate(s: AdapterSpec) -> None:
     _check(s.method in METHODS, "method", s.method, f"must be one of {list(METHODS)}")
-    if s.is_bottleneck:
+    if s.needs_bottleneck:
         _check(
             (s.bottleneck is None) != (s.reduction_factor is None),
             "bottleneck",
@@ -206,6 +229,34 @@ def _validate(s: AdapterSpec) -> None:
     _check(isinstance(s.tune_layernorm, bool), "tune_layernorm", s.tune_layernorm,
            "must be a bool")
     _check(isinstance(s.extra, dict), "extra", s.extra, "must be a dict")
+    _validate_extra_methods(s)
+
+
+def _validate_extra_methods(s: AdapterSpec) -> None:
+    """K-Adapter, prompt tuning and (IA)^3 fields."""
+    _check(isinstance(s.kadapter_layers, tuple) and len(s.kadapter_layers) > 0
+           and all(_is_int(i) for i in s.kadapter_layers), "kadapter_layers", s.kadapter_layers,
+           "must be a non-empty sequence of block indices")
+    _check(_is_int(s.kadapter_depth) and s.kadapter_depth >= 1, "kadapter_depth",
+           s.kadapter_depth, "must be an integer >= 1")
+    _check(_is_int(s.kadapter_heads) and s.kadapter_heads >= 1, "kadapter_heads",
+           s.kadapter_heads, "must be an integer >= 1")
+    if s.method == "kadapter" and s.bottleneck is not None:
+        _check(s.bottleneck % s.kadapter_heads == 0, "bottleneck", s.bottleneck,
+               f"must be divisible by kadapter_heads={s.kadapter_heads} for K-Adapter")
+    _check(s.kadapter_causal is None or isinstance(s.kadapter_causal, bool), "kadapter_causal",
+           s.kadapter_causal, "must be None (detect), True or False")
+    _check(_is_int(s.prompt_length) and s.prompt_length >= 1, "prompt_length", s.prompt_length,
+           "must be an integer >= 1")
+    _check(s.prompt_init in PROMPT_INITS, "prompt_init", s.prompt_init,
+           f"must be one of {list(PROMPT_INITS)}")
+    _check(isinstance(s.ia3_targets, tuple) and len(s.ia3_targets) > 0
+           and all(t in IA3_ROLES for t in s.ia3_targets)
+           and len(set(s.ia3_targets)) == len(s.ia3_targets), "ia3_targets", s.ia3_targets,
+           f"must be distinct roles from {list(IA3_ROLES)}")
+    if s.method in MODEL_METHODS:
+        _check(s.target_modules is None, "target_modules", s.target_modules,
+               f"must be None for {s.method!r}, which places itself from the model's layout")
 
 
 # ------------------------------------------------------------------------------------ presets
@@ -222,9 +273,14 @@ register_preset("pfeiffer", AdapterSpec(method="pfeiffer", positions=("ffn",)))
 register_preset("parallel", AdapterSpec(method="parallel", positions=("ffn",), scaling=4.0))
 register_preset("compacter", AdapterSpec(method="compacter", positions=("mha", "ffn")))
 register_preset("lora", AdapterSpec(method="lora", bottleneck=None, positions=()))
+register_preset("ia3", AdapterSpec(method="ia3", bottleneck=None, positions=()))
+register_preset("kadapter", AdapterSpec(method="kadapter", bottleneck=64, positions=()))
+register_preset("prompt", AdapterSpec(method="prompt", bottleneck=None, positions=()))
 
 
-def normalise_layers(layers: Sequence[int] | None, n_blocks: int) -> list[int]:
+def normalise_layers(
+    layers: Sequence[int] | None, n_blocks: int, field_name: str = "layers"
+) -> list[int]:
     """Resolve (possibly negative) block indices against a stack of ``n_blocks`` blocks."""
     if layers is None:
         return list(range(n_blocks))
@@ -233,7 +289,7 @@ def normalise_layers(layers: Sequence[int] | None, n_blocks: int) -> list[int]:
         j = i + n_blocks if i < 0 else i
         if not 0 <= j < n_blocks:
             raise SpecError(
-                f"AdapterSpec.layers contains {i}, but the model has {n_blocks} blocks "
+                f"AdapterSpec.{field_name} contains {i}, but the model has {n_blocks} blocks "
                 f"(valid: {-n_blocks}..{n_blocks - 1})"
             )
         out.append(j)

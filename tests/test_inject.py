@@ -19,7 +19,12 @@ from adarec import (
 )
 from adarec.inject import count_forward_hooks
 
-METHODS = ["houlsby", "pfeiffer", "parallel", "compacter", "lora"]
+METHODS = ["houlsby", "pfeiffer", "parallel", "compacter", "lora", "ia3", "kadapter"]
+
+
+def _skip_unsupported(arch: str, method: str) -> None:
+    if arch == "albert" and method == "kadapter":
+        pytest.skip("ALBERT reuses one block for every layer; K-Adapter refuses it")
 
 
 def _perturb(model: nn.Module) -> None:
@@ -34,6 +39,7 @@ def _perturb(model: nn.Module) -> None:
 @pytest.mark.parametrize("arch", list(ARCHS))
 @torch.no_grad()  # some kernels (T5's) differ in the last bit when weights require grad
 def test_identity_eject_and_disable(arch: str, method: str) -> None:
+    _skip_unsupported(arch, method)
     model, batch = build(arch), inputs(arch)
     keys = list(model.state_dict())
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -95,7 +101,8 @@ def test_bert_base_houlsby_count_matches_closed_form() -> None:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        (AdapterSpec(method="pfeiffer", positions=("ffn",), bottleneck=16), 2 * (32 * 16 + 16 + 16 * 32 + 32)),
+        (AdapterSpec(method="pfeiffer", positions=("ffn",), bottleneck=16),
+         2 * (32 * 16 + 16 + 16 * 32 + 32)),
         (AdapterSpec.preset("lora", lora_r=4), 2 * 2 * (32 * 4 + 4 * 32)),
         (AdapterSpec.preset("houlsby", layers=(-1,)), 2 * (32 * 64 + 64 + 64 * 32 + 32)),
         # Compacter: rule matrices (n^3, shared) + per PHM layer rank-1 factors and a bias
@@ -193,7 +200,7 @@ def test_multihead_attention_out_proj_is_handled_not_silently_skipped() -> None:
     _perturb(model)
     model.train()  # torch's eval fast path bypasses submodules; the MHA output hook still runs
     assert not torch.allclose(model(x), base, atol=1e-4)
-    with pytest.raises(UnsupportedModuleError, match="F.linear"):
+    with pytest.raises(UnsupportedModuleError, match=r"F\.linear"):
         adarec.inject_adapters(
             model, AdapterSpec.preset("lora", target_modules=("self_attn.out_proj",)), name="l"
         )

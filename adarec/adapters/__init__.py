@@ -8,7 +8,10 @@ from typing import Any
 from .base import AdapterLayer, is_adapter
 from .bottleneck import BottleneckAdapter, build_bottleneck
 from .compacter import PHMLinear, build_compacter
+from .ia3 import IA3Adapter, build_ia3
+from .kadapter import KAdapter, build_kadapter
 from .lora import LoRAAdapter, build_lora
+from .prompt import PromptAdapter, build_prompt
 
 Builder = Callable[[Any, int, int, dict[str, Any]], AdapterLayer]
 
@@ -18,15 +21,23 @@ ADAPTER_BUILDERS: dict[str, Builder] = {
     "parallel": build_bottleneck,
     "compacter": build_compacter,
     "lora": build_lora,
+    "ia3": build_ia3,
+    "kadapter": build_kadapter,
+    "prompt": build_prompt,
 }
 """method name -> ``builder(spec, d_in, d_out, shared) -> AdapterLayer``; ``shared`` is one dict
-per injected set (Compacter keeps its shared rule matrices there)."""
+per injected set (Compacter keeps its shared rule matrices there) into which `inject_adapters`
+also writes what a builder needs about the current site (``position``; for the model-level
+methods the tapped blocks, causality and word embeddings)."""
 
 __all__ = [
     "ADAPTER_BUILDERS",
     "AdapterLayer",
     "BottleneckAdapter",
+    "IA3Adapter",
+    "KAdapter",
     "LoRAAdapter",
     "PHMLinear",
+    "PromptAdapter",
     "is_adapter",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from einops import rearrange
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import SpecError
 from .bottleneck import BottleneckAdapter
@@ -46,12 +47,15 @@ class PHMLinear(nn.Module):
             nn.init.uniform_(self.s, -bound, bound)
 
     def weight(self) -> torch.Tensor:
+        """The (d_in, d_out) weight; one small matmul instead of ``n`` explicit Kronecker
+        products: ``W[(a c), (b d)] = sum_i rule[i, a, b] * B_i[c, d]``."""
+        n = self.n
         b = self.s @ self.t  # (n, d_in/n, d_out/n)
-        w = torch.einsum("nab,ncd->acbd", self.rule, b)
-        return rearrange(w, "a c b d -> (a c) (b d)")
+        w = self.rule.reshape(n, n * n).T @ b.reshape(n, -1)  # ((a b), (c d))
+        return rearrange(w, "(a b) (c d) -> (a c) (b d)", a=n, c=self.d_in // n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight() + self.bias
+        return F.linear(x, self.weight().T, self.bias)
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}, n={self.n}, rank={self.s.shape[-1]}"

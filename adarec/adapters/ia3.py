@@ -1,0 +1,99 @@
+"""(IA)^3 (Liu et al. 2022): learned per-channel scaling of keys, values and the FFN activation.
+
+Keys/values:  ``k' = l_k * k``, ``v' = l_v * v`` (the output of the k/v projections).
+FFN:          ``y' = W (l_ff * a) + b`` where ``a`` is the input of the FFN output projection.
+
+Every vector starts at one, so the model is exactly unchanged at initialisation. The FFN scaling is
+applied by a forward pre-hook on the input of the projection: one elementwise product, where the
+output-side form ``y + W((l - 1) * a)`` would cost a second matmul. Scaling is linear in the
+weights, so `merge` folds the vectors into the base weights (rows for k/v, columns for the FFN).
+In a fused q/k/v projection (GPT-2's ``c_attn``) only the k and v thirds are scaled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import AdapterStateError
+from .base import AdapterLayer
+
+
+class IA3Adapter(AdapterLayer):
+    """Scales channels ``start:stop`` of a module's output, or of its input (``scale_input``)."""
+
+    def __init__(self, width: int, start: int, stop: int, scale_input: bool) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(stop - start))
+        self.width, self.start, self.stop = width, start, stop
+        self.scale_input = scale_input
+        self.merged = False
+
+    def full_scale(self) -> torch.Tensor:
+        """The scaling over all ``width`` channels (ones outside ``start:stop``)."""
+        if self.start == 0 and self.stop == self.width:
+            return self.scale
+        ones = self.scale.new_ones(self.width)
+        return torch.cat([ones[: self.start], self.scale, ones[self.stop :]])
+
+    def forward(self, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        if self.merged or self.scale_input:
+            return y
+        return y * self.full_scale().to(y.dtype)
+
+    def scale_args(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Forward pre-hook on the FFN output projection: scale its input."""
+        if not self.active or self.merged:
+            return None
+        if args:
+            return (args[0] * self.full_scale().to(args[0].dtype), *args[1:]), kwargs
+        key = next(iter(kwargs))
+        return args, {**kwargs, key: kwargs[key] * self.full_scale().to(kwargs[key].dtype)}
+
+    def _oriented(self, base: nn.Module) -> torch.Tensor:
+        """The scale shaped to multiply ``base.weight``: Linear is (out, in), Conv1D (in, out)."""
+        s = self.full_scale().detach().to(base.weight.dtype)
+        on_rows = (type(base).__name__ == "Conv1D") == self.scale_input
+        return s[:, None] if on_rows else s[None, :]
+
+    @torch.no_grad()
+    def merge(self, base: nn.Module) -> None:
+        if self.merged:
+            raise AdapterStateError(f"(IA)^3 set {self.set_name!r} is already merged")
+        base.weight.data.mul_(self._oriented(base))
+        if not self.scale_input and getattr(base, "bias", None) is not None:
+            base.bias.data.mul_(self.full_scale().detach().to(base.bias.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self, base: nn.Module) -> None:
+        """Divide the scaling out again (exact up to rounding; a zero scale cannot be undone)."""
+        if not self.merged:
+            raise AdapterStateError(f"(IA)^3 set {self.set_name!r} is not merged")
+        base.weight.data.div_(self._oriented(base))
+        if not self.scale_input and getattr(base, "bias", None) is not None:
+            base.bias.data.div_(self.full_scale().detach().to(base.bias.dtype))
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        side = "input" if self.scale_input else "output"
+        return f"{side} channels {self.start}:{self.stop} of {self.width}"
+
+
+def build_ia3(spec: Any, d_in: int, d_out: int, shared: dict[str, Any]) -> IA3Adapter:
+    """``shared["position"]`` is the site's role: ``k``, ``v``, ``ffn_out``, ``module`` (a
+    ``target_modules`` match: scale the whole output) or ``qkv:k+v`` style for fused q/k/v."""
+    position = shared.get("position", "module")
+    if position == "ffn_out":
+        return IA3Adapter(d_in, 0, d_in, scale_input=True)
+    if position.startswith("qkv:"):
+        third = d_out // 3
+        roles = position[4:].split("+")
+        start = third if "k" in roles else 2 * third
+        stop = 3 * third if "v" in roles else 2 * third
+        return IA3Adapter(d_out, start, stop, scale_input=False)
+    return IA3Adapter(d_out, 0, d_out, scale_input=False)

@@ -1,0 +1,154 @@
+"""K-Adapter (Wang et al. 2021) as used by Fu et al.: a side network over the frozen model.
+
+The side network reads the outputs of chosen blocks (``kadapter_layers``). Adapter layer ``j``
+takes ``t_j + o_{j-1}`` (the j-th tapped hidden state plus the previous adapter layer's output,
+``o_0 = 0``) and computes ``o_j = h + up(enc(down(h)))`` with ``enc`` a few post-LN transformer
+encoder layers of width ``k``. The model's final hidden state ``y`` (the last block's output) is
+replaced by ``fuse([y; o_last])``, a linear map initialised to ``[I, 0]`` with zero bias, so the
+model is exactly unchanged at initialisation.
+
+The side network's attention obeys the model's masking: padded keys are never attended to, and in
+a causal model (SASRec, GPT-2) no position sees a later one. (The paper's code let the side
+network of the causal user encoder see future items.) Every query may see itself, so the rows of
+padded queries are never empty and never produce NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+
+from ..errors import AdapterStateError, SpecError
+from .base import AdapterLayer, read_arg
+
+MASK_ARGS = ("attention_mask", "mask")
+"""Forward parameters a padding mask is read from (1/True on real tokens)."""
+
+
+class SideEncoderLayer(nn.Module):
+    """A small post-LN transformer encoder layer that takes a boolean attention mask."""
+
+    def __init__(self, k: int, heads: int, activation: str, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(k, 3 * k)
+        self.out = nn.Linear(k, k)
+        self.ln1 = nn.LayerNorm(k)
+        self.fc1 = nn.Linear(k, 4 * k)
+        self.act = ACT2FN[activation]
+        self.fc2 = nn.Linear(4 * k, k)
+        self.ln2 = nn.LayerNorm(k)
+
+    def forward(self, h: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        b, t, k = h.shape
+        q, key, v = self.qkv(h).view(b, t, 3, self.heads, k // self.heads).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, key, v, attn_mask=allowed, dropout_p=p)
+        h = self.ln1(h + F.dropout(self.out(a.transpose(1, 2).reshape(b, t, k)), p, self.training))
+        ff = self.fc2(F.dropout(self.act(self.fc1(h)), p, self.training))
+        return self.ln2(h + F.dropout(ff, p, self.training))
+
+
+class KAdapterLayer(nn.Module):
+    """``h + up(enc(down(h)))``."""
+
+    def __init__(self, hidden: int, k: int, depth: int, heads: int, act: str, drop: float) -> None:
+        super().__init__()
+        self.down = nn.Linear(hidden, k)
+        self.encoder = nn.ModuleList(SideEncoderLayer(k, heads, act, drop) for _ in range(depth))
+        self.up = nn.Linear(k, hidden)
+
+    def forward(self, h: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        z = self.down(h)
+        for layer in self.encoder:
+            z = layer(z, allowed)
+        return h + self.up(z)
+
+
+class KAdapter(AdapterLayer):
+    """The side network plus the fusion; attached to the last block, whose output it replaces.
+
+    ``slots`` are the tapped block indices in order; blocks other than the host report their
+    output through `tap` (a forward hook), and `start` (a forward pre-hook on the module the user
+    calls) reads the padding mask and clears what an interrupted forward may have left.
+    """
+
+    def __init__(
+        self, hidden: int, k: int, slots: list[int], host: int, depth: int, heads: int,
+        activation: str, dropout: float, causal: bool,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            KAdapterLayer(hidden, k, depth, heads, activation, dropout) for _ in slots
+        )
+        self.fuse = nn.Linear(2 * hidden, hidden)
+        with torch.no_grad():
+            self.fuse.weight.zero_()
+            self.fuse.weight[:, :hidden].copy_(torch.eye(hidden))
+            self.fuse.bias.zero_()
+        self.slots, self.host, self.causal = list(slots), host, causal
+        self.mask_arg: tuple[str, int | None] | None = None
+        self._taps: dict[int, torch.Tensor] = {}
+        self._mask: torch.Tensor | None = None
+
+    def start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._taps, self._mask = {}, None
+        if self.active:
+            self._mask = read_arg(self.mask_arg, args, kwargs)
+
+    def tap(self, slot: int, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self.active:
+            self._taps[slot] = output[0] if isinstance(output, tuple) else output
+
+    def allowed(self, t: int, device: torch.device) -> torch.Tensor | None:
+        """``[B|1, 1, t, t]`` bool, True where a query may attend; ``None`` when all may."""
+        mask, self._mask = self._mask, None
+        if mask is None and not self.causal:
+            return None
+        ok = torch.ones(1, t, t, dtype=torch.bool, device=device)
+        if self.causal:
+            ok = ok.tril()
+        if mask is not None:
+            if mask.dim() != 2 or mask.size(1) != t:
+                raise AdapterStateError(
+                    f"K-Adapter got a padding mask of shape {tuple(mask.shape)} for a sequence of "
+                    f"length {t}; it needs a [batch, {t}] mask (1 on real tokens)"
+                )
+            ok = ok & mask.to(device=device, dtype=torch.bool)[:, None, :]
+        return (ok | torch.eye(t, dtype=torch.bool, device=device)).unsqueeze(1)
+
+    def forward(self, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        taps = {**self._taps, self.host: y}
+        self._taps = {}  # never keep activations (deepcopy, memory) past this forward
+        missing = [s for s in self.slots if s not in taps]
+        if missing:
+            raise AdapterStateError(
+                f"K-Adapter set {self.set_name!r} has no output of block(s) {missing} in this "
+                "forward; its blocks must run once each, in order, within one call of the model"
+            )
+        allowed = self.allowed(y.size(1), y.device)
+        o = torch.zeros_like(y)
+        for slot, layer in zip(self.slots, self.layers, strict=True):
+            o = layer(taps[slot] + o, allowed)
+        return self.fuse(torch.cat([y, o], dim=-1))
+
+    def extra_repr(self) -> str:
+        return f"taps={self.slots}, causal={self.causal}"
+
+
+def build_kadapter(spec: Any, d_in: int, d_out: int, shared: dict[str, Any]) -> KAdapter:
+    """``shared`` carries ``slots`` (resolved tapped blocks), ``host`` and ``causal``."""
+    k = spec.bottleneck_for(d_out)
+    if k % spec.kadapter_heads:
+        raise SpecError(
+            f"K-Adapter width {k} must be divisible by AdapterSpec.kadapter_heads="
+            f"{spec.kadapter_heads}"
+        )
+    return KAdapter(
+        d_out, k, shared["slots"], shared["host"], spec.kadapter_depth, spec.kadapter_heads,
+        spec.activation, spec.dropout, shared["causal"],
+    )

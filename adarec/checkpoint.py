@@ -1,0 +1,667 @@
+"""Adapter-only checkpoints and full model states: safetensors + JSON folders, written atomically.
+
+Why a folder of two files: the tensors go to safetensors (no pickle, so loading a checkpoint can
+never run code) and everything a loader must *check* goes to a readable JSON file: the format
+version, the adapter specs and where they were injected, a fingerprint of the base model, the
+tensor list and a sha256 of the weights. A checkpoint is refused, with the differences listed,
+rather than half-loaded: a wrong base model, a corrupted or truncated file, or missing tensors are
+errors, not silent partial loads.
+
+Tensor names are full parameter names relative to the model passed (``encoder.layer.0...``), so a
+composite model (an item encoder and a sequence model, each with adapter sets) saves and loads
+like any other module. Shared tensors are stored once, under their first name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from .errors import AdapterStateError, CheckpointError, SpecError
+from .freeze import adapter_parameters
+from .inject import ADAPTERS_ATTR, adapter_sets, eject_adapters, inject_adapters, iter_adapters
+from .spec import AdapterSpec
+from .version import __version__
+
+FORMAT_VERSION = 1
+"""Bumped on any change an older reader would misread; readers refuse versions newer than theirs."""
+ADAPTER_FORMAT = "adarec-adapters"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+STATE_FORMAT = "adarec-model-state"
+STATE_CONFIG = "model_state.json"
+STATE_WEIGHTS = "model.safetensors"
+_FILES = {
+    ADAPTER_FORMAT: (ADAPTER_CONFIG, ADAPTER_WEIGHTS),
+    STATE_FORMAT: (STATE_CONFIG, STATE_WEIGHTS),
+}
+PathLike = str | os.PathLike[str]
+
+
+@dataclass
+class LoadResult:
+    """What a load did not match. Empty lists everywhere means an exact load."""
+
+    missing: list[str] = field(default_factory=list)
+    """Tensors the model expects (adapter parameters of the loaded sets) that the file lacks."""
+    unexpected: list[str] = field(default_factory=list)
+    """Tensors in the file with no parameter of that name in the model."""
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    """``(name, shape in the file, shape in the model)``; these tensors were not loaded."""
+    conflicts: list[str] = field(default_factory=list)
+    """Base-model fingerprint, spec or site differences."""
+    loaded: list[str] = field(default_factory=list)
+    sets: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched or self.conflicts)
+
+    def describe(self) -> str:
+        parts = [f"base model differs: {c}" for c in self.conflicts]
+        parts += [f"missing tensor: {n}" for n in self.missing]
+        parts += [f"unexpected tensor: {n}" for n in self.unexpected]
+        parts += [
+            f"shape mismatch: {n}: checkpoint {list(a)}, model {list(b)}"
+            for n, a, b in self.mismatched
+        ]
+        return "\n  ".join(parts)
+
+
+# ------------------------------------------------------------------------------ atomic writes
+def _fsync(path: Path) -> None:
+    """Flush a file or folder to disk; folders cannot be fsynced on some platforms."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_folder(path: PathLike, marker: str) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``path``; when the block succeeds it replaces ``path``.
+
+    The previous folder is renamed aside, the new one renamed in, and only then is the old one
+    deleted, so an error (full disk, a crash, Ctrl-C) never leaves a half-written folder where a
+    good one was. An existing folder is replaced only if it holds ``marker`` (or is empty), so a
+    mistyped path cannot wipe unrelated files.
+    """
+    dest = Path(path).absolute()
+    if dest.exists():
+        if not dest.is_dir():
+            raise CheckpointError(f"{dest} exists and is not a folder")
+        if any(dest.iterdir()) and not (dest / marker).is_file():
+            raise CheckpointError(
+                f"refusing to replace {dest}: it is not empty and holds no {marker}, so it is not "
+                "a checkpoint this function wrote"
+            )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+        old = None
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:12]}"
+            os.replace(dest, old)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            if old is not None:
+                os.replace(old, dest)
+            raise
+        _fsync(dest.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+_NUMBERS = re.compile(r"\[\n\s*(-?[\d.eE+-]+(?:,\n\s*-?[\d.eE+-]+)*)\n\s*\]")
+
+
+def write_json(file: Path, obj: Any) -> None:
+    """Indented JSON with lists of numbers (shapes) kept on one line, for people to read."""
+    text = json.dumps(obj, indent=2, allow_nan=False)
+    text = _NUMBERS.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m[1]) + "]", text)
+    file.write_text(text + "\n", encoding="utf-8")
+
+
+def write_weights(folder: Path, filename: str, tensors: dict[str, torch.Tensor],
+                  metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write a safetensors file; returns its ``{"file", "bytes", "sha256"}`` record."""
+    file = folder / filename
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    safetensors.torch.save_file(cpu, str(file), metadata={"format": "pt", **(metadata or {})})
+    data = file.read_bytes()
+    return {"file": filename, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+# ---------------------------------------------------------------------------------- reading
+def read_json(file: Path) -> dict[str, Any]:
+    """Parse a JSON object, turning every failure into a `CheckpointError`."""
+    try:
+        obj = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(_not_found(file)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{file} must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def read_weights(file: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a safetensors file whole (checked against ``sha256`` when given) onto the CPU."""
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        pickles = sorted(p.name for p in file.parent.glob("*.bin")) if file.parent.is_dir() else []
+        hint = f"; {pickles} are never loaded: adarec does not unpickle" if pickles else ""
+        raise CheckpointError(_not_found(file) + hint) from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(
+            f"{file} is corrupted or truncated: its sha256 does not match the one recorded when it "
+            f"was written ({len(data)} bytes on disk)"
+        )
+    try:
+        return safetensors.torch.load(data)
+    except Exception as exc:  # safetensors raises its own error types and a few builtin ones
+        raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
+
+
+def _not_found(file: Path) -> str:
+    folder = file.parent
+    msg = f"no {file.name} in {folder}" if folder.is_dir() else f"no checkpoint at {folder}"
+    aside = sorted(folder.parent.glob(f".{folder.name}.old-*")) if folder.parent.is_dir() else []
+    if aside:
+        msg += f" (a save was interrupted while swapping folders; the previous one is {aside[-1]})"
+    return msg
+
+
+def _need(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise CheckpointError(f"{where}: field {key!r} is missing or malformed: {value!r}")
+    return value
+
+
+def checkpoint_info(path: PathLike) -> dict[str, Any]:
+    """The validated JSON of an adarec checkpoint folder (either format), without loading it."""
+    folder = Path(path)
+    for config_name in (ADAPTER_CONFIG, STATE_CONFIG):
+        if (folder / config_name).is_file():
+            config = read_json(folder / config_name)
+            break
+    else:
+        raise CheckpointError(_not_found(folder / ADAPTER_CONFIG))
+    where = str(folder)
+    if "peft_type" in config and "format" not in config:
+        raise CheckpointError(
+            f"{folder} is a peft adapter folder, not an adarec checkpoint; read it with "
+            "adarec.interop.import_peft_lora"
+        )
+    fmt = config.get("format")
+    if fmt not in _FILES or _FILES[fmt][0] != config_name:
+        raise CheckpointError(f"{where}: unknown checkpoint format {fmt!r} in {config_name}")
+    version = _need(config, "format_version", int, where)
+    if version > FORMAT_VERSION or version < 1:
+        raise CheckpointError(
+            f"{where} has format_version {version} (written by adarec "
+            f"{config.get('adarec_version')}); this adarec {__version__} reads format_version 1.."
+            f"{FORMAT_VERSION}: upgrade adarec to load it"
+        )
+    _need(config, "base_model", dict, where)
+    sets = _need(config, "adapter_sets", list, where)
+    for s in sets:
+        if not isinstance(s, dict):
+            raise CheckpointError(f"{where}: malformed adapter set entry {s!r}")
+        for key, kind in (("name", str), ("root", str), ("spec", dict), ("active", bool),
+                          ("merged", bool), ("sites", list)):
+            _need(s, key, kind, f"{where}, adapter set {s.get('name')!r}")
+    tensors = _need(config, "tensors", dict, where)
+    for name, info in tensors.items():
+        if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
+            raise CheckpointError(f"{where}: malformed entry for tensor {name!r}: {info!r}")
+    weights = _need(config, "weights", dict, where)
+    _need(weights, "sha256", str, where)
+    if _need(weights, "file", str, where) != _FILES[fmt][1]:
+        raise CheckpointError(f"{where}: weights file must be {_FILES[fmt][1]}")
+    return config
+
+
+# ------------------------------------------------------------------------------ fingerprint
+def _hf_configs(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The outermost Hugging Face models inside ``model`` (``""``: the model itself)."""
+    out: dict[str, dict[str, Any]] = {}
+    for mname, module in model.named_modules():
+        config = getattr(module, "config", None)
+        model_type = getattr(config, "model_type", None)
+        if not isinstance(model_type, str) or not model_type:
+            continue
+        if any(mname == p or mname.startswith(p + ".") or p == "" for p in out):
+            continue
+        out[mname] = {
+            "class": type(module).__name__,
+            "model_type": model_type,
+            "hidden_size": getattr(config, "hidden_size", None),
+            "num_layers": getattr(config, "num_hidden_layers", None),
+        }
+    return out
+
+
+def _base_weights(model: nn.Module, modules: Sequence[str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for mname in modules:
+        for pname, p in model.get_submodule(mname).named_parameters(recurse=False):
+            out[f"{mname}.{pname}" if mname else pname] = list(p.shape)
+    return out
+
+
+def fingerprint(model: nn.Module, modules: Sequence[str] = ()) -> dict[str, Any]:
+    """What identifies the base model: class, HF config facts and the patched modules' weights."""
+    return {
+        "class": type(model).__name__,
+        "hf_configs": _hf_configs(model),
+        "patched_weights": _base_weights(model, modules),
+    }
+
+
+def _compare_fingerprint(saved: dict[str, Any], model: nn.Module) -> list[str]:
+    diffs: list[str] = []
+    if saved.get("class") != type(model).__name__:
+        diffs.append(f"model class: checkpoint {saved.get('class')}, model {type(model).__name__}")
+    ours = _hf_configs(model)
+    theirs = saved.get("hf_configs") or {}
+    for prefix in sorted(set(ours) | set(theirs)):
+        where = f"HF model at {prefix!r}" if prefix else "HF config"
+        a, b = theirs.get(prefix), ours.get(prefix)
+        if a is None or b is None:
+            diffs.append(f"{where}: checkpoint {'has' if a else 'lacks'} it, model "
+                         f"{'has' if b else 'lacks'} it")
+            continue
+        diffs += [f"{where} {k}: checkpoint {a.get(k)!r}, model {b.get(k)!r}"
+                  for k in ("class", "model_type", "hidden_size", "num_layers")
+                  if a.get(k) != b.get(k)]
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name, shape in (saved.get("patched_weights") or {}).items():
+        if name not in params:
+            diffs.append(f"patched weight {name}: not in the model")
+        elif list(params[name].shape) != shape:
+            diffs.append(f"patched weight {name}: checkpoint {shape}, model "
+                         f"{list(params[name].shape)}")
+    return diffs
+
+
+# ------------------------------------------------------------------------------ adapter sets
+def _injection_root(mname: str, target: str) -> str:
+    """The module a set was injected into, from a hooked module's name and its site target.
+
+    The hooked module is the target itself, or for an ``nn.MultiheadAttention``'s out_proj the
+    MHA holding it (then ``target`` names a child of the hooked module).
+    """
+    for full in (mname, f"{mname}.{target.rsplit('.', 1)[-1]}"):
+        if full == target:
+            return ""
+        if full.endswith("." + target):
+            return full[: -len(target) - 1]
+    raise AdapterStateError(f"cannot tell where the set at {mname} (target {target}) was injected")
+
+
+def _groups(model: nn.Module, names: set[str] | None) -> dict[tuple[str, str], dict[str, Any]]:
+    """Adapter sets keyed by (injection root, set name): one set name may live in several roots."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    per_module: dict[str, list[tuple[str, str]]] = {}
+    for mname, _, adapter in iter_adapters(model):
+        if names is not None and adapter.set_name not in names:
+            continue
+        root = _injection_root(mname, adapter.site.target)
+        key = (root, adapter.set_name)
+        g = groups.setdefault(key, {
+            "name": adapter.set_name, "root": root, "spec": adapter.spec,
+            "active": adapter.active, "merged": False, "sites": [], "adapters": [],
+        })
+        g["merged"] |= bool(getattr(adapter, "merged", False))
+        g["sites"].append({**asdict(adapter.site), "module": mname})
+        g["adapters"].append(adapter)
+        per_module.setdefault(mname, []).append(key)
+    return {k: groups[k] for k in _injection_order(list(groups), per_module.values())}
+
+
+def _injection_order(
+    keys: list[tuple[str, str]], stacks: Iterable[list[tuple[str, str]]]
+) -> list[tuple[str, str]]:
+    """Order sets so that re-injecting them rebuilds every module's adapter stack in the same
+    order (adapters on one module run in sequence, so their order changes the output)."""
+    after: dict[tuple[str, str], set[tuple[str, str]]] = {k: set() for k in keys}
+    for stack in stacks:
+        for earlier, later in itertools.pairwise(stack):
+            after[later].add(earlier)
+    order: list[tuple[str, str]] = []
+    while len(order) < len(keys):
+        left = [k for k in keys if k not in order]
+        ready = [k for k in left if after[k] <= set(order)]
+        order.append((ready or left)[0])  # no order fits every stack: keep first-seen order
+    return order
+
+
+def _set_records(groups: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**{k: v for k, v in g.items() if k != "adapters"}, "spec": g["spec"].to_dict()}
+            for g in groups.values()]
+
+
+def follow_training_mode(model: nn.Module, name: str) -> None:
+    """New adapter modules start in training mode; put set ``name`` in its host module's mode so
+    a model loaded for evaluation does not run adapter dropout."""
+    for _, module, adapter in iter_adapters(model):
+        if adapter.set_name == name:
+            getattr(module, ADAPTERS_ATTR).train(module.training)
+
+
+def _canonical(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> its first name, the one a shared parameter is stored under."""
+    return {id(p): n for n, p in model.named_parameters()}  # named_parameters() dedupes
+
+
+def _restore_sets(
+    model: nn.Module, records: list[dict[str, Any]], conflicts: list[str]
+) -> list[tuple[nn.Module, str]]:
+    """Inject the recorded sets that are absent; note spec/site differences in ``conflicts``.
+
+    Returns the (root module, name) pairs injected, so a refused load can take them out again.
+    """
+    specs = []
+    for rec in records:
+        try:
+            specs.append(AdapterSpec.from_dict(rec["spec"]))
+        except SpecError as exc:
+            label = f"adapter set {rec['name']!r}"
+            raise CheckpointError(f"{label} has an invalid spec: {exc}") from None
+    injected: list[tuple[nn.Module, str]] = []
+    for rec, spec in zip(records, specs, strict=True):
+        name, root = rec["name"], rec["root"]
+        label = f"adapter set {name!r}" + (f" at {root!r}" if root else "")
+        try:
+            root_module = model.get_submodule(root)
+        except AttributeError:
+            conflicts.append(f"{label}: the model has no module {root!r}")
+            continue
+        present = adapter_sets(root_module)
+        if name in present:
+            if present[name] != spec:
+                conflicts.append(f"{label}: the model's set has another spec: {present[name]}")
+                continue
+        else:
+            try:
+                inject_adapters(root_module, spec, name, freeze=True, activate=False)
+            except Exception as exc:  # the spec does not fit this model
+                conflicts.append(f"{label}: cannot inject it into this model: {exc}")
+                continue
+            injected.append((root_module, name))
+            follow_training_mode(root_module, name)
+        ours = {a.site.target for _, _, a in iter_adapters(root_module) if a.set_name == name}
+        theirs = {s.get("target") for s in rec["sites"]}
+        if ours != theirs:
+            conflicts.append(
+                f"{label}: sites differ: only in checkpoint {sorted(map(str, theirs - ours))}, "
+                f"only in model {sorted(ours - theirs)}"
+            )
+        for _, _, a in iter_adapters(root_module):
+            if a.set_name == name:
+                a.active = rec["active"]
+    return injected
+
+
+# ------------------------------------------------------------------------------- public API
+def save_adapters(
+    model: nn.Module,
+    path: PathLike,
+    name: str | Sequence[str] | None = None,
+    extra_trainable: bool = True,
+) -> Path:
+    """Save adapter set(s) ``name`` (default: all) of ``model`` as a folder; returns its path.
+
+    With ``extra_trainable`` every other parameter with ``requires_grad=True`` (tuned LayerNorms,
+    a head, a recommender's user encoder) is saved too, so nothing that was trained is lost.
+    Merged LoRA sets are refused: their delta lives inside base weights this file does not hold.
+    """
+    present = adapter_sets(model)
+    wanted = None if name is None else ({name} if isinstance(name, str) else set(name))
+    if not present:
+        raise AdapterStateError(
+            f"{type(model).__name__} has no adapter sets; use save_model_state for a full save"
+        )
+    if wanted is not None and wanted - set(present):
+        raise AdapterStateError(
+            f"no adapter set named {sorted(wanted - set(present))}; sets present: {list(present)}"
+        )
+    groups = _groups(model, wanted)
+    merged = [g["name"] for g in groups.values() if g["merged"]]
+    if merged:
+        raise AdapterStateError(
+            f"adapter set(s) {merged} are merged into the base weights; unmerge_adapters(model) "
+            "before saving them"
+        )
+    canonical = _canonical(model)
+    params = dict(model.named_parameters())
+    owner = {id(p): g["name"] for g in groups.values() for a in g["adapters"]
+             for p in a.parameters()}
+    all_adapter = {id(p) for p in adapter_parameters(model).values()}
+    tensors: dict[str, torch.Tensor] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for pid, pname in canonical.items():
+        p = params[pname]
+        if pid in owner and pid in all_adapter:
+            kind, set_name = "adapter", owner[pid]
+        elif extra_trainable and p.requires_grad and pid not in all_adapter:
+            kind, set_name = "trainable", None
+        else:
+            continue
+        tensors[pname] = p
+        info[pname] = {"shape": list(p.shape), "dtype": str(p.dtype).removeprefix("torch."),
+                       "requires_grad": p.requires_grad, "kind": kind, "set": set_name}
+    modules = sorted({s["module"] for g in groups.values() for s in g["sites"]}
+                     | {_join(g["root"], s["entry"]) for g in groups.values() for s in g["sites"]})
+    config = {
+        "format": ADAPTER_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "adarec_version": __version__,
+        "torch_version": torch.__version__,
+        "base_model": fingerprint(model, modules),
+        "adapter_sets": _set_records(groups),
+        "extra_trainable": extra_trainable,
+        "tensors": info,
+    }
+    return _write(path, config, tensors, ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+
+
+def _join(root: str, rel: str) -> str:
+    return f"{root}.{rel}" if root and rel else root or rel
+
+
+def _write(path: PathLike, config: dict[str, Any], tensors: dict[str, torch.Tensor],
+           config_name: str, weights_name: str) -> Path:
+    json.dumps(config, allow_nan=False)  # fail on an unserialisable spec before touching disk
+    with atomic_folder(path, config_name) as tmp:
+        config["weights"] = write_weights(tmp, weights_name, tensors)
+        write_json(tmp / config_name, config)
+    return Path(path)
+
+
+def load_adapters(model: nn.Module, path: PathLike, strict: bool = True) -> LoadResult:
+    """Load a `save_adapters` folder into ``model``, injecting the saved sets where absent.
+
+    Everything is checked before any weight changes. With ``strict`` any difference (another
+    base model, missing, unexpected or mis-shaped tensors) raises `CheckpointError` listing them
+    and leaves ``model`` as it was; with ``strict=False`` what matches is loaded and the rest is
+    reported in the returned `LoadResult` (and a warning).
+    """
+    config, tensors = _read(path, ADAPTER_FORMAT)
+    result = LoadResult(conflicts=_compare_fingerprint(config["base_model"], model))
+    if strict and result.conflicts:
+        raise CheckpointError(f"{path} was saved from another base model:\n  {result.describe()}")
+    _refuse_merged(model)
+    injected = _restore_sets(model, config["adapter_sets"], result.conflicts)
+    expected: set[str] = set()
+    for rec in config["adapter_sets"]:
+        try:
+            root_module = model.get_submodule(rec["root"])
+        except AttributeError:
+            continue
+        for rel in adapter_parameters(root_module, rec["name"]):
+            expected.add(_join(rec["root"], rel))
+    return _finish(model, path, config, tensors, expected, result, injected, strict)
+
+
+def _refuse_merged(model: nn.Module) -> None:
+    merged = sorted({a.set_name for _, _, a in iter_adapters(model) if getattr(a, "merged", 0)})
+    if merged:
+        raise AdapterStateError(
+            f"adapter set(s) {merged} are merged; unmerge_adapters(model) before loading weights"
+        )
+
+
+def _finish(
+    model: nn.Module, path: PathLike, config: dict[str, Any], tensors: dict[str, torch.Tensor],
+    expected: set[str], result: LoadResult, injected: list[tuple[nn.Module, str]], strict: bool,
+) -> LoadResult:
+    """Match file tensors to the model, then either refuse (rolling back) or load."""
+    targets = dict(model.named_parameters(remove_duplicate=False))
+    targets.update(_persistent_buffers(model, remove_duplicate=False))
+    result.missing = sorted(expected - set(tensors))
+    result.unexpected = sorted(n for n in tensors if n not in targets)
+    result.mismatched = [(n, tuple(t.shape), tuple(targets[n].shape))
+                         for n, t in sorted(tensors.items())
+                         if n in targets and t.shape != targets[n].shape]
+    result.sets = sorted({rec["name"] for rec in config["adapter_sets"]})
+    if not result.ok and strict:
+        for root_module, name in reversed(injected):
+            eject_adapters(root_module, name)
+        raise CheckpointError(f"{path} does not fit {type(model).__name__}:\n  {result.describe()}")
+    bad = {n for n, _, _ in result.mismatched} | set(result.unexpected)
+    with torch.no_grad():
+        for n, t in tensors.items():
+            if n not in bad:
+                targets[n].copy_(t)
+                result.loaded.append(n)
+    for n, info in config["tensors"].items():
+        flag = info.get("requires_grad")
+        if n not in bad and isinstance(targets.get(n), nn.Parameter) and isinstance(flag, bool):
+            targets[n].requires_grad_(flag)
+    if not result.ok:
+        warnings.warn(f"partial load of {path}:\n  {result.describe()}", stacklevel=3)
+    return result
+
+
+def _read(path: PathLike, fmt: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and cross-check a checkpoint folder: JSON, sha256, safetensors header vs JSON."""
+    folder = Path(path)
+    config = checkpoint_info(folder)
+    if config["format"] != fmt:
+        other = "load_model_state" if config["format"] == STATE_FORMAT else "load_adapters"
+        raise CheckpointError(f"{folder} is an {config['format']} checkpoint; use {other}")
+    tensors = read_weights(folder / _FILES[fmt][1], config["weights"]["sha256"])
+    declared = config["tensors"]
+    diffs = [f"{n}: in the file, not in the JSON" for n in tensors if n not in declared]
+    diffs += [f"{n}: in the JSON, not in the file" for n in declared if n not in tensors]
+    diffs += [
+        f"{n}: JSON says {declared[n].get('shape')} {declared[n].get('dtype')}, file has "
+        f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+        for n, t in tensors.items()
+        if n in declared and (declared[n]["shape"] != list(t.shape)
+                              or declared[n].get("dtype") != str(t.dtype).removeprefix("torch."))
+    ]
+    if diffs:
+        raise CheckpointError(f"{folder}: JSON and weights disagree:\n  " + "\n  ".join(diffs))
+    return config, tensors
+
+
+def _persistent_buffers(model: nn.Module, remove_duplicate: bool = True) -> dict[str, torch.Tensor]:
+    keys = set(model.state_dict(keep_vars=True))
+    return {n: b for n, b in model.named_buffers(remove_duplicate=remove_duplicate) if n in keys}
+
+
+def save_model_state(model: nn.Module, path: PathLike) -> Path:
+    """Save every parameter and persistent buffer of ``model`` (adapters included), atomically.
+
+    The pre-train -> transfer protocol: a recommender pre-trained on the source domain is saved
+    whole, then loaded into a fresh instance before the adapters for a target domain go in.
+    """
+    groups = _groups(model, None)
+    tensors: dict[str, torch.Tensor] = {}
+    info: dict[str, dict[str, Any]] = {}
+    named = {**{n: p for n, p in model.named_parameters()}, **_persistent_buffers(model)}
+    for n, t in named.items():
+        tensors[n] = t
+        info[n] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
+                   "requires_grad": t.requires_grad if isinstance(t, nn.Parameter) else None,
+                   "kind": "state", "set": None}
+    modules = sorted({s["module"] for g in groups.values() for s in g["sites"]})
+    config = {
+        "format": STATE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "adarec_version": __version__,
+        "torch_version": torch.__version__,
+        "base_model": fingerprint(model, modules),
+        "adapter_sets": _set_records(groups),
+        "tensors": info,
+    }
+    return _write(path, config, tensors, STATE_CONFIG, STATE_WEIGHTS)
+
+
+def load_model_state(model: nn.Module, path: PathLike, strict: bool = True) -> LoadResult:
+    """Load a `save_model_state` folder into a freshly built ``model`` of the same architecture.
+
+    Recorded adapter sets are injected where absent; LoRA sets that were saved merged are marked
+    merged again (their delta is already inside the loaded base weights).
+    """
+    config, tensors = _read(path, STATE_FORMAT)
+    result = LoadResult(conflicts=_compare_fingerprint(config["base_model"], model))
+    if strict and result.conflicts:
+        raise CheckpointError(f"{path} was saved from another model:\n  {result.describe()}")
+    _refuse_merged(model)
+    injected = _restore_sets(model, config["adapter_sets"], result.conflicts)
+    expected = {n for n in (*dict(model.named_parameters()), *_persistent_buffers(model))}
+    result = _finish(model, path, config, tensors, expected, result, injected, strict)
+    for rec in config["adapter_sets"]:
+        if rec["merged"]:
+            for _, _, a in iter_adapters(model.get_submodule(rec["root"])):
+                if a.set_name == rec["name"] and hasattr(a, "merged"):
+                    a.merged = True
+    return result
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LoadResult",
+    "checkpoint_info",
+    "load_adapters",
+    "load_model_state",
+    "save_adapters",
+    "save_model_state",
+]
