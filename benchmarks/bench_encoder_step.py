@@ -30,7 +30,10 @@ METHODS = ["houlsby", "pfeiffer", "parallel", "compacter", "lora"]
 CONFIGS = ["base forward (frozen)", "full fine-tuning", *METHODS]
 
 
-def build(args: argparse.Namespace, config: str) -> tuple[torch.nn.Module, torch.optim.Optimizer | None]:
+Built = tuple[torch.nn.Module, torch.optim.Optimizer | None]
+
+
+def build(args: argparse.Namespace, config: str) -> Built:
     torch.manual_seed(0)
     cfg = BertConfig(
         hidden_size=args.hidden, num_hidden_layers=args.layers,
@@ -54,7 +57,9 @@ def batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer | None, x: dict) -> Callable[[], None]:
+def step_fn(
+    model: torch.nn.Module, opt: torch.optim.Optimizer | None, x: dict
+) -> Callable[[], None]:
     def forward() -> None:
         with torch.no_grad():
             model(**x)
@@ -79,7 +84,7 @@ def run_timing(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     built = {c: build(args, c) for c in args.configs}
     fwd: dict[str, list[float]] = {c: [] for c in args.configs}
     stp: dict[str, list[float]] = {c: [] for c in args.configs}
-    for c, (model, opt) in built.items():  # warm-up: allocator, optimizer state, kernels
+    for model, opt in built.values():  # warm-up: allocator, optimizer state, kernels
         step_fn(model, opt, x)()
     for _ in range(args.rounds):
         for c, (model, opt) in built.items():
