@@ -1,4 +1,4 @@
-"""Recommendation side of adarec: interaction data, losses and full-ranking evaluation."""
+"""Recommendation side of adarec: item and user encoders, TransRec, data, losses, metrics."""
 
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ from adarec.rec.data import (
     tokenize_item_texts,
 )
 from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
+from adarec.rec.item_encoders import (
+    IDItemEncoder,
+    ImageItemEncoder,
+    MultimodalItemEncoder,
+    PrecomputedItemEncoder,
+    TextItemEncoder,
+)
 from adarec.rec.losses import LOSSES, bce_loss, full_softmax_loss, sampled_softmax_loss
 from adarec.rec.metrics import (
     PopularityRecommender,
@@ -28,19 +35,32 @@ from adarec.rec.metrics import (
     target_ranks,
     topk_chunked,
 )
+from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, TransRec
+from adarec.rec.user_encoders import SASRec, SASRecBlock
 
 __all__ = [
     "LOSSES",
+    "LOSS_NAMES",
+    "OBJECTIVES",
     "PAD",
+    "POLICIES",
     "EvalCollator",
     "EvalDataset",
     "EvalExample",
+    "IDItemEncoder",
+    "ImageItemEncoder",
     "InteractionData",
     "LeaveOneOutSplit",
+    "MultimodalItemEncoder",
     "PopularityRecommender",
+    "PrecomputedItemEncoder",
+    "SASRec",
+    "SASRecBlock",
+    "TextItemEncoder",
     "TrainCollator",
     "TrainDataset",
     "TrainExample",
+    "TransRec",
     "bce_loss",
     "evaluate_full_ranking",
     "full_ranking_ranks",

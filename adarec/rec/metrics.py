@@ -40,6 +40,20 @@ def target_ranks(
     (r = 1 + #higher, the definition used here); ``"pessimistic"`` also counts equal scores,
     which matters for models with many tied scores, e.g. popularity counts.
     """
+    return _target_ranks(scores, targets, exclude, ties, in_place=False)
+
+
+def _target_ranks(
+    scores: Tensor,
+    targets: Tensor,
+    exclude: Tensor | Sequence[Sequence[int]] | None,
+    ties: Ties,
+    in_place: bool,
+) -> Tensor:
+    """`target_ranks` in one pass over ``scores`` and no ``[B, N+1]`` bool mask: write a 0/1
+    "beats the target" flag per item, zero the flags of the few unrankable items (padding,
+    history, the target itself) by scatter, and sum. ``in_place`` writes the flags over
+    ``scores`` (which `full_ranking_ranks` owns)."""
     if ties not in ("optimistic", "pessimistic"):
         raise ValueError(f"ties must be 'optimistic' or 'pessimistic', got {ties!r}")
     targets = targets.to(device=scores.device, dtype=torch.long).view(-1, 1)
@@ -48,18 +62,32 @@ def target_ranks(
     target_scores = scores.gather(1, targets)
     if torch.isnan(target_scores).any():
         raise ValueError("NaN target score: a NaN would silently rank first")
-    ranked = torch.ones_like(scores, dtype=torch.bool)
-    ranked[:, PAD] = False
-    if exclude is not None:
-        if isinstance(exclude, Tensor) and exclude.dtype == torch.bool:
-            ranked &= ~exclude.to(scores.device)
-        else:
-            ranked.scatter_(1, _as_ids(exclude, scores.device), False)
-    ranked.scatter_(1, targets, True)
-    if ties == "optimistic":
-        return 1 + ((scores > target_scores) & ranked).sum(1)
-    ranked.scatter_(1, targets, False)
-    return 1 + ((scores >= target_scores) & ranked).sum(1)
+    if in_place and scores.dtype in (torch.float32, torch.float64):
+        flags = scores
+    else:  # 0/1 floats: a float row sum is much faster on CPU than a bool one
+        flags = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
+    beats = torch.gt if ties == "optimistic" else torch.ge
+    beats(scores, target_scores, out=flags)
+    flags[:, PAD] = 0
+    if isinstance(exclude, Tensor) and exclude.dtype == torch.bool:
+        flags.masked_fill_(exclude.to(scores.device), 0)
+    elif exclude is not None:  # repeated ids are harmless: zeroing is idempotent
+        flags.scatter_(1, _as_ids(exclude, scores.device), 0)
+    flags.scatter_(1, targets, 0)  # the target stays rankable; it never counts against itself
+    return 1 + _row_count(flags)
+
+
+_EXACT_F32 = 1 << 24
+"""float32 adds up 0/1 flags exactly until the sum reaches 2**24."""
+
+
+def _row_count(flags: Tensor) -> Tensor:
+    """Row sums of 0/1 ``flags`` as int64, exact at any width (float32 in 2**24 slices)."""
+    step = flags.size(1) if flags.dtype == torch.float64 else _EXACT_F32
+    count = torch.zeros(flags.size(0), dtype=torch.long, device=flags.device)
+    for start in range(0, flags.size(1), step):
+        count += flags[:, start : start + step].sum(1).long()
+    return count
 
 
 def ranking_metrics(
@@ -94,21 +122,42 @@ def full_ranking_ranks(
     """Ranks of all targets, scoring one user batch at a time against the item table.
 
     ``user_embeddings`` is ``[U, d]`` or a function from user positions (a LongTensor) to
-    ``[b, d]`` representations, so a model can encode users lazily. Peak memory is
-    ``batch_size * (N + 1)`` scores. ``item_embeddings`` is ``[N + 1, d]`` (row 0 = padding).
+    ``[b, d]`` representations, so a model can encode users lazily. Peak memory is one
+    ``batch_size * (N + 1)`` score table, reused from batch to batch (at 1M items and the
+    default 256 users that is 1 GiB in float32: lower ``batch_size`` for bigger catalogs).
+    ``item_embeddings`` is ``[N + 1, d]`` (row 0 = padding).
     """
     device = item_embeddings.device
     targets = torch.as_tensor(targets, dtype=torch.long)
     ranks = []
+    buffer: Tensor | None = None
     for start in range(0, len(targets), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(targets)))
         users = user_embeddings(idx) if callable(user_embeddings) else user_embeddings[idx]
-        scores = users.to(device) @ item_embeddings.T
+        scores, buffer = _scores_into(users.to(device), item_embeddings.T, buffer)
         exclude = None
         if exclude_history and histories is not None:
             exclude = histories[start : start + len(idx)]
-        ranks.append(target_ranks(scores, targets[idx], exclude, ties).cpu())
+        ranks.append(_target_ranks(scores, targets[idx], exclude, ties, in_place=True).cpu())
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
+def _scores_into(a: Tensor, b: Tensor, buffer: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """``a @ b``, written into the rows of ``buffer`` when it fits: a fresh ``[B, N]`` tensor per
+    batch costs page faults on every batch (on CPU about as much as the product itself at 100k
+    items). Autocast ignores ``out=``, so under autocast every batch gets a fresh tensor."""
+    rows, cols = a.size(0), b.size(1)
+    fits = (
+        buffer is not None and buffer.size(0) >= rows and buffer.size(1) == cols
+        and buffer.dtype == torch.result_type(a, b) and not torch.is_autocast_enabled(a.device.type)
+    )
+    if not fits:
+        out = a @ b
+        return out, out
+    assert buffer is not None
+    out = buffer[:rows]
+    torch.matmul(a, b, out=out)
+    return out, buffer
 
 
 def evaluate_full_ranking(

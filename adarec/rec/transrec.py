@@ -1,0 +1,397 @@
+"""TransRec (Fu et al., WSDM 2024): a pre-trained item modality encoder, a dimension-transformation
+layer (DTL: Linear + GELU) and a sequential user encoder, scored by dot product.
+
+Transfer recipe (source domain -> target domain, same base HF encoder)::
+
+    src = TransRec(TextItemEncoder.from_texts(bert, tok, source_texts), user_dim=64)
+    ... train src with policy "full" ...
+    state = src.transferable_state_dict()           # encoder + DTL + user encoder weights
+    dst = TransRec(TextItemEncoder.from_texts(bert2, tok, target_texts), user_dim=64)
+    dst.load_transferable_state_dict(state)         # before injecting adapters
+    dst.inject_adapters(item="houlsby", user="houlsby")   # policy "adapters"
+    ... train dst ...
+
+Item features (token ids, pixels) are data, not weights, so they are never in a state dict.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from adarec.errors import TargetNotFoundError
+from adarec.freeze import ParameterSummary, adapter_parameters, parameter_summary
+from adarec.inject import ADAPTERS_ATTR
+from adarec.inject import inject_adapters as _inject
+from adarec.layouts import iter_blocks
+from adarec.rec.data import PAD
+from adarec.rec.losses import bce_loss, full_softmax_loss, sampled_softmax_loss
+from adarec.rec.user_encoders import SASRec
+from adarec.spec import AdapterSpec
+
+OBJECTIVES = ("sasrec", "cpc")
+LOSS_NAMES = ("bce", "sampled_softmax", "full_softmax")
+POLICIES = ("full", "adapters", "item_adapters", "user_adapters", "frozen")
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith(
+        ("LayerNorm", "RMSNorm")
+    )
+
+
+def _set_trainable(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def _adapters_and_norms(module: nn.Module, layernorm: bool) -> None:
+    """Adapters, plus the LayerNorms from the lowest adapted block upwards (with ``layernorm``).
+
+    Norms below the lowest adapter stay frozen, so everything under it is a fixed function
+    (and `TextItemEncoder` can cache it); with adapters in every block this is the paper's
+    "adapters + LayerNorms" (all block norms, the embedding norm excepted).
+    """
+    _set_trainable(module, False)
+    adapters = adapter_parameters(module)
+    for p in adapters.values():
+        p.requires_grad_(True)
+    if not layernorm or not adapters:
+        return
+    order = {n: i for i, (n, _) in enumerate(module.named_modules())}
+    try:
+        blocks = [f"{b.stack}.{b.index}" for b in iter_blocks(module)]
+    except TargetNotFoundError:
+        blocks = []
+    start = len(order)
+    for pname in adapters:
+        site = pname.split(f".{ADAPTERS_ATTR}.", 1)[0]
+        owner = next((b for b in blocks if site.startswith(b + ".")), site)
+        start = min(start, order.get(owner, start))
+    for n, m in module.named_modules():
+        if _is_norm(m) and order[n] >= start:
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(True)
+
+
+class TransRec(nn.Module):
+    """Item encoder -> DTL -> user encoder, trained for next-item prediction.
+
+    ``objective="sasrec"`` puts the loss at every real position, ``"cpc"`` only at the last one.
+    ``loss`` is ``"bce"`` (SASRec, with the collator's negatives), ``"sampled_softmax"`` (the
+    batch's targets and negatives as candidates, accidental hits masked) or ``"full_softmax"``
+    (every item; it encodes the whole catalogue each step, so it suits ID/precomputed tables).
+    ``num_negatives`` is how many of the collator's negatives per position are used; with
+    sampled softmax it may be 0 (in-batch negatives only: the batch's other targets, which also
+    halves the items to encode), and ``logq_correction`` subtracts the log of each candidate's
+    in-batch frequency so popular items are not over-penalised as negatives (Yi et al. 2019).
+
+    ``dtl=False`` drops the DTL (identity), allowed only when the item width equals ``user_dim``
+    (e.g. an `IDItemEncoder` for plain SASRec). Without ``user_encoder`` a `SASRec` of width
+    ``user_dim`` is built from ``max_len``, ``n_layers``, ``n_heads`` and ``dropout``.
+    """
+
+    def __init__(
+        self,
+        item_encoder: nn.Module,
+        user_encoder: nn.Module | None = None,
+        user_dim: int = 64,
+        objective: str = "sasrec",
+        loss: str = "bce",
+        num_negatives: int = 1,
+        dtl: bool = True,
+        max_len: int = 50,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        dropout: float = 0.1,
+        temperature: float = 1.0,
+        logq_correction: bool = True,
+    ) -> None:
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r} is not one of {list(OBJECTIVES)}")
+        if loss not in LOSS_NAMES:
+            raise ValueError(f"loss={loss!r} is not one of {list(LOSS_NAMES)}")
+        if num_negatives < (0 if loss == "sampled_softmax" else 1):
+            raise ValueError(f"num_negatives={num_negatives} is too small for loss={loss!r}")
+        if user_encoder is not None:
+            user_dim = int(user_encoder.dim)
+        item_dim = int(item_encoder.dim)
+        if not dtl and item_dim != user_dim:
+            raise ValueError(f"dtl=False needs item width {item_dim} == user_dim {user_dim}")
+        self.item_encoder = item_encoder
+        self.dtl = nn.Sequential(nn.Linear(item_dim, user_dim), nn.GELU()) if dtl else nn.Identity()
+        if user_encoder is None:
+            user_encoder = SASRec(
+                user_dim, n_layers=n_layers, n_heads=n_heads, max_len=max_len, dropout=dropout
+            )
+        self.user_encoder = user_encoder
+        self.dim = user_dim
+        self.objective, self.loss_name = objective, loss
+        self.num_negatives, self.temperature = num_negatives, temperature
+        self.logq_correction = logq_correction
+        self.dedup = True
+        """Encode each distinct item of a batch once (False: once per occurrence, for tests)."""
+        self.policy: str | None = None
+        self._version = 0
+        self._table: Tensor | None = None
+        self._table_key: Any = None
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_encoder.n_items)
+
+    # ------------------------------------------------------------------------ item side
+    def _encode(self, ids: Tensor) -> Tensor:
+        """Encoder + DTL for a flat id vector, each distinct id encoded once."""
+        if not self.dedup:
+            return self.dtl(self.item_encoder(ids))
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        return self.dtl(self.item_encoder(uniq))[inverse]
+
+    def item_embeddings(self, ids: Tensor) -> Tensor:
+        """``ids`` of any shape -> ``[*ids.shape, dim]`` (from the cached table when it is
+        valid and no gradient is needed)."""
+        if self._cache_valid() and not torch.is_grad_enabled():
+            assert self._table is not None
+            return self._table[ids.to(self._table.device)]
+        return self._encode(ids.reshape(-1)).view(*ids.shape, self.dim)
+
+    # ------------------------------------------------------------------------ the cache
+    def _state_key(self) -> tuple[int, ...]:
+        # In-place updates (optimizer steps, load_state_dict) bump a tensor's _version.
+        tensors = itertools.chain(self.parameters(), self.buffers())
+        return (self._version, *(t._version for t in tensors))
+
+    def _cache_valid(self) -> bool:
+        return self._table is not None and not self.training and self._table_key == (
+            self._state_key()
+        )
+
+    def invalidate_cache(self) -> None:
+        """Drop the cached item table (also done by ``train()`` and by any in-place update)."""
+        self._version += 1
+        self._table, self._table_key = None, None
+
+    def train(self, mode: bool = True) -> TransRec:
+        self.invalidate_cache()
+        return super().train(mode)
+
+    @contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Eval-mode flags and no grad, without calling ``train()`` (which drops the cache)."""
+        flags = [(m, m.training) for m in self.modules()]
+        try:
+            for m, _ in flags:
+                m.training = False
+            with torch.no_grad():
+                yield
+        finally:
+            for m, flag in flags:
+                m.training = flag
+
+    def item_table(self, batch_size: int = 512) -> Tensor:
+        """Every item's embedding ``[n_items + 1, dim]`` in eval mode without grad, cached
+        until the model changes or ``train()``/`invalidate_cache` is called."""
+        with self._inference():
+            if self._cache_valid():
+                assert self._table is not None
+                return self._table
+            ids = torch.arange(self.n_items + 1, device=self._device())
+            table = torch.cat([self._encode(c) for c in ids.split(batch_size)])
+            self._table, self._table_key = table, self._state_key()
+            return table
+
+    def _device(self) -> torch.device:
+        t = next(itertools.chain(self.parameters(), self.buffers()), None)
+        return t.device if t is not None else torch.device("cpu")
+
+    # ------------------------------------------------------------------------ user side
+    def sequence_output(self, input_ids: Tensor, item_emb: Tensor | None = None) -> Tensor:
+        """User encoder output at every position ``[B, L, dim]`` for left-padded ids."""
+        if item_emb is None:
+            item_emb = self.item_embeddings(input_ids)
+        return self.user_encoder(item_emb, input_ids != PAD)
+
+    def user_embeddings(self, history_ids: Tensor) -> Tensor:
+        """``[B, dim]``: the output at the last (most recent) position."""
+        return self.sequence_output(history_ids)[:, -1]
+
+    def score(self, history_ids: Tensor, candidate_ids: Tensor) -> Tensor:
+        """Dot-product scores ``[B, C]`` of candidates ``[B, C]``."""
+        user = self.user_embeddings(history_ids)
+        return torch.einsum("bd,bcd->bc", user, self.item_embeddings(candidate_ids))
+
+    def full_sort_scores(
+        self,
+        history_ids: Tensor,
+        exclude_history: bool = True,
+        exclude_ids: Tensor | None = None,
+        batch_size: int = 512,
+    ) -> Tensor:
+        """Scores of every item ``[B, n_items + 1]`` (inference: eval mode, no grad); the
+        padding item, and with ``exclude_history`` the history ids (plus ``exclude_ids``,
+        e.g. the untruncated history), get ``-inf``."""
+        table = self.item_table(batch_size)
+        with self._inference():
+            scores = self.user_embeddings(history_ids.to(table.device)) @ table.T
+            scores[:, PAD] = float("-inf")
+            if exclude_history:
+                scores.scatter_(1, history_ids.to(table.device), float("-inf"))
+                if exclude_ids is not None:
+                    scores.scatter_(1, exclude_ids.to(table.device), float("-inf"))
+        return scores
+
+    # ------------------------------------------------------------------------ training
+    def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Next-item loss of a collated batch (``input_ids``, ``target_ids``, ``negative_ids``,
+        ``mask``; all left-padded ``[B, L]``, negatives ``[B, L, k]``)."""
+        inputs, targets = batch["input_ids"], batch["target_ids"]
+        mask = batch["mask"].bool() if "mask" in batch else targets != PAD
+        if self.objective == "cpc":
+            last = torch.zeros_like(mask)
+            last[:, -1] = mask[:, -1]
+            mask = last
+        pos = targets[mask]  # [M]
+        m = pos.numel()
+        if self.loss_name == "full_softmax":
+            table = self._encode(torch.arange(self.n_items + 1, device=inputs.device))
+            user = self.sequence_output(inputs, table[inputs])[mask] / self.temperature
+            return full_softmax_loss(user, table, pos)
+        if self.num_negatives:
+            neg = batch["negative_ids"]
+            neg = (neg.unsqueeze(-1) if neg.dim() == 2 else neg)[mask]
+            if neg.size(-1) < self.num_negatives:
+                raise ValueError(f"the batch has {neg.size(-1)} negatives per position, the "
+                                 f"model uses num_negatives={self.num_negatives}")
+            neg = neg[:, : self.num_negatives]  # [M, k]
+        else:
+            neg = pos.new_zeros(m, 0)
+        ids = torch.cat([inputs.reshape(-1), pos, neg.reshape(-1)])
+        emb = self._encode(ids)
+        n_in = inputs.numel()
+        in_emb = emb[:n_in].view(*inputs.shape, self.dim)
+        pos_emb, neg_emb = emb[n_in : n_in + m], emb[n_in + m :].view(m, -1, self.dim)
+        user = self.sequence_output(inputs, in_emb)[mask] / self.temperature
+        if self.loss_name == "bce":
+            return bce_loss(user, pos_emb, neg_emb, torch.ones(m, dtype=torch.bool,
+                                                                device=user.device))
+        cand_ids, cand_index = torch.unique(
+            torch.cat([pos, neg.reshape(-1)]), return_inverse=True
+        )
+        cand_emb = torch.cat([pos_emb, neg_emb.reshape(-1, self.dim)])
+        first = torch.full((cand_ids.numel(),), -1, dtype=torch.long, device=pos.device)
+        first.scatter_reduce_(0, cand_index, torch.arange(cand_index.numel(), device=pos.device),
+                              reduce="amin", include_self=False)
+        logq = None
+        if self.logq_correction:  # in-batch frequency estimates each candidate's sampling rate
+            logq = torch.bincount(cand_index, minlength=cand_ids.numel()).float().log()
+        return sampled_softmax_loss(user, cand_emb[first], cand_index[:m], logq=logq,
+                                    candidate_ids=cand_ids)
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.loss(batch)
+
+    # ------------------------------------------------------------------------ adapters
+    def inject_adapters(
+        self,
+        item: AdapterSpec | str | Mapping[str, Any] | None = None,
+        user: AdapterSpec | str | Mapping[str, Any] | None = None,
+        name: str = "default",
+        policy: str | None = "adapters",
+    ) -> ParameterSummary | None:
+        """Inject adapter set ``name`` into the item encoder's transformer(s) and/or the user
+        encoder, then apply ``policy`` (see `set_policy`; ``None`` leaves flags alone)."""
+        if item is not None:
+            models = self.item_encoder.hf_models() if hasattr(self.item_encoder,
+                                                              "hf_models") else []
+            if not models:
+                raise ValueError(f"{type(self.item_encoder).__name__} has no transformer to adapt")
+            for model in models:
+                _inject(model, item, name, freeze=False)
+        if user is not None:
+            _inject(self.user_encoder, user, name, freeze=False)
+        self.invalidate_cache()
+        return self.set_policy(policy) if policy is not None else None
+
+    def set_policy(
+        self, name: str, layernorm: bool = True, verbose: bool = False
+    ) -> ParameterSummary:
+        """Choose what trains; the DTL trains under every policy.
+
+        - ``"full"``: everything (base weights, adapters, DTL, user encoder).
+        - ``"adapters"`` (the paper's adapter tuning): in each encoder that holds adapters, only
+          its adapters and (with ``layernorm``) its LayerNorms from the lowest adapted block
+          upwards (with adapters everywhere: every block's norms, and SASRec's final norm); an
+          encoder without adapters (e.g. a SASRec user encoder learnt from scratch) trains
+          fully.
+        - ``"item_adapters"``: item-encoder adapters + LayerNorms; user encoder fully.
+        - ``"user_adapters"``: item encoder frozen; user-encoder adapters + LayerNorms.
+        - ``"frozen"`` (linear probe): item encoder frozen (its adapters too); user encoder
+          fully.
+
+        Returns the `adarec.parameter_summary` table (printed with ``verbose``).
+        """
+        if name not in POLICIES:
+            raise ValueError(f"policy={name!r} is not one of {list(POLICIES)}")
+        item, user = self.item_encoder, self.user_encoder
+        has_item, has_user = bool(adapter_parameters(item)), bool(adapter_parameters(user))
+        if name == "adapters" and not (has_item or has_user):
+            raise ValueError("policy 'adapters' needs adapters; call inject_adapters first")
+        if name == "item_adapters" and not has_item:
+            raise ValueError("policy 'item_adapters' needs adapters in the item encoder")
+        if name == "user_adapters" and not has_user:
+            raise ValueError("policy 'user_adapters' needs adapters in the user encoder")
+        _set_trainable(self, True)
+        if name == "adapters":
+            for module, has in ((item, has_item), (user, has_user)):
+                if has:
+                    _adapters_and_norms(module, layernorm)
+        elif name == "item_adapters":
+            _adapters_and_norms(item, layernorm)
+        elif name == "user_adapters":
+            _set_trainable(item, False)
+            _adapters_and_norms(user, layernorm)
+        elif name == "frozen":
+            _set_trainable(item, False)
+        self.policy = name
+        summary = parameter_summary(self)
+        if verbose:
+            print(summary)
+        return summary
+
+    # ------------------------------------------------------------------------ transfer
+    def _item_specific_prefixes(self) -> list[str]:
+        return [n for n, m in self.named_modules() if getattr(m, "transferable", True) is False]
+
+    def transferable_state_dict(self) -> dict[str, Tensor]:
+        """Weights that carry over to another item catalogue: item encoder (not ID or fixed
+        tables), DTL, user encoder and any adapters. Item features are never included."""
+        skip = self._item_specific_prefixes()
+        return {
+            k: v for k, v in self.state_dict().items()
+            if not any(k.startswith(p + ".") for p in skip)
+        }
+
+    def load_transferable_state_dict(
+        self, state: Mapping[str, Tensor], strict: bool = True
+    ) -> list[str]:
+        """Load `transferable_state_dict` weights; returns the keys left at their current value
+        (the item-specific ones). With ``strict`` any other missing or unknown key raises."""
+        result = self.load_state_dict(dict(state), strict=False)
+        expected = set(self.transferable_state_dict())
+        missing = [k for k in result.missing_keys if k in expected]
+        if strict and (missing or result.unexpected_keys):
+            raise KeyError(f"transferable state mismatch: missing {missing}, unexpected "
+                           f"{result.unexpected_keys} (inject the same adapter sets before "
+                           "loading a state that has adapters)")
+        self.invalidate_cache()
+        return list(result.missing_keys)
+
+
+__all__ = ["LOSS_NAMES", "OBJECTIVES", "POLICIES", "TransRec"]
