@@ -198,8 +198,16 @@ def topk_chunked(
         raise ValueError(f"k must be in 1..{item_emb.size(0)}, got {k}")
     values = user_emb.new_empty(user_emb.size(0), 0)
     indices = torch.empty(user_emb.size(0), 0, dtype=torch.long, device=user_emb.device)
+    flat: Tensor | None = None  # one chunk-sized score buffer, reused (see _scores_into)
     for start in range(0, item_emb.size(0), item_chunk):
-        scores = user_emb @ item_emb[start : start + item_chunk].T
+        chunk = item_emb[start : start + item_chunk]
+        if flat is None:
+            scores = user_emb @ chunk.T
+            if not torch.is_autocast_enabled(user_emb.device.type):
+                flat = scores.view(-1)
+        else:
+            scores = flat[: user_emb.size(0) * chunk.size(0)].view(user_emb.size(0), -1)
+            torch.matmul(user_emb, chunk.T, out=scores)
         if exclude is not None:
             inside = (exclude >= start) & (exclude < start + scores.size(1))
             rows, cols = inside.nonzero(as_tuple=True)
