@@ -17,7 +17,7 @@ Item features (token ids, pixels) are data, not weights, so they are never in a 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -137,6 +137,9 @@ class TransRec(nn.Module):
         self.logq_correction = logq_correction
         self.dedup = True
         """Encode each distinct item of a batch once (False: once per occurrence, for tests)."""
+        self.gather_candidates: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, int]] | None = None
+        """Sampled softmax: ``(ids, emb) -> (all ids, all emb, offset of the local rows)``, e.g.
+        `adarec.distributed.enable_cross_rank_negatives` (other ranks' candidates as negatives)."""
         self.policy: str | None = None
         self._version = 0
         self._table: Tensor | None = None
@@ -281,18 +284,20 @@ class TransRec(nn.Module):
         if self.loss_name == "bce":
             return bce_loss(user, pos_emb, neg_emb, torch.ones(m, dtype=torch.bool,
                                                                 device=user.device))
-        cand_ids, cand_index = torch.unique(
-            torch.cat([pos, neg.reshape(-1)]), return_inverse=True
-        )
+        all_ids = torch.cat([pos, neg.reshape(-1)])
         cand_emb = torch.cat([pos_emb, neg_emb.reshape(-1, self.dim)])
+        offset = 0  # where this batch's positives start among the (gathered) candidates
+        if self.gather_candidates is not None:
+            all_ids, cand_emb, offset = self.gather_candidates(all_ids, cand_emb)
+        cand_ids, cand_index = torch.unique(all_ids, return_inverse=True)
         first = torch.full((cand_ids.numel(),), -1, dtype=torch.long, device=pos.device)
         first.scatter_reduce_(0, cand_index, torch.arange(cand_index.numel(), device=pos.device),
                               reduce="amin", include_self=False)
         logq = None
         if self.logq_correction:  # in-batch frequency estimates each candidate's sampling rate
             logq = torch.bincount(cand_index, minlength=cand_ids.numel()).float().log()
-        return sampled_softmax_loss(user, cand_emb[first], cand_index[:m], logq=logq,
-                                    candidate_ids=cand_ids)
+        return sampled_softmax_loss(user, cand_emb[first], cand_index[offset : offset + m],
+                                    logq=logq, candidate_ids=cand_ids)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         return self.loss(batch)
