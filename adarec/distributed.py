@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -91,6 +92,7 @@ def all_gather_with_grad(tensor: Tensor, group: dist.ProcessGroup | None = None)
     from torch.distributed._functional_collectives import all_gather_single_autograd
 
     group = group or dist.group.WORLD
+    assert group is not None  # set once a process group is initialised
     sizes = _sizes(tensor.size(0), group, tensor.device)
     longest = max(sizes)
     if longest == 0:
@@ -144,6 +146,6 @@ def ddp_sync_stats(ddp_model: nn.Module) -> dict[str, int]:
     (``_get_ddp_logging_data``, a private torch API): ``tensors`` and ``bytes``. DDP registers
     only parameters with ``requires_grad=True``, so for an adapter-tuned model these match the
     trainable parameters and a frozen base costs no communication."""
-    data = ddp_model._get_ddp_logging_data()
+    data = cast(Any, ddp_model)._get_ddp_logging_data()
     return {"tensors": int(data["num_parameter_tensors"]),
             "bytes": int(data["total_parameter_size_bytes"])}

@@ -25,12 +25,21 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from .adapters import ADAPTER_BUILDERS
-from .adapters.base import AdapterLayer, arg_locator, hook_owner, is_adapter, positional_names
+from .adapters.base import (
+    AdapterLayer,
+    arg_locator,
+    base_weight,
+    hook_owner,
+    is_adapter,
+    positional_names,
+)
+from .adapters.bottleneck import BottleneckAdapter
+from .adapters.ia3 import IA3Adapter
 from .adapters.kadapter import MASK_ARGS
 from .errors import AdapterStateError, TargetNotFoundError, UnsupportedModuleError
 from .layouts import BlockSites, is_linear_like, iter_blocks
@@ -294,7 +303,7 @@ def _dims(module: nn.Module) -> tuple[int, int] | None:
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     if type(module).__name__ == "Conv1D":
-        return int(module.weight.shape[0]), int(module.weight.shape[1])
+        return int(base_weight(module).shape[0]), int(base_weight(module).shape[1])
     if isinstance(module, nn.MultiheadAttention):
         return module.embed_dim, module.embed_dim
     return None
@@ -401,9 +410,11 @@ def inject_adapters(
             adapter = builder(spec, d_in, d_out, shared)
             _attach(module, name, spec, adapter, site, order, recurse=False)
             if spec.method == "parallel" and entry is not module:
-                entry.register_forward_pre_hook(adapter.capture, with_kwargs=True)
+                capture = cast(BottleneckAdapter, adapter).capture  # "parallel" builds one
+                entry.register_forward_pre_hook(capture, with_kwargs=True)
             if getattr(adapter, "scale_input", False):
-                module.register_forward_pre_hook(adapter.scale_args, with_kwargs=True)
+                scale_args = cast(IA3Adapter, adapter).scale_args  # input-side (IA)^3
+                module.register_forward_pre_hook(scale_args, with_kwargs=True)
     if activate:
         set_active_adapters(model, name)
     else:

@@ -9,9 +9,11 @@ is every set whose layers implement no ``merge``/``unmerge``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from torch import nn
 
+from .adapters.base import Mergeable
 from .errors import AdapterStateError
 from .inject import active_adapters, adapter_sets, eject_adapters, iter_adapters
 
@@ -55,6 +57,11 @@ def _selected(model: nn.Module, name: str | Sequence[str] | None) -> list[str]:
     return names
 
 
+def _chosen(model: nn.Module, names: list[str]) -> list[tuple[nn.Module, Mergeable]]:
+    """The adapted modules and layers of sets ``names`` (checked mergeable by `_selected`)."""
+    return [(m, cast(Mergeable, a)) for _, m, a in iter_adapters(model) if a.set_name in names]
+
+
 def merge_adapters(
     model: nn.Module, name: str | Sequence[str] | None = None, *, unload: bool = False
 ) -> nn.Module:
@@ -65,7 +72,7 @@ def merge_adapters(
     leaving a plain model whose weights carry the update (it cannot be unmerged afterwards).
     """
     names = _selected(model, name)
-    chosen = [(m, a) for _, m, a in iter_adapters(model) if a.set_name in names]
+    chosen = _chosen(model, names)
     inactive = sorted({a.set_name for _, a in chosen if not a.active})
     if inactive:
         raise AdapterStateError(
@@ -91,7 +98,7 @@ def unmerge_adapters(model: nn.Module, name: str | Sequence[str] | None = None) 
         names = sorted({a.set_name for _, _, a in iter_adapters(model) if getattr(a, "merged", 0)})
     else:
         names = _selected(model, name)
-    chosen = [(m, a) for _, m, a in iter_adapters(model) if a.set_name in names]
+    chosen = _chosen(model, names)
     not_merged = sorted({a.set_name for _, a in chosen if not a.merged})
     if not_merged:
         raise AdapterStateError(f"adapter set(s) {not_merged} are not merged")

@@ -10,14 +10,21 @@ and ``y`` the output of the module it is attached to. It carries:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from ..inject import Site
+
 
 class AdapterLayer(nn.Module):
     """Shared plumbing: the active switch and the parameter protocol."""
+
+    # set by injection (`adarec.inject`), not by the constructor
+    site: Site
+    injection_order: int
 
     def __init__(self) -> None:
         super().__init__()
@@ -33,8 +40,28 @@ class AdapterLayer(nn.Module):
         raise NotImplementedError
 
 
-def is_adapter(module: nn.Module) -> bool:
-    """Duck-typed check for the protocol, so third-party layers can take part."""
+class Mergeable(Protocol):
+    """What `merge_adapters` needs of a layer that folds into its base module (LoRA, (IA)^3)."""
+
+    set_name: str
+    active: bool
+    merged: bool
+
+    def merge(self, base: nn.Module) -> None: ...
+
+    def unmerge(self, base: nn.Module) -> None: ...
+
+
+def base_weight(base: nn.Module) -> torch.Tensor:
+    """``base.weight`` (``nn.Module.__getattr__`` is typed ``Tensor | Module``)."""
+    weight = base.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def is_adapter(module: nn.Module) -> TypeGuard[AdapterLayer]:
+    """Duck-typed check for the protocol, so third-party layers can take part (typed as
+    `AdapterLayer`, whose interface they follow)."""
     return callable(getattr(module, "adapter_params", None)) and hasattr(module, "active")
 
 

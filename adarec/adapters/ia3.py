@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import AdapterStateError
-from .base import AdapterLayer
+from .base import AdapterLayer, base_weight
 
 
 class IA3Adapter(AdapterLayer):
@@ -56,7 +56,7 @@ class IA3Adapter(AdapterLayer):
 
     def _oriented(self, base: nn.Module) -> torch.Tensor:
         """The scale shaped to multiply ``base.weight``: Linear is (out, in), Conv1D (in, out)."""
-        s = self.full_scale().detach().to(base.weight.dtype)
+        s = self.full_scale().detach().to(base_weight(base).dtype)
         on_rows = (type(base).__name__ == "Conv1D") == self.scale_input
         return s[:, None] if on_rows else s[None, :]
 
@@ -64,9 +64,10 @@ class IA3Adapter(AdapterLayer):
     def merge(self, base: nn.Module) -> None:
         if self.merged:
             raise AdapterStateError(f"(IA)^3 set {self.set_name!r} is already merged")
-        base.weight.data.mul_(self._oriented(base))
-        if not self.scale_input and getattr(base, "bias", None) is not None:
-            base.bias.data.mul_(self.full_scale().detach().to(base.bias.dtype))
+        base_weight(base).data.mul_(self._oriented(base))
+        bias = getattr(base, "bias", None)
+        if not self.scale_input and bias is not None:
+            bias.data.mul_(self.full_scale().detach().to(bias.dtype))
         self.merged = True
 
     @torch.no_grad()
@@ -74,9 +75,10 @@ class IA3Adapter(AdapterLayer):
         """Divide the scaling out again (exact up to rounding; a zero scale cannot be undone)."""
         if not self.merged:
             raise AdapterStateError(f"(IA)^3 set {self.set_name!r} is not merged")
-        base.weight.data.div_(self._oriented(base))
-        if not self.scale_input and getattr(base, "bias", None) is not None:
-            base.bias.data.div_(self.full_scale().detach().to(base.bias.dtype))
+        base_weight(base).data.div_(self._oriented(base))
+        bias = getattr(base, "bias", None)
+        if not self.scale_input and bias is not None:
+            bias.data.div_(self.full_scale().detach().to(bias.dtype))
         self.merged = False
 
     def extra_repr(self) -> str:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import AdapterStateError
-from .base import AdapterLayer
+from .base import AdapterLayer, base_weight
 
 
 class LoRAAdapter(AdapterLayer):
@@ -57,12 +57,12 @@ class LoRAAdapter(AdapterLayer):
 
 
 def _base_weight(base: nn.Module) -> torch.Tensor:
-    return base.weight.data
+    return base_weight(base).data
 
 
 def _oriented(base: nn.Module, delta: torch.Tensor) -> torch.Tensor:
     """transformers' Conv1D stores its weight as (in, out), nn.Linear as (out, in)."""
-    delta = delta.to(base.weight.dtype)
+    delta = delta.to(base_weight(base).dtype)
     return delta.T if type(base).__name__ == "Conv1D" else delta
 
 

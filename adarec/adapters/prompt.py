@@ -16,7 +16,7 @@ Not an identity at initialisation: the real tokens attend to the prompt from the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -64,7 +64,7 @@ class PromptAdapter(AdapterLayer):
         if self.embeds_input:
             embeds = call.get("inputs_embeds")
             if embeds is None:
-                embeds = module.get_input_embeddings()(call["input_ids"])
+                embeds = cast(Any, module).get_input_embeddings()(call["input_ids"])  # HF model
             if call.get("position_ids") is not None:
                 raise AdapterStateError(
                     "prompt tuning prepends tokens, so explicit position_ids no longer fit; "
@@ -118,11 +118,12 @@ def prompt_init(spec: Any, hidden: int, embedding: nn.Module | None) -> torch.Te
     the mean word embedding plus that noise at 1/10 scale (identical tokens would stay identical
     in models that give the prompt no positions)."""
     weight = getattr(embedding, "weight", None)
-    usable = (isinstance(weight, torch.Tensor) and not weight.is_meta and weight.dim() == 2
-              and weight.size(1) == hidden)
-    std = float(weight.detach().float().std()) if usable else 0.02
+    if not (isinstance(weight, torch.Tensor) and not weight.is_meta and weight.dim() == 2
+            and weight.size(1) == hidden):
+        weight = None  # unusable for the statistics
+    std = float(weight.detach().float().std()) if weight is not None else 0.02
     noise = torch.randn(spec.prompt_length, hidden) * std
-    if spec.prompt_init == "vocab" and usable:
+    if spec.prompt_init == "vocab" and weight is not None:
         return weight.detach().float().mean(0, keepdim=True) + 0.1 * noise
     return noise
 

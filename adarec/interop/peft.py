@@ -13,11 +13,12 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from ..adapters.lora import LoRAAdapter
 from ..checkpoint import (
     PathLike,
     atomic_folder,
@@ -95,13 +96,14 @@ def export_peft_lora(model: nn.Module, path: PathLike, name: str = "default") ->
             continue
         modules.append(mname)
         conv1d.add(type(module).__name__ == "Conv1D")
-        tensors[f"{PREFIX}{mname}.lora_A.weight"] = adapter.lora_A.weight
-        tensors[f"{PREFIX}{mname}.lora_B.weight"] = adapter.lora_B.weight
+        lora = cast(LoRAAdapter, adapter)  # spec.method == "lora"
+        tensors[f"{PREFIX}{mname}.lora_A.weight"] = lora.lora_A.weight
+        tensors[f"{PREFIX}{mname}.lora_B.weight"] = lora.lora_B.weight
     if len(conv1d) > 1:
         raise AdapterStateError(
             f"set {name!r} mixes Conv1D and nn.Linear targets; peft has one fan_in_fan_out flag"
         )
-    config = {
+    config: dict[str, Any] = {
         "peft_type": "LORA",
         "task_type": None,
         "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None)

@@ -53,7 +53,7 @@ class InteractionData:
     def from_interactions(
         cls,
         rows: Iterable[tuple[Hashable, Hashable, Any]],
-        item_texts: Mapping[Hashable, str | None] | None = None,
+        item_texts: Mapping[Any, str | None] | None = None,
         min_user_interactions: int = 5,
         name: str = "",
     ) -> InteractionData:

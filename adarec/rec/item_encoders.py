@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,24 @@ from torch import Tensor, nn
 from adarec.layouts import iter_blocks
 
 POOLINGS = ("cls", "mean")
+
+
+class ItemEncoder(Protocol):
+    """What `TransRec` asks of an item encoder module, for the type checker."""
+
+    dim: int
+
+    @property
+    def n_items(self) -> int: ...
+
+    def hf_models(self) -> list[nn.Module]: ...
+
+    def __call__(self, item_ids: Tensor) -> Tensor: ...
+
+
+def _config(model: nn.Module) -> Any:
+    """A Hugging Face model's ``config`` (``nn.Module`` attributes type as ``Tensor | Module``)."""
+    return cast(Any, model).config
 
 
 def _check_pooling(pooling: str) -> str:
@@ -50,6 +68,9 @@ class TextItemEncoder(nn.Module):
     """
 
     transferable = True
+    input_ids: Tensor
+    attention_mask: Tensor
+    lengths: Tensor
 
     def __init__(
         self,
@@ -69,7 +90,7 @@ class TextItemEncoder(nn.Module):
         self.model = hf_model
         self.pooling = _check_pooling(pooling)
         self.chunk_size = chunk_size
-        self.dim = int(hf_model.config.hidden_size)
+        self.dim = int(_config(hf_model).hidden_size)
         self.register_buffer("input_ids", input_ids.long(), persistent=False)
         self.register_buffer("attention_mask", attention_mask.long(), persistent=False)
         self.register_buffer("lengths", attention_mask.long().sum(1), persistent=False)
@@ -255,6 +276,7 @@ class ImageItemEncoder(nn.Module):
     """
 
     transferable = True
+    pixel_values: Tensor
 
     def __init__(
         self,
@@ -270,7 +292,7 @@ class ImageItemEncoder(nn.Module):
         self.model = hf_vision_model
         self.pooling = _check_pooling(pooling)
         self.chunk_size = chunk_size
-        config = hf_vision_model.config
+        config = _config(hf_vision_model)
         self.dim = int(config.hidden_size)
         self.is_mae = getattr(config, "model_type", "") == "vit_mae"
         if self.is_mae:
@@ -288,7 +310,7 @@ class ImageItemEncoder(nn.Module):
         pixels = self.pixel_values[ids]
         kwargs: dict[str, Tensor] = {}
         if self.is_mae:
-            patch = self.model.config.patch_size
+            patch = _config(self.model).patch_size
             ph, pw = (patch, patch) if isinstance(patch, int) else patch
             n = (pixels.size(-2) // ph) * (pixels.size(-1) // pw)
             kwargs["noise"] = torch.arange(n, device=pixels.device, dtype=torch.float).expand(
@@ -333,6 +355,7 @@ class PrecomputedItemEncoder(nn.Module):
     embeddings computed once: the cheapest "frozen encoder" baseline."""
 
     transferable = False
+    table: Tensor  # a Parameter when trainable, else a buffer
 
     def __init__(self, table: Tensor, trainable: bool = False) -> None:
         super().__init__()
@@ -353,7 +376,7 @@ class PrecomputedItemEncoder(nn.Module):
         """Encode every item of ``encoder`` once (eval mode, no grad)."""
         was_training = encoder.training
         encoder.eval()
-        ids = torch.arange(encoder.n_items + 1)
+        ids = torch.arange(cast(ItemEncoder, encoder).n_items + 1)
         table = torch.cat([encoder(c) for c in ids.split(batch_size)]).float().cpu()
         encoder.train(was_training)
         return cls(table, trainable)
@@ -380,20 +403,22 @@ class MultimodalItemEncoder(nn.Module):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion={fusion!r} is not one of {list(FUSIONS)}")
-        if text.n_items != image.n_items:
-            raise ValueError(f"text has {text.n_items} items, image has {image.n_items}")
-        if fusion != "concat" and text.dim != image.dim:
-            raise ValueError(f"fusion={fusion!r} needs equal widths, got {text.dim} and "
-                             f"{image.dim}; use 'concat'")
+        t, v = cast(ItemEncoder, text), cast(ItemEncoder, image)
+        if t.n_items != v.n_items:
+            raise ValueError(f"text has {t.n_items} items, image has {v.n_items}")
+        if fusion != "concat" and t.dim != v.dim:
+            raise ValueError(f"fusion={fusion!r} needs equal widths, got {t.dim} and "
+                             f"{v.dim}; use 'concat'")
         self.text, self.image, self.fusion = text, image, fusion
-        self.dim = text.dim + image.dim if fusion == "concat" else text.dim
+        self.dim = t.dim + v.dim if fusion == "concat" else t.dim
 
     @property
     def n_items(self) -> int:
-        return int(self.text.n_items)
+        return int(cast(ItemEncoder, self.text).n_items)
 
     def hf_models(self) -> list[nn.Module]:
-        return [*self.text.hf_models(), *self.image.hf_models()]
+        t, v = cast(ItemEncoder, self.text), cast(ItemEncoder, self.image)
+        return [*t.hf_models(), *v.hf_models()]
 
     def forward(self, item_ids: Tensor) -> Tensor:
         t, v = self.text(item_ids), self.image(item_ids)
@@ -405,6 +430,7 @@ class MultimodalItemEncoder(nn.Module):
 __all__ = [
     "IDItemEncoder",
     "ImageItemEncoder",
+    "ItemEncoder",
     "MultimodalItemEncoder",
     "PrecomputedItemEncoder",
     "TextItemEncoder",

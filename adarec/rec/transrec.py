@@ -1,7 +1,7 @@
 """TransRec (Fu et al., WSDM 2024): a pre-trained item modality encoder, a dimension-transformation
 layer (DTL: Linear + GELU) and a sequential user encoder, scored by dot product.
 
-Transfer recipe (source domain -> target domain, same base HF encoder)::
+Transfer recipe (source domain -> target domain, same base HF encoder):
 
     src = TransRec(TextItemEncoder.from_texts(bert, tok, source_texts), user_dim=64)
     ... train src with policy "full" ...
@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,7 @@ from adarec.inject import ADAPTERS_ATTR
 from adarec.inject import inject_adapters as _inject
 from adarec.layouts import iter_blocks
 from adarec.rec.data import PAD
+from adarec.rec.item_encoders import ItemEncoder
 from adarec.rec.losses import bce_loss, full_softmax_loss, sampled_softmax_loss
 from adarec.rec.user_encoders import SASRec
 from adarec.spec import AdapterSpec
@@ -120,8 +121,8 @@ class TransRec(nn.Module):
         if num_negatives < (0 if loss == "sampled_softmax" else 1):
             raise ValueError(f"num_negatives={num_negatives} is too small for loss={loss!r}")
         if user_encoder is not None:
-            user_dim = int(user_encoder.dim)
-        item_dim = int(item_encoder.dim)
+            user_dim = int(cast(Any, user_encoder).dim)
+        item_dim = int(cast(ItemEncoder, item_encoder).dim)
         if not dtl and item_dim != user_dim:
             raise ValueError(f"dtl=False needs item width {item_dim} == user_dim {user_dim}")
         self.item_encoder = item_encoder
@@ -147,7 +148,7 @@ class TransRec(nn.Module):
 
     @property
     def n_items(self) -> int:
-        return int(self.item_encoder.n_items)
+        return int(cast(ItemEncoder, self.item_encoder).n_items)
 
     # ------------------------------------------------------------------------ item side
     def _encode(self, ids: Tensor) -> Tensor:
@@ -313,8 +314,8 @@ class TransRec(nn.Module):
         """Inject adapter set ``name`` into the item encoder's transformer(s) and/or the user
         encoder, then apply ``policy`` (see `set_policy`; ``None`` leaves flags alone)."""
         if item is not None:
-            models = self.item_encoder.hf_models() if hasattr(self.item_encoder,
-                                                              "hf_models") else []
+            encoder = cast(ItemEncoder, self.item_encoder)
+            models = encoder.hf_models() if hasattr(encoder, "hf_models") else []
             if not models:
                 raise ValueError(f"{type(self.item_encoder).__name__} has no transformer to adapt")
             for model in models:
