@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.adarec-installed
 
-.PHONY: install demo test lint docs bench clean
+.PHONY: install demo test lint docs dist bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict -d site
+
+# wheel + sdist, checked by twine (built in a scratch folder so the tree stays clean)
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build -q --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_encoder_step.py
