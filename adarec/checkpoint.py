@@ -30,6 +30,7 @@ from typing import Any, cast
 
 import safetensors.torch
 import torch
+from safetensors.torch import load as safetensors_from_bytes
 from torch import nn
 
 from .adapters.base import Mergeable
@@ -191,7 +192,7 @@ def read_weights(file: Path, sha256: str | None = None) -> dict[str, torch.Tenso
             f"was written ({len(data)} bytes on disk)"
         )
     try:
-        return safetensors.torch.load(data)
+        return safetensors_from_bytes(data)  # safetensors' own parser: never pickle
     except Exception as exc:  # safetensors raises its own error types and a few builtin ones
         raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
 
