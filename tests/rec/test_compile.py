@@ -9,20 +9,10 @@ inductor backend compiles this tiny model in 25-35 s on a shared 2-core CPU with
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from tiny_transrec import batch, text_model
 
 import adarec
-
-_spec = importlib.util.spec_from_file_location(
-    "transrec_helpers", Path(__file__).with_name("test_transrec.py")
-)
-assert _spec and _spec.loader
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
-text_model, batch = helpers.text_model, helpers.batch
 
 
 def test_compiled_transrec_with_adapters_matches_eager() -> None:

@@ -2,40 +2,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers as tf
+from tiny_transrec import N_ITEMS, L, batch, text_model
 
 from adarec import adapter_parameters
 from adarec.rec.data import TrainCollator, TrainDataset
-from adarec.rec.item_encoders import IDItemEncoder, TextItemEncoder
+from adarec.rec.item_encoders import IDItemEncoder
 from adarec.rec.transrec import TransRec
-
-N_ITEMS, L = 12, 5
-SEQS = [[1, 2, 3, 4, 5, 6], [3, 4, 5], [7, 8, 9, 10, 11, 12, 1], [2, 2, 6, 9]]
-
-
-def tiny_bert() -> tf.BertModel:
-    cfg = tf.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return tf.BertModel(cfg)
-
-
-def text_items(seed: int = 0) -> TextItemEncoder:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(2, 9, (N_ITEMS + 1,), generator=g)
-    mask = (torch.arange(8) < lengths[:, None]).long()
-    return TextItemEncoder(tiny_bert(), torch.randint(5, 99, (N_ITEMS + 1, 8), generator=g) * mask,
-                           mask, chunk_size=5)
-
-
-def text_model(seed: int = 0, **kw: object) -> TransRec:
-    torch.manual_seed(seed)
-    return TransRec(text_items(seed), user_dim=16, max_len=L, dropout=0.0, **kw)
-
-
-def batch(k: int = 2, seqs: list[list[int]] = SEQS) -> dict[str, torch.Tensor]:
-    ds = TrainDataset(seqs, L)
-    return TrainCollator(N_ITEMS, L, k, seed=0)([ds[i] for i in range(len(ds))])
 
 
 @pytest.mark.parametrize("loss", ["bce", "sampled_softmax", "full_softmax"])

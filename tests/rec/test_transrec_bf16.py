@@ -3,21 +3,11 @@ transformers; here the whole recommender: item encoder, DTL, user encoder and th
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from tiny_transrec import batch, text_model
 
 import adarec
-
-_spec = importlib.util.spec_from_file_location(
-    "transrec_helpers", Path(__file__).with_name("test_transrec.py")
-)
-assert _spec and _spec.loader
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
-text_model, batch = helpers.text_model, helpers.batch
 
 
 @pytest.mark.parametrize("loss", ["bce", "sampled_softmax", "full_softmax"])

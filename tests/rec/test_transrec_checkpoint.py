@@ -3,21 +3,12 @@ full saves for the pre-train -> transfer protocol."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+import tiny_transrec as helpers
 import torch
 
 import adarec
-
-_spec = importlib.util.spec_from_file_location(
-    "transrec_helpers", Path(__file__).with_name("test_transrec.py")
-)
-assert _spec and _spec.loader
-helpers = importlib.util.module_from_spec(_spec)
-sys.modules["transrec_helpers"] = helpers
-_spec.loader.exec_module(helpers)
 
 HISTORY = torch.tensor([[0, 1, 2, 3, 4], [0, 0, 7, 8, 9]])
 
