@@ -515,6 +515,20 @@ def _write(path: PathLike, config: dict[str, Any], tensors: dict[str, torch.Tens
     return Path(path)
 
 
+def _start_load(
+    model: nn.Module, path: PathLike, fmt: str, strict: bool, other: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], LoadResult, list[tuple[nn.Module, str]]]:
+    """The steps both loaders share: read and verify the folder, compare the fingerprint
+    (refused under ``strict``), refuse merged models, inject the recorded sets where absent."""
+    config, tensors = _read(path, fmt)
+    result = LoadResult(conflicts=_compare_fingerprint(config["base_model"], model))
+    if strict and result.conflicts:
+        raise CheckpointError(f"{path} was saved from {other}:\n  {result.describe()}")
+    _refuse_merged(model)
+    injected = _restore_sets(model, config["adapter_sets"], result.conflicts)
+    return config, tensors, result, injected
+
+
 def load_adapters(model: nn.Module, path: PathLike, strict: bool = True) -> LoadResult:
     """Load a `save_adapters` folder into ``model``, injecting the saved sets where absent.
 
@@ -523,12 +537,8 @@ def load_adapters(model: nn.Module, path: PathLike, strict: bool = True) -> Load
     and leaves ``model`` as it was; with ``strict=False`` what matches is loaded and the rest is
     reported in the returned `LoadResult` (and a warning).
     """
-    config, tensors = _read(path, ADAPTER_FORMAT)
-    result = LoadResult(conflicts=_compare_fingerprint(config["base_model"], model))
-    if strict and result.conflicts:
-        raise CheckpointError(f"{path} was saved from another base model:\n  {result.describe()}")
-    _refuse_merged(model)
-    injected = _restore_sets(model, config["adapter_sets"], result.conflicts)
+    config, tensors, result, injected = _start_load(model, path, ADAPTER_FORMAT, strict,
+                                                    "another base model")
     expected: set[str] = set()
     for rec in config["adapter_sets"]:
         try:
@@ -642,12 +652,8 @@ def load_model_state(model: nn.Module, path: PathLike, strict: bool = True) -> L
     Recorded adapter sets are injected where absent; LoRA sets that were saved merged are marked
     merged again (their delta is already inside the loaded base weights).
     """
-    config, tensors = _read(path, STATE_FORMAT)
-    result = LoadResult(conflicts=_compare_fingerprint(config["base_model"], model))
-    if strict and result.conflicts:
-        raise CheckpointError(f"{path} was saved from another model:\n  {result.describe()}")
-    _refuse_merged(model)
-    injected = _restore_sets(model, config["adapter_sets"], result.conflicts)
+    config, tensors, result, injected = _start_load(model, path, STATE_FORMAT, strict,
+                                                    "another model")
     expected = {n for n in (*dict(model.named_parameters()), *_persistent_buffers(model))}
     result = _finish(model, path, config, tensors, expected, result, injected, strict)
     for rec in config["adapter_sets"]:

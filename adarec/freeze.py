@@ -42,7 +42,8 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def _is_norm(module: nn.Module) -> bool:
+def is_norm(module: nn.Module) -> bool:
+    """LayerNorm / RMSNorm, torch's or a model's own class of that name."""
     cls = type(module).__name__
     return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or cls.endswith(("LayerNorm", "RMSNorm"))
 
@@ -68,7 +69,7 @@ def mark_only_adapters_trainable(
             tune_norms |= bool(getattr(module.spec, "tune_layernorm", False))
     if tune_norms:
         for module in model.modules():
-            if _is_norm(module):
+            if is_norm(module):
                 for p in module.parameters(recurse=False):
                     p.requires_grad_(True)
     for pname, p in model.named_parameters():
@@ -111,8 +112,8 @@ def mark_only_biases_trainable(
 def _remember_flags(model: nn.Module) -> None:
     """Keep the pre-adarec ``requires_grad`` flags once, so ejecting can restore them."""
     if getattr(model, _ORIG_FLAGS, None) is None:
-        flags = {n: p.requires_grad for n, p in model.named_parameters()
-                 if n not in adapter_parameters(model)}
+        adapters = adapter_parameters(model)  # once, not once per parameter
+        flags = {n: p.requires_grad for n, p in model.named_parameters() if n not in adapters}
         object.__setattr__(model, _ORIG_FLAGS, flags)
 
 

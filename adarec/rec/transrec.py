@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from adarec.errors import TargetNotFoundError
-from adarec.freeze import ParameterSummary, adapter_parameters, parameter_summary
+from adarec.freeze import ParameterSummary, adapter_parameters, is_norm, parameter_summary
 from adarec.inject import ADAPTERS_ATTR
 from adarec.inject import inject_adapters as _inject
 from adarec.layouts import iter_blocks
@@ -38,12 +38,6 @@ from adarec.spec import AdapterSpec
 OBJECTIVES = ("sasrec", "cpc")
 LOSS_NAMES = ("bce", "sampled_softmax", "full_softmax")
 POLICIES = ("full", "adapters", "item_adapters", "user_adapters", "frozen")
-
-
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith(
-        ("LayerNorm", "RMSNorm")
-    )
 
 
 def _set_trainable(module: nn.Module, flag: bool) -> None:
@@ -75,7 +69,7 @@ def _adapters_and_norms(module: nn.Module, layernorm: bool) -> None:
         owner = next((b for b in blocks if site.startswith(b + ".")), site)
         start = min(start, order.get(owner, start))
     for n, m in module.named_modules():
-        if _is_norm(m) and order[n] >= start:
+        if is_norm(m) and order[n] >= start:
             for p in m.parameters(recurse=False):
                 p.requires_grad_(True)
 
