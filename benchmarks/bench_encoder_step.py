@@ -28,7 +28,9 @@ from transformers import BertConfig, BertModel
 import adarec
 
 METHODS = ["houlsby", "pfeiffer", "parallel", "compacter", "lora"]
-CONFIGS = ["base forward (frozen)", "full fine-tuning", *METHODS]
+MERGED = "lora merged (inference)"
+CONFIGS = ["base forward (frozen)", "full fine-tuning", *METHODS, MERGED]
+"""Forward-only rows: the frozen base, and LoRA folded into the base weights for serving."""
 
 
 Built = tuple[torch.nn.Module, torch.optim.Optimizer | None]
@@ -45,6 +47,11 @@ def build(args: argparse.Namespace, config: str) -> Built:
     model.train()
     if config in METHODS:
         adarec.inject_adapters(model, config)
+    elif config == MERGED:  # merging costs nothing at inference: the forward is the base's
+        adarec.inject_adapters(model, "lora")
+        adarec.merge_adapters(model)
+        adarec.freeze(model)
+        return model, None
     elif config.startswith("base"):
         adarec.freeze(model)
         return model, None
@@ -98,8 +105,8 @@ def run_timing(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         out[c] = {
             "forward_ms": statistics.median(fwd[c]),
             "step_ms": statistics.median(stp[c]) if stp[c] else float("nan"),
-            "trainable": s.trainable if c != CONFIGS[0] else 0,
-            "percent": s.percent if c != CONFIGS[0] else 0.0,
+            "trainable": s.trainable if built[c][1] is not None else 0,
+            "percent": s.percent if built[c][1] is not None else 0.0,
         }
     return out
 
@@ -154,14 +161,14 @@ def main() -> None:
     full = res.get("full fine-tuning", {}).get("step_ms", float("nan"))
     base_fwd = res.get(CONFIGS[0], {}).get("forward_ms", float("nan"))
     mem = {c: peak_memory_mb(args, c) for c in args.configs} if args.memory else {}
-    head = (f"| {'configuration':<22} | {'trainable':>11} | {'%':>6} | {'forward ms':>10} | "
+    head = (f"| {'configuration':<24} | {'trainable':>11} | {'%':>6} | {'forward ms':>10} | "
             f"{'fwd / base':>10} | {'step ms':>9} | {'step / full FT':>14} |")
     if mem:
         head += f" {'peak MB':>8} |"
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for c, r in res.items():
-        line = (f"| {c:<22} | {r['trainable']:>11,} | {r['percent']:>6.2f} | "
+        line = (f"| {c:<24} | {r['trainable']:>11,} | {r['percent']:>6.2f} | "
                 f"{r['forward_ms']:>10.1f} | {r['forward_ms'] / base_fwd:>10.2f} | "
                 f"{r['step_ms']:>9.1f} | {r['step_ms'] / full:>14.2f} |")
         if mem:

@@ -190,23 +190,43 @@ class TrainExample(NamedTuple):
 
 
 class TrainDataset(Dataset[TrainExample]):
-    """One example per user: the most recent ``max_len + 1`` training items, shifted by one.
+    """Training windows of at most ``max_len + 1`` items, shifted by one for next-item targets.
 
+    By default one example per user: the most recent window. With ``stride`` a user with a long
+    history also gives the windows ending ``stride``, ``2 * stride``, ... items earlier (as many
+    as fit, or ``max_windows`` per user, most recent first), so long histories are not cut to
+    their tail: more training signal per epoch at the same sequence length. Every window keeps
+    the user's whole training sequence as ``history`` (negatives are drawn outside it).
     Sequences shorter than 2 items have no next-item pair and are left out.
     """
 
-    def __init__(self, train_sequences: Iterable[Sequence[int]], max_len: int) -> None:
+    def __init__(
+        self,
+        train_sequences: Iterable[Sequence[int]],
+        max_len: int,
+        stride: int | None = None,
+        max_windows: int | None = None,
+    ) -> None:
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
+        if stride is not None and stride < 1:
+            raise ValueError(f"stride must be >= 1 or None, got {stride}")
+        if max_windows is not None and max_windows < 1:
+            raise ValueError(f"max_windows must be >= 1 or None, got {max_windows}")
         self.sequences = [list(s) for s in train_sequences if len(s) >= 2]
         self.max_len = max_len
+        self.windows: list[tuple[int, int]] = []  # (sequence index, end position, exclusive)
+        for i, seq in enumerate(self.sequences):
+            ends = range(len(seq), 1, -stride) if stride else [len(seq)]
+            self.windows.extend((i, end) for end in list(ends)[:max_windows])
 
     def __len__(self) -> int:
-        return len(self.sequences)
+        return len(self.windows)
 
     def __getitem__(self, index: int) -> TrainExample:
-        seq = self.sequences[index]
-        window = seq[-(self.max_len + 1) :]
+        i, end = self.windows[index]
+        seq = self.sequences[i]
+        window = seq[max(0, end - self.max_len - 1) : end]
         return TrainExample(window[:-1], window[1:], seq)
 
 

@@ -64,7 +64,12 @@ class TextItemEncoder(nn.Module):
     the top blocks), the hidden states entering block ``k`` are computed once for all items (in
     eval mode, so without dropout there) and each call runs only blocks ``k..``. A self-check
     against a plain forward switches the cache off (with a warning) for a model it does not fit.
-    Memory: ``(n_items + 1) * T * hidden`` floats.
+    The cache is keyed on the version counters of the frozen parameters below block ``k`` (and on
+    ``k``): an in-place change to any of them, or a change of which blocks train, rebuilds it on
+    the next call, so it never serves hidden states of a model that no longer exists.
+    Memory: ``(n_items + 1) * T * hidden`` values; ``cache_dtype=torch.bfloat16`` halves it (the
+    states are stored rounded to bf16 and cast back on use: no longer exact, ~3 significant
+    digits, which bf16 autocast training rounds to anyway).
     """
 
     transferable = True
@@ -80,6 +85,7 @@ class TextItemEncoder(nn.Module):
         pooling: str = "cls",
         chunk_size: int | None = 256,
         cache_frozen_layers: bool = False,
+        cache_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
@@ -95,7 +101,9 @@ class TextItemEncoder(nn.Module):
         self.register_buffer("attention_mask", attention_mask.long(), persistent=False)
         self.register_buffer("lengths", attention_mask.long().sum(1), persistent=False)
         self.cache_frozen_layers = cache_frozen_layers
+        self.cache_dtype = cache_dtype
         self._prefix: Tensor | None = None
+        self._prefix_dtype = torch.float32
         self._prefix_key: Any = None
 
     @classmethod
@@ -108,6 +116,7 @@ class TextItemEncoder(nn.Module):
         pooling: str = "cls",
         chunk_size: int | None = 256,
         cache_frozen_layers: bool = False,
+        cache_dtype: torch.dtype | None = None,
     ) -> TextItemEncoder:
         """Tokenise ``texts`` (``texts[0]`` is the padding item's ``""``) once, up front."""
         enc = tokenizer(
@@ -115,7 +124,7 @@ class TextItemEncoder(nn.Module):
             return_tensors="pt",
         )
         return cls(hf_model, enc["input_ids"], enc["attention_mask"], pooling, chunk_size,
-                   cache_frozen_layers)
+                   cache_frozen_layers, cache_dtype)
 
     @property
     def n_items(self) -> int:
@@ -131,7 +140,7 @@ class TextItemEncoder(nn.Module):
             hidden = _last_hidden(self.model(input_ids=tokens, attention_mask=mask))
         else:
             assert self._prefix is not None
-            with _start_at(*start, self._prefix[ids, :width]):
+            with _start_at(*start, self._prefix[ids, :width].to(self._prefix_dtype)):
                 hidden = _last_hidden(self.model(input_ids=tokens, attention_mask=mask))
         if self.pooling == "cls":
             return hidden[:, 0]
@@ -188,6 +197,9 @@ class TextItemEncoder(nn.Module):
                     "the plain forward pass; encoding without it", stacklevel=3,
                 )
                 return None
+            if self.cache_dtype is not None:  # checked at full precision, stored smaller
+                assert self._prefix is not None
+                self._prefix = self._prefix.to(self.cache_dtype)
         return stack, k
 
     @torch.no_grad()
@@ -215,6 +227,7 @@ class TextItemEncoder(nn.Module):
                     prefix = h.new_zeros(n, width, h.size(-1))
                 prefix[ids, :w] = h
             self._prefix = prefix
+            self._prefix_dtype = prefix.dtype if prefix is not None else torch.float32
         finally:
             handle.remove()
             self.model.train(was)

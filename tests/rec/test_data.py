@@ -98,6 +98,49 @@ def test_train_dataset_windows_and_shapes() -> None:
     assert not torch.isin(neg[1, 2], torch.tensor([0, 2, 3])).any()
 
 
+def test_train_dataset_stride_windows() -> None:
+    seq = list(range(1, 11))  # 10 items
+    ds = TrainDataset([seq, [7, 8]], max_len=3, stride=3)
+    got = [(ex.input_ids, ex.target_ids) for ex in ds]
+    assert got == [
+        ([7, 8, 9], [8, 9, 10]),  # ends at 10 (the default window)
+        ([4, 5, 6], [5, 6, 7]),  # ends 3 earlier
+        ([1, 2, 3], [2, 3, 4]),  # the next end (1) has no next-item pair
+        ([7], [8]),
+    ]
+    assert all(ex.history == seq for ex in list(ds)[:3])
+    assert len(TrainDataset([seq], max_len=3, stride=3, max_windows=2)) == 2
+    assert [ex.input_ids for ex in TrainDataset([seq], 3)] == [[7, 8, 9]]  # default unchanged
+
+
+@given(st.lists(st.lists(st.integers(1, 50), min_size=0, max_size=40), max_size=6),
+       st.integers(1, 12), st.integers(1, 15))
+def test_train_dataset_windows_cover_every_target(
+    seqs: list[list[int]], max_len: int, stride: int
+) -> None:
+    """Windows are contiguous slices no longer than ``max_len``; with ``stride <= max_len``
+    every next-item target of every sequence is in some window."""
+    ds = TrainDataset(seqs, max_len, stride=stride)
+    for ex in ds:
+        assert 1 <= len(ex.input_ids) == len(ex.target_ids) <= max_len
+        assert ex.input_ids[1:] == ex.target_ids[:-1]
+    kept = [s for s in seqs if len(s) >= 2]
+    covered: set[tuple[int, int]] = set()
+    for i, end in ds.windows:
+        start = max(0, end - max_len - 1)
+        assert ds[ds.windows.index((i, end))].target_ids == kept[i][start + 1 : end]
+        covered |= {(i, t) for t in range(start + 1, end)}
+    if stride <= max_len:
+        assert covered == {(i, t) for i, s in enumerate(kept) for t in range(1, len(s))}
+
+
+def test_train_dataset_rejects_bad_stride() -> None:
+    with pytest.raises(ValueError, match="stride"):
+        TrainDataset([[1, 2]], 3, stride=0)
+    with pytest.raises(ValueError, match="max_windows"):
+        TrainDataset([[1, 2]], 3, stride=1, max_windows=0)
+
+
 def test_collator_reproducible_by_seed() -> None:
     ds = TrainDataset([list(range(1, 30)), [3, 1, 2]], max_len=10)
     batch = [ds[0], ds[1]]

@@ -97,6 +97,47 @@ def test_frozen_layer_cache_matches_plain_forward() -> None:
     assert cached.cache_frozen_layers and cached._prefix is not None
 
 
+def _cached_pair(**kw: object) -> tuple[TextItemEncoder, TextItemEncoder]:
+    plain, cached = text_encoder(), text_encoder(cache_frozen_layers=True, **kw)
+    for enc in (plain, cached):
+        inject_adapters(enc.model, AdapterSpec(method="houlsby", bottleneck=4, layers=(-1,)))
+        torch.manual_seed(1)
+        for p in enc.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.2)
+    return plain, cached
+
+
+def test_frozen_layer_cache_rebuilt_when_frozen_weights_change() -> None:
+    """An in-place edit of a cached (frozen) weight must not leave stale hidden states."""
+    plain, cached = _cached_pair()
+    items = torch.tensor([3, 5, 1])
+    torch.testing.assert_close(plain(items), cached(items), atol=1e-5, rtol=1e-4)
+    old = cached._prefix
+    with torch.no_grad():
+        for enc in (plain, cached):
+            enc.model.encoder.layer[0].output.dense.weight.mul_(1.5)
+    torch.testing.assert_close(plain(items), cached(items), atol=1e-5, rtol=1e-4)
+    assert cached._prefix is not old  # rebuilt, not reused
+    # unfreezing a cached block moves the cache boundary down to it (here: nothing cached)
+    for enc in (plain, cached):
+        enc.model.encoder.layer[0].output.dense.weight.requires_grad_(True)
+    torch.testing.assert_close(plain(items), cached(items), atol=1e-5, rtol=1e-4)
+    assert cached._split() is None
+
+
+def test_frozen_layer_cache_in_bf16_halves_memory_and_stays_close() -> None:
+    plain, cached = _cached_pair(cache_dtype=torch.bfloat16)
+    items = torch.tensor([4, 2, 8, 1])
+    a, b = plain(items), cached(items)
+    assert cached._prefix is not None and cached._prefix.dtype == torch.bfloat16
+    assert b.dtype == a.dtype == torch.float32
+    torch.testing.assert_close(b, a, atol=0.05, rtol=0.02)
+    assert not torch.equal(a, b)  # rounded: not the exact cache
+    b.square().sum().backward()
+    assert all(p.grad is not None for p in cached.parameters() if p.requires_grad)
+
+
 def test_frozen_layer_cache_off_when_everything_trains() -> None:
     enc = text_encoder(cache_frozen_layers=True)
     assert enc._split() is None  # nothing frozen: no cache

