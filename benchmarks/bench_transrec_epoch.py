@@ -28,6 +28,8 @@ def configs(top: int) -> dict[str, list[str]]:
         "full fine-tuning": ["--method", "full"],
         "houlsby, all blocks": ["--method", "houlsby"],
         f"houlsby, top {top} + prefix cache": ["--method", "houlsby", "--adapter-layers", str(top)],
+        f"houlsby, top {top} + bf16 prefix cache": [
+            "--method", "houlsby", "--adapter-layers", str(top), "--cache-dtype", "bf16"],
         f"houlsby, top {top} + cache, no dedup": [
             "--method", "houlsby", "--adapter-layers", str(top), "--no-dedup"],
     }
@@ -38,6 +40,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--top", type=int, default=2, help="adapted blocks for the cached runs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="adapters, DTL, SASRec (the fine-tuned encoder keeps 5e-5)")
     p.add_argument("--only", nargs="*", help="run only configurations containing these words")
     args = p.parse_args()
     rows = {}
@@ -47,13 +51,13 @@ def main() -> None:
                 continue
             out = Path(tmp) / str(i)
             cmd = [sys.executable, str(QUICKSTART), "--epochs", str(args.epochs),
-                   "--seed", str(args.seed), "--out", str(out), *extra]
+                   "--seed", str(args.seed), "--lr", str(args.lr), "--out", str(out), *extra]
             print(f"running {name}: {' '.join(cmd[1:])}", flush=True)
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             rows[name] = json.loads((out / "results.json").read_text())
     full = rows.get("full fine-tuning")
     print(f"\nMovieLens-100k, all-MiniLM-L6-v2, {args.epochs} epochs, seed {args.seed}, "
-          "bf16 autocast, 2 threads")
+          f"lr {args.lr}, bf16 autocast, 2 threads")
     print("| configuration | trainable | train s / epoch | speed-up vs full FT | HR@10 | "
           "NDCG@10 | HR@10 / full FT |")
     print("|---|---|---|---|---|---|---|")

@@ -59,6 +59,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--text-len", type=int, default=30, help="tokens per item text")
     p.add_argument("--out", default="runs/quickstart", help="output folder")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache-dtype", default="fp32", choices=("fp32", "bf16"),
+                   help="storage of the frozen-prefix cache (bf16: half the memory, rounded)")
     p.add_argument("--no-dedup", action="store_true",
                    help="encode every occurrence of an item in a batch (for benchmarking dedup)")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),
@@ -89,6 +91,7 @@ def build_model(args: argparse.Namespace, texts: list[str], n_items: int) -> Tra
     item = TextItemEncoder.from_texts(
         AutoModel.from_pretrained(path), tokenizer, texts, max_length=args.text_len,
         cache_frozen_layers=True,
+        cache_dtype=torch.bfloat16 if args.cache_dtype == "bf16" else None,
     )
     if args.method == "frozen":  # linear probe: a frozen encoder is a fixed table, computed once
         item = PrecomputedItemEncoder.from_encoder(item)

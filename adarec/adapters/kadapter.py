@@ -136,6 +136,11 @@ class KAdapter(AdapterLayer):
             o = layer(taps[slot] + o, allowed)
         return self.fuse(torch.cat([y, o], dim=-1))
 
+    @property
+    def reads_blocks(self) -> tuple[int, ...]:
+        """Blocks whose outputs this adapter reads: a frozen-prefix cache must start below them."""
+        return tuple(self.slots)
+
     def extra_repr(self) -> str:
         return f"taps={self.slots}, causal={self.causal}"
 

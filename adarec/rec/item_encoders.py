@@ -172,6 +172,9 @@ class TextItemEncoder(nn.Module):
             inside = pname.startswith(name + ".")
             block = int(pname[len(name) + 1 :].split(".", 1)[0]) if inside else -1
             if p.requires_grad:
+                # an adapter that reads a block's output (K-Adapter) needs that block to run
+                reads = [b for m in self.model.modules() for b in getattr(m, "reads_blocks", ())]
+                block = min([block, *reads])
                 if block <= 0:  # trainable embeddings or block 0: nothing frozen below
                     return None
                 stack = self.model.get_submodule(name)

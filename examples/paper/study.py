@@ -139,9 +139,9 @@ def build(run: Run, texts: list[str], args: argparse.Namespace) -> TransRec:
     from transformers import AutoModel, AutoTokenizer
 
     path = args.encoder or default_encoder()
-    item = TextItemEncoder.from_texts(  # K-Adapter reads block 0: nothing below it to cache
+    item = TextItemEncoder.from_texts(
         AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), texts,
-        max_length=args.text_len, cache_frozen_layers=run.method != "kadapter",
+        max_length=args.text_len, cache_frozen_layers=True,
     )
     model = TransRec(item, user_dim=args.dim, max_len=args.max_len, n_layers=2, n_heads=2,
                      dropout=0.2, loss="sampled_softmax", num_negatives=0)
@@ -233,7 +233,7 @@ def evaluate(model: TransRec, pairs: list[tuple[list[int], int]], max_len: int) 
 
 
 def train(model: TransRec, run: Run, data: Any, args: argparse.Namespace, seed: int,
-          epochs: int, stride: int | None = None) -> dict[str, Any]:
+          epochs: int, stride: int | None = None, verbose: bool = False) -> dict[str, Any]:
     """Train, pick the epoch by validation NDCG@10, restore it, and test."""
     split = leave_one_out(data)
     opt = optimizer(model, run, args)
@@ -258,6 +258,9 @@ def train(model: TransRec, run: Run, data: Any, args: argparse.Namespace, seed: 
         seconds.append(time.perf_counter() - start)
         valid = evaluate(model, split.valid, args.max_len)
         curve.append(valid)
+        if verbose:
+            print(f"  epoch {epoch}: {seconds[-1]:.0f}s, valid HR@10 {valid['hr@10']:.4f} "
+                  f"NDCG@10 {valid['ndcg@10']:.4f}", flush=True)
         if valid["ndcg@10"] > best["ndcg"]:
             best = {"ndcg": valid["ndcg@10"], "epoch": epoch,
                     "state": {n: p.detach().clone() for n, p in model.named_parameters()
@@ -301,7 +304,8 @@ def pretrain_source(args: argparse.Namespace) -> None:
     run = Run("full", top=args.top)
     model = build(run, data.item_texts, args)
     print(f"pre-training on {data.name}: {data.n_users} users, {data.n_items} items", flush=True)
-    result = train(model, run, data, args, 0, args.source_epochs, stride=args.max_len)
+    result = train(model, run, data, args, 0, args.source_epochs, stride=args.max_len,
+                   verbose=True)
     adarec.save_model_state(model, folder / "model")
     result.update(settings=_settings(args), data=data.name)
     (folder / "result.json").write_text(json.dumps(result, indent=1))

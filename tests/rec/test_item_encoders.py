@@ -138,6 +138,31 @@ def test_frozen_layer_cache_in_bf16_halves_memory_and_stays_close() -> None:
     assert all(p.grad is not None for p in cached.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("taps", [(0, -1), (1, -1)])
+def test_frozen_layer_cache_starts_below_kadapter_taps(taps: tuple[int, ...]) -> None:
+    """K-Adapter lives on the last block but reads earlier blocks' outputs: the cache must
+    start at the lowest tapped block (here block 0: nothing to cache; block 1: cache block 0),
+    with no fallback warning and the plain model's outputs."""
+    import warnings
+
+    plain, cached = text_encoder(), text_encoder(cache_frozen_layers=True)
+    for enc in (plain, cached):
+        spec = AdapterSpec(method="kadapter", bottleneck=8, kadapter_layers=taps,
+                           kadapter_heads=2)
+        inject_adapters(enc.model, spec)
+        torch.manual_seed(1)
+        for p in enc.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.2)
+    split = cached._split()
+    assert (split is None) if taps[0] == 0 else (split is not None and split[1] == 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        items = torch.tensor([4, 2, 8])
+        torch.testing.assert_close(plain(items), cached(items), atol=1e-5, rtol=1e-4)
+    assert cached.cache_frozen_layers
+
+
 def test_frozen_layer_cache_off_when_everything_trains() -> None:
     enc = text_encoder(cache_frozen_layers=True)
     assert enc._split() is None  # nothing frozen: no cache
