@@ -116,3 +116,8 @@ def test_end_to_end_run_writes_tables_csv_and_plot(study: ModuleType, tmp_path: 
     study.main(["methods", "--only", "scratch-frozen-all", "--epochs", "1", "--seeds", "0",
                 "--out", str(out), "--threads", "1"])
     assert (out / "runs" / "scratch-frozen-all" / "seed0.json").stat().st_mtime == mtime
+    # ... and refuses to mix in runs made with other settings
+    with pytest.raises(SystemExit, match="other settings"):
+        study.main(["methods", "--only", "scratch-frozen-all", "--epochs", "2", "--seeds", "0",
+                    "--out", str(out)])
+    assert "1 torch thread(s) per run, 1 run(s) side by side" in (out / "results.md").read_text()

@@ -287,7 +287,8 @@ def run_one(run: Run, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     model = build(run, data.item_texts, args)
     result = train(model, run, data, args, seed, args.epochs)
     result.update(run=asdict(run), slug=run.slug, seed=seed, wall_seconds=time.perf_counter()
-                  - start, settings=_settings(args), threads=torch.get_num_threads())
+                  - start, settings=_settings(args), threads=torch.get_num_threads(),
+                  jobs=args.jobs, torch=torch.__version__)
     return result
 
 
@@ -319,6 +320,30 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in keys}
 
 
+def _header(args: argparse.Namespace) -> str:
+    """The settings the saved runs were made with (not the ones on this command line)."""
+    seen = {json.dumps(json.loads(f.read_text())["settings"], sort_keys=True): f
+            for f in sorted((Path(args.out) / "runs").glob("*/seed*.json"))}
+    if not seen:
+        return "(no runs yet)\n"
+    lines = []
+    for settings, file in seen.items():
+        r = json.loads(file.read_text())
+        lines.append(f"MovieLens-100k, all-MiniLM-L6-v2; {settings}; {r['threads']} torch "
+                     f"thread(s) per run, {r.get('jobs', '?')} run(s) side by side; torch "
+                     f"{r.get('torch', torch.__version__)}, {sys.platform}")
+    return "\n\n".join(lines) + "\n"
+
+
+def _check_settings(file: Path, args: argparse.Namespace) -> None:
+    """Resuming must not mix runs made with other settings into one table."""
+    saved = json.loads(file.read_text())["settings"]
+    if saved != _settings(args):
+        diff = {k: (saved.get(k), v) for k, v in _settings(args).items() if saved.get(k) != v}
+        raise SystemExit(f"{file} was made with other settings {diff} (saved, now): use another "
+                         "--out, or the saved settings")
+
+
 def _run_file(args: argparse.Namespace, run: Run, seed: int) -> Path:
     return Path(args.out) / "runs" / run.slug / f"seed{seed}.json"
 
@@ -346,8 +371,12 @@ def execute(tables: Iterable[str], args: argparse.Namespace) -> None:
             run = _with_top(run, args.top)
             if args.only and not any(w in run.slug for w in args.only):
                 continue
-            todo += [(run, s) for s in args.seeds
-                     if (run, s) not in todo and not _run_file(args, run, s).exists()]
+            for seed in args.seeds:
+                file = _run_file(args, run, seed)
+                if file.exists():
+                    _check_settings(file, args)
+                elif (run, seed) not in todo:
+                    todo.append((run, seed))
     if any(run.source for run, _ in todo):
         pretrain_source(args)
     print(f"{len(todo)} runs to do", flush=True)
@@ -480,10 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     tables = args.tables or ([] if args.report else list(TABLES))
     if not args.report:
         execute(tables, args)
-    header = (f"MovieLens-100k, all-MiniLM-L6-v2, {args.epochs} epochs, top {args.top} blocks, "
-              f"lr {args.lr}, batch {args.batch_size}, {args.jobs} job(s) x {args.threads} "
-              f"thread(s), torch {torch.__version__}, {sys.platform}\n")
-    text = header + "\n" + "\n".join(report(t, args) for t in (args.tables or TABLES))
+    text = _header(args) + "\n" + "\n".join(report(t, args) for t in (args.tables or TABLES))
     (Path(args.out) / "results.md").write_text(text)
     print(text)
 
