@@ -430,6 +430,8 @@ def _rows(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             "best_epochs": " ".join(str(r["best_epoch"]) for r in results),
             "hr10_per_seed": " ".join(f"{v:.4f}" for v in hr),
         })
+    if name == "capacity":  # run in priority order, shown by size
+        rows.sort(key=lambda r: r["trainable"])
     return rows
 
 
@@ -465,7 +467,7 @@ def _plot(name: str, rows: list[dict[str, Any]], file: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # the "examples" extra is not installed: tables only
         return
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5) if name != "capacity" else (6, 4))
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5) if name != "capacity" else (6, 4))
     if name == "capacity":
         xs = [r["trainable"] for r in rows]
         order = sorted(range(len(rows)), key=xs.__getitem__)
@@ -482,7 +484,7 @@ def _plot(name: str, rows: list[dict[str, Any]], file: Path) -> None:
         ax.barh(labels, [r["hr10_mean"] for r in rows][::-1],
                 xerr=[r["hr10_std"] for r in rows][::-1], capsize=3, color="#4c72b0")
         ax.set_xlabel("test HR@10 (mean ± std over seeds)")
-    ax.set_title(f"MovieLens-100k, all-MiniLM-L6-v2 TransRec: {name}")
+    ax.set_title(f"{name} (MovieLens-100k, MiniLM TransRec)", fontsize=10)
     fig.tight_layout()
     fig.savefig(file, dpi=120)
     plt.close(fig)
