@@ -54,16 +54,17 @@ from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
 from adarec.rec.item_encoders import PrecomputedItemEncoder, TextItemEncoder
 from adarec.rec.metrics import evaluate_full_ranking
 from adarec.rec.transrec import TransRec
+from adarec.spec import METHODS, MODEL_METHODS
 
-BLOCKWISE = ("houlsby", "pfeiffer", "parallel", "compacter", "lora", "ia3")
-WHOLE_MODEL = ("kadapter", "prompt")
+BLOCKWISE = tuple(m for m in METHODS if m not in MODEL_METHODS)
+"""Adapter methods placed per block (the rest, MODEL_METHODS, act on the whole encoder)."""
 
 
 @dataclass(frozen=True)
 class Run:
     """One configuration of the study (a row; seeds are repeats of it)."""
 
-    method: str  # full | frozen | bitfit | one of BLOCKWISE | one of WHOLE_MODEL
+    method: str  # full | frozen | bitfit | an adarec adapter method
     top: int | None = 2  # adapted / fine-tuned blocks from the top (None: all)
     spec: tuple[tuple[str, Any], ...] = ()  # AdapterSpec overrides for the item encoder
     where: str = "item"  # item | user | both | none (which encoders get adapters)
@@ -148,27 +149,24 @@ def build(run: Run, texts: list[str], args: argparse.Namespace) -> TransRec:
                      dropout=0.2, loss="sampled_softmax", num_negatives=0)
     if run.source:
         adarec.load_model_state(model, Path(args.out) / "source" / "model")
-    layers = None if run.top is None else tuple(range(-run.top, 0))
     hf = item.model
     if run.method == "full":
         model.set_policy("full")
-        if layers is not None:
-            _freeze_below(hf, run.top)
+        _freeze_below(hf, run.top)
     elif run.method == "frozen":
         model.set_policy("frozen")
     elif run.method == "bitfit":
         model.set_policy("full")
         adarec.mark_only_biases_trainable(hf)
-        if layers is not None:
-            _freeze_below(hf, run.top)
+        _freeze_below(hf, run.top)
     else:
         overrides = dict(run.spec)
-        if run.method in BLOCKWISE:
-            overrides.setdefault("layers", layers)
+        if run.method in BLOCKWISE and run.top is not None:
+            overrides.setdefault("layers", tuple(range(-run.top, 0)))
         item_spec = adarec.AdapterSpec.preset(run.method, **overrides)
-        user_spec = adarec.AdapterSpec.preset(run.method, bottleneck=16) if run.method in (
-            "houlsby", "pfeiffer", "parallel", "compacter") else adarec.AdapterSpec.preset(
-            run.method)
+        user_spec = adarec.AdapterSpec.preset(run.method)
+        if user_spec.is_bottleneck:  # SASRec is 64 wide: a 16-wide bottleneck
+            user_spec = user_spec.replace(bottleneck=16)
         where = run.where
         model.inject_adapters(
             item=item_spec if where in ("item", "item-only", "both") else None,
