@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from grad_checks import assert_fp32_grads
 from tiny_transrec import batch, text_model
 
 import adarec
@@ -21,8 +22,4 @@ def test_bf16_autocast_transrec_training_step(loss: str) -> None:
         value = model.loss(batch())
     assert torch.isfinite(value)
     value.backward()
-    for name, p in params.items():
-        assert p.dtype == torch.float32, name
-        assert p.grad is not None and p.grad.dtype == torch.float32, name
-        assert torch.isfinite(p.grad).all(), name
-    assert any(p.grad.abs().sum() > 0 for p in params.values() if p.grad is not None)
+    assert_fp32_grads(params)
