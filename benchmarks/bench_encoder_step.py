@@ -18,12 +18,11 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertModel
+from bert_shape import add_shape_args, bert_model, timed_ms, token_batch
 
 import adarec
 
@@ -37,13 +36,7 @@ Built = tuple[torch.nn.Module, torch.optim.Optimizer | None]
 
 
 def build(args: argparse.Namespace, config: str) -> Built:
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        hidden_size=args.hidden, num_hidden_layers=args.layers,
-        num_attention_heads=args.hidden // 64, intermediate_size=4 * args.hidden,
-        attn_implementation="sdpa",
-    )
-    model = BertModel(cfg, add_pooling_layer=False)
+    model = bert_model(args)
     model.train()
     if config in METHODS:
         adarec.inject_adapters(model, config)
@@ -57,12 +50,6 @@ def build(args: argparse.Namespace, config: str) -> Built:
         return model, None
     params = list(adarec.trainable_parameters(model).values())
     return model, torch.optim.AdamW(params, lr=1e-4)
-
-
-def batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 20000, (args.batch, args.seq), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def step_fn(
@@ -81,14 +68,8 @@ def step_fn(
     return forward if opt is None else train
 
 
-def timed(fn: Callable[[], None]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def run_timing(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    x = batch(args)
+    x = token_batch(args)
     built = {c: build(args, c) for c in args.configs}
     fwd: dict[str, list[float]] = {c: [] for c in args.configs}
     stp: dict[str, list[float]] = {c: [] for c in args.configs}
@@ -96,9 +77,9 @@ def run_timing(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         step_fn(model, opt, x)()
     for _ in range(args.rounds):
         for c, (model, opt) in built.items():
-            fwd[c].append(timed(step_fn(model, None, x)))
+            fwd[c].append(timed_ms(step_fn(model, None, x)))
             if opt is not None:
-                stp[c].append(timed(step_fn(model, opt, x)))
+                stp[c].append(timed_ms(step_fn(model, opt, x)))
     out = {}
     for c, (model, _) in built.items():
         s = adarec.parameter_summary(model)
@@ -133,7 +114,7 @@ def _rss_mb(field: str) -> float:
 def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model, opt = build(args, args._child)
-    x = batch(args)
+    x = token_batch(args)
     before = _rss_mb("VmRSS")
     for _ in range(2):
         step_fn(model, opt, x)()
@@ -142,12 +123,7 @@ def child(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--seq", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
+    add_shape_args(p)
     p.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     p.add_argument("--memory", action="store_true", help="also measure peak memory (subprocesses)")
     p.add_argument("--_child", help=argparse.SUPPRESS)

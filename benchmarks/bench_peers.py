@@ -21,13 +21,13 @@ import argparse
 import copy
 import logging
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from bert_shape import add_shape_args, bert_model, timed_ms, token_batch
 from torch import nn
-from transformers import BertConfig, BertModel
+from transformers import BertModel
 
 import adarec
 
@@ -45,16 +45,6 @@ class Entry:
     @property
     def trainable(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-
-
-def base_model(args: argparse.Namespace) -> BertModel:
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        hidden_size=args.hidden, num_hidden_layers=args.layers,
-        num_attention_heads=args.hidden // 64, intermediate_size=4 * args.hidden,
-        attn_implementation="sdpa",
-    )
-    return BertModel(cfg, add_pooling_layer=False)
 
 
 def adarec_spec(case: str, args: argparse.Namespace) -> adarec.AdapterSpec:
@@ -99,7 +89,7 @@ def peer(case: str, model: BertModel, args: argparse.Namespace) -> tuple[nn.Modu
 
 
 def build(args: argparse.Namespace) -> list[Entry]:
-    base = base_model(args)
+    base = bert_model(args)
     entries = []
     for case in args.cases:
         ours = copy.deepcopy(base)
@@ -112,12 +102,6 @@ def build(args: argparse.Namespace) -> list[Entry]:
     return entries
 
 
-def batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 20000, (args.batch, args.seq), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-
 def step(e: Entry, x: dict[str, torch.Tensor]) -> Callable[[], None]:
     def run() -> None:
         e.opt.zero_grad(set_to_none=True)
@@ -125,12 +109,6 @@ def step(e: Entry, x: dict[str, torch.Tensor]) -> Callable[[], None]:
         e.opt.step()
 
     return run
-
-
-def timed(fn: Callable[[], None]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def check(e: Entry) -> None:
@@ -143,13 +121,8 @@ def check(e: Entry) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--seq", type=int, default=32)
+    add_shape_args(p)
     p.add_argument("--bottleneck", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -168,7 +141,7 @@ def main() -> None:
           f"{peft.__version__}, adapters {ah}; {args.threads} threads; BERT-shaped {args.layers} "
           f"x {args.hidden}, batch {args.batch} x {args.seq}, median of {args.rounds} rounds")
     entries = build(args)
-    x = batch(args)
+    x = token_batch(args)
     for e in entries:  # warm-up: allocator, optimizer state, kernels
         step(e, x)()
         check(e)
@@ -176,7 +149,7 @@ def main() -> None:
     for r in range(args.rounds):
         shift = r % len(entries)
         for i in [*range(shift, len(entries)), *range(shift)]:
-            ms[i].append(timed(step(entries[i], x)))
+            ms[i].append(timed_ms(step(entries[i], x)))
     head = (f"| {'configuration':<13} | {'library':<10} | {'trainable':>10} | {'step ms':>8} | "
             f"{'adarec / peer':>13} | note |")
     print(head)
