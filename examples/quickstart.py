@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import adarec
-from adarec.rec.data import TrainCollator, TrainDataset, leave_one_out, pad_left
+from adarec.rec.data import TrainCollator, TrainDataset, leave_one_out
 from adarec.rec.datasets import load_movielens_100k
 from adarec.rec.item_encoders import IDItemEncoder, PrecomputedItemEncoder, TextItemEncoder
-from adarec.rec.metrics import PopularityRecommender, evaluate_full_ranking
+from adarec.rec.metrics import PopularityRecommender
 from adarec.rec.transrec import TransRec
 
 ADAPTER_METHODS = ("houlsby", "pfeiffer", "parallel", "compacter", "lora")
@@ -122,24 +122,13 @@ def autocast(args: argparse.Namespace) -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
 
-@torch.no_grad()
 def evaluate(
     model: TransRec, pairs: list[tuple[list[int], int]], args: argparse.Namespace
 ) -> dict[str, float]:
     """Full ranking of every item (history masked) with the cached item table."""
-    model.eval()
     with autocast(args):
-        table = model.item_table().float()
-    histories = pad_left([h for h, _ in pairs], args.max_len)
-
-    def users(idx: torch.Tensor) -> torch.Tensor:
-        with autocast(args):
-            return model.user_embeddings(histories[idx]).float()
-
-    return evaluate_full_ranking(
-        users, table, [t for _, t in pairs], [h for h, _ in pairs], ks=(10,),
-        metrics=("hr", "ndcg"),
-    )
+        return model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg"),
+                                      max_len=args.max_len)
 
 
 def save_checkpoint(model: TransRec, folder: Path, args: argparse.Namespace) -> str:

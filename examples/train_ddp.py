@@ -23,10 +23,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import adarec
 from adarec import distributed as D
-from adarec.rec.data import TrainCollator, TrainDataset, leave_one_out, pad_left
+from adarec.rec.data import TrainCollator, TrainDataset, leave_one_out
 from adarec.rec.datasets import load_movielens_100k
 from adarec.rec.item_encoders import TextItemEncoder
-from adarec.rec.metrics import evaluate_full_ranking
 from adarec.rec.transrec import TransRec
 
 
@@ -66,15 +65,8 @@ def build_model(args: argparse.Namespace, texts: list[str]) -> TransRec:
     return model
 
 
-@torch.no_grad()
 def evaluate(model: TransRec, pairs: list[tuple[list[int], int]], max_len: int) -> dict[str, float]:
-    model.eval()
-    table = model.item_table()
-    histories = pad_left([h for h, _ in pairs], max_len)
-    return evaluate_full_ranking(
-        lambda idx: model.user_embeddings(histories[idx]), table, [t for _, t in pairs],
-        [h for h, _ in pairs], ks=(10,), metrics=("hr", "ndcg"),
-    )
+    return model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg"), max_len=max_len)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ Item features (token ids, pixels) are data, not weights, so they are never in a 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -29,9 +29,10 @@ from adarec.freeze import ParameterSummary, adapter_parameters, is_norm, paramet
 from adarec.inject import ADAPTERS_ATTR
 from adarec.inject import inject_adapters as _inject
 from adarec.layouts import iter_blocks
-from adarec.rec.data import PAD
+from adarec.rec.data import PAD, pad_left
 from adarec.rec.item_encoders import ItemEncoder
 from adarec.rec.losses import bce_loss, full_softmax_loss, sampled_softmax_loss
+from adarec.rec.metrics import METRICS, evaluate_full_ranking
 from adarec.rec.user_encoders import SASRec
 from adarec.spec import AdapterSpec
 
@@ -244,6 +245,32 @@ class TransRec(nn.Module):
                 if exclude_ids is not None:
                     scores.scatter_(1, exclude_ids.to(table.device), float("-inf"))
         return scores
+
+    def evaluate_ranking(
+        self,
+        pairs: Sequence[tuple[Sequence[int], int]],
+        ks: Sequence[int] = (10, 20),
+        metrics: Sequence[str] = METRICS,
+        max_len: int | None = None,
+        batch_size: int = 256,
+    ) -> dict[str, float]:
+        """Full-ranking metrics of ``(history, target)`` pairs (e.g. a leave-one-out split's
+        ``valid`` or ``test``): every item is scored with the cached item table, the whole
+        history and the padding item are masked, and the most recent ``max_len`` items (default:
+        the user encoder's ``max_len``) are the input. Eval mode and no grad for the call; run
+        it under ``torch.autocast`` to encode in bf16 (scores are compared in float32)."""
+        length = max_len or cast(int, self.user_encoder.max_len)
+        table = self.item_table().float()
+        histories = pad_left([h for h, _ in pairs], length).to(table.device)
+
+        def users(idx: Tensor) -> Tensor:
+            with self._inference():
+                return self.user_embeddings(histories[idx.to(table.device)]).float()
+
+        return evaluate_full_ranking(
+            users, table, [t for _, t in pairs], [list(h) for h, _ in pairs], ks=ks,
+            batch_size=batch_size, metrics=metrics,
+        )
 
     # ------------------------------------------------------------------------ training
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:

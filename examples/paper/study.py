@@ -49,10 +49,9 @@ from torch.utils.data import DataLoader
 
 import adarec
 from adarec.layouts import iter_blocks
-from adarec.rec.data import TrainCollator, TrainDataset, leave_one_out, pad_left
+from adarec.rec.data import TrainCollator, TrainDataset, leave_one_out
 from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
 from adarec.rec.item_encoders import PrecomputedItemEncoder, TextItemEncoder
-from adarec.rec.metrics import evaluate_full_ranking
 from adarec.rec.transrec import TransRec
 from adarec.spec import METHODS, MODEL_METHODS
 
@@ -216,19 +215,9 @@ def autocast() -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-@torch.no_grad()
 def evaluate(model: TransRec, pairs: list[tuple[list[int], int]], max_len: int) -> dict[str, float]:
-    model.eval()
     with autocast():
-        table = model.item_table().float()
-    histories = pad_left([h for h, _ in pairs], max_len)
-
-    def users(idx: torch.Tensor) -> torch.Tensor:
-        with autocast():
-            return model.user_embeddings(histories[idx]).float()
-
-    return evaluate_full_ranking(users, table, [t for _, t in pairs], [h for h, _ in pairs],
-                                 ks=(10,), metrics=("hr", "ndcg"))
+        return model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg"), max_len=max_len)
 
 
 def train(model: TransRec, run: Run, data: Any, args: argparse.Namespace, seed: int,

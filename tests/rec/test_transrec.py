@@ -196,3 +196,22 @@ def test_training_lowers_the_loss_on_a_pattern(loss: str) -> None:
     model.eval()
     hist = torch.tensor([[0, 0, 0, 3, 4]])
     assert model.full_sort_scores(hist).argmax(1).item() == 5
+
+
+def test_evaluate_ranking_matches_manual_full_ranking_and_keeps_train_mode() -> None:
+    from adarec.rec.data import pad_left
+    from adarec.rec.metrics import evaluate_full_ranking
+
+    model = text_model()
+    model.inject_adapters(item="houlsby")
+    model.train()
+    pairs = [([1, 2, 3], 4), ([5, 6], 7), ([2, 7, 8, 3, 1], 6), ([9], 2)]
+    got = model.evaluate_ranking(pairs, ks=(1, 5), max_len=3)
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    with torch.no_grad():
+        users = model.user_embeddings(pad_left([h for h, _ in pairs], 3))
+        want = evaluate_full_ranking(users, model.item_table(), [t for _, t in pairs],
+                                     [h for h, _ in pairs], ks=(1, 5))
+    assert got == want
+    assert set(got) == {f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in (1, 5)}
