@@ -19,6 +19,8 @@ from adarec.rec.data import (
     tokenize_item_texts,
 )
 from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
+from adarec.rec.early_stopping import EarlyStopping
+from adarec.rec.item_adaptors import IDFusion, WhiteningMoEAdaptor
 from adarec.rec.item_encoders import (
     IDItemEncoder,
     ImageItemEncoder,
@@ -35,6 +37,7 @@ from adarec.rec.metrics import (
     target_ranks,
     topk_chunked,
 )
+from adarec.rec.splits import ColdItemSplit, cold_item_split, subsample_users
 from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, TransRec
 from adarec.rec.user_encoders import SASRec, SASRecBlock
 
@@ -44,9 +47,12 @@ __all__ = [
     "OBJECTIVES",
     "PAD",
     "POLICIES",
+    "ColdItemSplit",
+    "EarlyStopping",
     "EvalCollator",
     "EvalDataset",
     "EvalExample",
+    "IDFusion",
     "IDItemEncoder",
     "ImageItemEncoder",
     "InteractionData",
@@ -61,7 +67,9 @@ __all__ = [
     "TrainDataset",
     "TrainExample",
     "TransRec",
+    "WhiteningMoEAdaptor",
     "bce_loss",
+    "cold_item_split",
     "evaluate_full_ranking",
     "full_ranking_ranks",
     "full_softmax_loss",
@@ -73,6 +81,7 @@ __all__ = [
     "ranking_metrics",
     "sample_negatives",
     "sampled_softmax_loss",
+    "subsample_users",
     "target_ranks",
     "tokenize_item_texts",
     "topk_chunked",

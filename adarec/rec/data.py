@@ -189,14 +189,29 @@ class TrainExample(NamedTuple):
     history: list[int]
 
 
-class TrainDataset(Dataset[TrainExample]):
-    """Training windows of at most ``max_len + 1`` items, shifted by one for next-item targets.
+SAMPLINGS = ("windows", "prefixes", "last")
 
-    By default one example per user: the most recent window. With ``stride`` a user with a long
-    history also gives the windows ending ``stride``, ``2 * stride``, ... items earlier (as many
-    as fit, or ``max_windows`` per user, most recent first), so long histories are not cut to
-    their tail: more training signal per epoch at the same sequence length. Every window keeps
-    the user's whole training sequence as ``history`` (negatives are drawn outside it).
+
+class TrainDataset(Dataset[TrainExample]):
+    """Next-item training examples cut from each user's training sequence.
+
+    ``sampling`` says which interactions are targets in an epoch:
+
+    - ``"windows"`` (default): windows of at most ``max_len + 1`` items ending at the last item
+      and every ``stride`` items before it (default ``stride = max_len``: consecutive windows
+      meet, so **every interaction except a user's first is a target exactly once per epoch**),
+      with the loss at every position of a window;
+    - ``"prefixes"``: one example per target (every interaction except a user's first), its
+      ``max_len`` preceding items as input and the loss at that one position (RecBole's
+      sequential data augmentation): every target sees a full-length history, at about
+      ``max_len`` times the sequence-encoder work per epoch of ``"windows"``;
+    - ``"last"``: one window per user, the most recent ``max_len + 1`` items (on MovieLens-100k
+      with ``max_len=20`` about a fifth of the training interactions).
+
+    ``max_windows`` keeps at most that many examples per user, the most recent first. Every
+    example keeps the user's whole training sequence as ``history`` (negatives are drawn
+    outside it). A ``"prefixes"`` example marks the positions before its target with the
+    padding id in ``target_ids``, so `TrainCollator`'s ``mask`` leaves them out of the loss.
     Sequences shorter than 2 items have no next-item pair and are left out.
     """
 
@@ -206,18 +221,24 @@ class TrainDataset(Dataset[TrainExample]):
         max_len: int,
         stride: int | None = None,
         max_windows: int | None = None,
+        sampling: str = "windows",
     ) -> None:
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
-        if stride is not None and stride < 1:
-            raise ValueError(f"stride must be >= 1 or None, got {stride}")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling={sampling!r} is not one of {list(SAMPLINGS)}")
+        if stride is not None and (stride < 1 or sampling != "windows"):
+            raise ValueError(f"stride must be >= 1 and needs sampling='windows', got stride="
+                             f"{stride} with sampling={sampling!r}")
         if max_windows is not None and max_windows < 1:
             raise ValueError(f"max_windows must be >= 1 or None, got {max_windows}")
         self.sequences = [list(s) for s in train_sequences if len(s) >= 2]
         self.max_len = max_len
+        self.sampling = sampling
+        step = {"windows": stride or max_len, "prefixes": 1}.get(sampling)
         self.windows: list[tuple[int, int]] = []  # (sequence index, end position, exclusive)
         for i, seq in enumerate(self.sequences):
-            ends = range(len(seq), 1, -stride) if stride else [len(seq)]
+            ends = range(len(seq), 1, -step) if step else [len(seq)]
             self.windows.extend((i, end) for end in list(ends)[:max_windows])
 
     def __len__(self) -> int:
@@ -227,7 +248,10 @@ class TrainDataset(Dataset[TrainExample]):
         i, end = self.windows[index]
         seq = self.sequences[i]
         window = seq[max(0, end - self.max_len - 1) : end]
-        return TrainExample(window[:-1], window[1:], seq)
+        inputs, targets = window[:-1], window[1:]
+        if self.sampling == "prefixes":
+            targets = [PAD] * (len(targets) - 1) + targets[-1:]
+        return TrainExample(inputs, targets, seq)
 
 
 class TrainCollator:
@@ -238,11 +262,23 @@ class TrainCollator:
     order give the same negatives. In a DataLoader worker the generator is re-seeded from
     ``seed`` and the worker's own seed, so workers and epochs draw different negatives while
     staying reproducible under ``torch.manual_seed`` (or a DataLoader ``generator``).
+    ``exclude_items`` are never drawn as negatives for anyone (e.g. cold items held out of
+    training).
     """
 
-    def __init__(self, n_items: int, max_len: int, num_negatives: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_items: int,
+        max_len: int,
+        num_negatives: int = 1,
+        seed: int = 0,
+        exclude_items: Iterable[int] = (),
+    ) -> None:
         if num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+        self.exclude_items = sorted(set(exclude_items))
+        if any(not 1 <= i <= n_items for i in self.exclude_items[:1] + self.exclude_items[-1:]):
+            raise ValueError(f"exclude_items must be item indices in 1..{n_items}")
         self.n_items = n_items
         self.max_len = max_len
         self.num_negatives = num_negatives
@@ -258,7 +294,7 @@ class TrainCollator:
         input_ids = pad_left([ex.input_ids for ex in batch], self.max_len)
         target_ids = pad_left([ex.target_ids for ex in batch], self.max_len)
         mask = target_ids != PAD
-        history = pad_right([ex.history for ex in batch])
+        history = pad_right([[*ex.history, *self.exclude_items] for ex in batch])
         negatives = sample_negatives(
             history, self.n_items, (self.max_len, self.num_negatives), self.generator
         )

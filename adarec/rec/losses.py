@@ -64,12 +64,21 @@ def sampled_softmax_loss(
     return F.cross_entropy(logits, pos_index)
 
 
-def full_softmax_loss(user_repr: Tensor, item_table: Tensor, targets: Tensor) -> Tensor:
+def full_softmax_loss(
+    user_repr: Tensor, item_table: Tensor, targets: Tensor, items: Tensor | None = None
+) -> Tensor:
     """Cross-entropy over every real item: ``item_table`` ``[N + 1, d]``, row 0 (padding) left
-    out of the softmax, ``targets`` ``[M]`` in 1..N."""
+    out of the softmax, ``targets`` ``[M]`` in 1..N. ``items`` (bool ``[N + 1]``) restricts the
+    softmax to the items marked True (e.g. all but held-out cold items); targets must be
+    among them."""
     if targets.numel() and int(targets.min()) < 1:
         raise ValueError("targets must be item indices >= 1 (0 is the padding item)")
-    return F.cross_entropy(user_repr @ item_table[1:].T, targets - 1)
+    logits = user_repr @ item_table[1:].T
+    if items is not None:
+        if targets.numel() and not bool(items[targets].all()):
+            raise ValueError("a target is outside the items allowed in the softmax")
+        logits = logits.masked_fill(~items[1:], float("-inf"))
+    return F.cross_entropy(logits, targets - 1)
 
 
 LOSSES: dict[str, Callable[..., Tensor]] = {

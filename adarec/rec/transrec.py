@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adarec.errors import TargetNotFoundError
@@ -30,6 +31,7 @@ from adarec.inject import ADAPTERS_ATTR
 from adarec.inject import inject_adapters as _inject
 from adarec.layouts import iter_blocks
 from adarec.rec.data import PAD, pad_left
+from adarec.rec.item_adaptors import IDFusion, build_adaptor
 from adarec.rec.item_encoders import ItemEncoder
 from adarec.rec.losses import bce_loss, full_softmax_loss, sampled_softmax_loss
 from adarec.rec.metrics import METRICS, evaluate_full_ranking
@@ -39,6 +41,7 @@ from adarec.spec import AdapterSpec
 OBJECTIVES = ("sasrec", "cpc")
 LOSS_NAMES = ("bce", "sampled_softmax", "full_softmax")
 POLICIES = ("full", "adapters", "item_adapters", "user_adapters", "frozen")
+SIMILARITIES = ("dot", "cosine")
 
 
 def _set_trainable(module: nn.Module, flag: bool) -> None:
@@ -88,8 +91,18 @@ class TransRec(nn.Module):
     in-batch frequency so popular items are not over-penalised as negatives (Yi et al. 2019).
 
     ``dtl=False`` drops the DTL (identity), allowed only when the item width equals ``user_dim``
-    (e.g. an `IDItemEncoder` for plain SASRec). Without ``user_encoder`` a `SASRec` of width
-    ``user_dim`` is built from ``max_len``, ``n_layers``, ``n_heads`` and ``dropout``.
+    (e.g. an `IDItemEncoder` for plain SASRec); ``dtl="moe"`` puts UniSRec's parametric
+    whitening + mixture-of-experts adaptor in its place (`adarec.rec.item_adaptors`), and any
+    ``nn.Module`` mapping item width to ``user_dim`` may be passed. ``id_fusion="add"`` or
+    ``"gate"`` adds a learned ID embedding to every item's adapted embedding (`IDFusion`; switch
+    it off for cold items with ``model.id_fusion.exclude(ids)``). ``similarity="cosine"`` scores
+    L2-normalised user and item vectors (divided by ``temperature``, e.g. UniSRec's 0.07)
+    instead of raw dot products. Without ``user_encoder`` a `SASRec` of width ``user_dim`` is
+    built from ``max_len``, ``n_layers``, ``n_heads`` and ``dropout``.
+
+    ``held_out``: items training must never score (a bool mask ``[n_items + 1]``, e.g. the cold
+    items of `adarec.rec.splits.cold_item_split`): full softmax leaves them out of its
+    denominator and a batch that holds one as a candidate is refused.
     """
 
     def __init__(
@@ -100,13 +113,15 @@ class TransRec(nn.Module):
         objective: str = "sasrec",
         loss: str = "bce",
         num_negatives: int = 1,
-        dtl: bool = True,
+        dtl: bool | str | nn.Module = True,
         max_len: int = 50,
         n_layers: int = 2,
         n_heads: int = 2,
         dropout: float = 0.1,
         temperature: float = 1.0,
         logq_correction: bool = True,
+        id_fusion: str | None = None,
+        similarity: str = "dot",
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -115,13 +130,19 @@ class TransRec(nn.Module):
             raise ValueError(f"loss={loss!r} is not one of {list(LOSS_NAMES)}")
         if num_negatives < (0 if loss == "sampled_softmax" else 1):
             raise ValueError(f"num_negatives={num_negatives} is too small for loss={loss!r}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity={similarity!r} is not one of {list(SIMILARITIES)}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         if user_encoder is not None:
             user_dim = int(cast(Any, user_encoder).dim)
         item_dim = int(cast(ItemEncoder, item_encoder).dim)
-        if not dtl and item_dim != user_dim:
-            raise ValueError(f"dtl=False needs item width {item_dim} == user_dim {user_dim}")
         self.item_encoder = item_encoder
-        self.dtl = nn.Sequential(nn.Linear(item_dim, user_dim), nn.GELU()) if dtl else nn.Identity()
+        self.dtl = build_adaptor(dtl, item_dim, user_dim)
+        n_items = int(cast(ItemEncoder, item_encoder).n_items)
+        self.id_fusion = IDFusion(n_items, user_dim, id_fusion) if id_fusion else None
+        self.similarity = similarity
+        self.held_out: Tensor | None = None
         if user_encoder is None:
             user_encoder = SASRec(
                 user_dim, n_layers=n_layers, n_heads=n_heads, max_len=max_len, dropout=dropout
@@ -147,11 +168,19 @@ class TransRec(nn.Module):
 
     # ------------------------------------------------------------------------ item side
     def _encode(self, ids: Tensor) -> Tensor:
-        """Encoder + DTL for a flat id vector, each distinct id encoded once."""
+        """Encoder + DTL (+ ID fusion) for a flat id vector, each distinct id encoded once."""
         if not self.dedup:
-            return self.dtl(self.item_encoder(ids))
+            return self._adapt(ids, self.item_encoder(ids))
         uniq, inverse = torch.unique(ids, return_inverse=True)
-        return self.dtl(self.item_encoder(uniq))[inverse]
+        return self._adapt(uniq, self.item_encoder(uniq))[inverse]
+
+    def _adapt(self, ids: Tensor, content: Tensor) -> Tensor:
+        emb = self.dtl(content)
+        return emb if self.id_fusion is None else self.id_fusion(ids, emb)
+
+    def _scoring(self, x: Tensor) -> Tensor:
+        """User or item vectors as they enter a score (L2-normalised for cosine)."""
+        return F.normalize(x, dim=-1) if self.similarity == "cosine" else x
 
     def item_embeddings(self, ids: Tensor) -> Tensor:
         """``ids`` of any shape -> ``[*ids.shape, dim]`` (from the cached table when it is
@@ -223,8 +252,9 @@ class TransRec(nn.Module):
 
     def score(self, history_ids: Tensor, candidate_ids: Tensor) -> Tensor:
         """Dot-product scores ``[B, C]`` of candidates ``[B, C]``."""
-        user = self.user_embeddings(history_ids)
-        return torch.einsum("bd,bcd->bc", user, self.item_embeddings(candidate_ids))
+        user = self._scoring(self.user_embeddings(history_ids))
+        items = self._scoring(self.item_embeddings(candidate_ids))
+        return torch.einsum("bd,bcd->bc", user, items) / self.temperature
 
     def full_sort_scores(
         self,
@@ -238,7 +268,8 @@ class TransRec(nn.Module):
         e.g. the untruncated history), get ``-inf``."""
         table = self.item_table(batch_size)
         with self._inference():
-            scores = self.user_embeddings(history_ids.to(table.device)) @ table.T
+            user = self._scoring(self.user_embeddings(history_ids.to(table.device)))
+            scores = user @ self._scoring(table).T / self.temperature
             scores[:, PAD] = float("-inf")
             if exclude_history:
                 scores.scatter_(1, history_ids.to(table.device), float("-inf"))
@@ -253,23 +284,28 @@ class TransRec(nn.Module):
         metrics: Sequence[str] = METRICS,
         max_len: int | None = None,
         batch_size: int = 256,
+        exclude_history: bool = True,
     ) -> dict[str, float]:
         """Full-ranking metrics of ``(history, target)`` pairs (e.g. a leave-one-out split's
-        ``valid`` or ``test``): every item is scored with the cached item table, the whole
-        history and the padding item are masked, and the most recent ``max_len`` items (default:
-        the user encoder's ``max_len``) are the input. Eval mode and no grad for the call; run
-        it under ``torch.autocast`` to encode in bf16 (scores are compared in float32)."""
+        ``valid`` or ``test``): every item is scored with the cached item table, the padding
+        item is never ranked, and the most recent ``max_len`` items (default: the user
+        encoder's ``max_len``) are the input. Two protocols: ``exclude_history=True`` ("history
+        masked", adarec's default) ranks the target only against items outside the user's
+        whole history; ``False`` ("history unmasked", RecBole's sequential full sort and most
+        SASRec papers) ranks it against every item, so numbers are lower (about half on
+        MovieLens-100k): say which one a number is. Eval mode and no grad for the call; run it
+        under ``torch.autocast`` to encode in bf16 (scores are compared in float32)."""
         length = max_len or cast(int, self.user_encoder.max_len)
         table = self.item_table().float()
         histories = pad_left([h for h, _ in pairs], length).to(table.device)
 
         def users(idx: Tensor) -> Tensor:
             with self._inference():
-                return self.user_embeddings(histories[idx.to(table.device)]).float()
+                return self._scoring(self.user_embeddings(histories[idx.to(table.device)])).float()
 
         return evaluate_full_ranking(
-            users, table, [t for _, t in pairs], [list(h) for h, _ in pairs], ks=ks,
-            batch_size=batch_size, metrics=metrics,
+            users, self._scoring(table), [t for _, t in pairs], [list(h) for h, _ in pairs], ks=ks,
+            batch_size=batch_size, metrics=metrics, exclude_history=exclude_history,
         )
 
     # ------------------------------------------------------------------------ training
@@ -286,8 +322,9 @@ class TransRec(nn.Module):
         m = pos.numel()
         if self.loss_name == "full_softmax":
             table = self._encode(torch.arange(self.n_items + 1, device=inputs.device))
-            user = self.sequence_output(inputs, table[inputs])[mask] / self.temperature
-            return full_softmax_loss(user, table, pos)
+            user = self._scoring(self.sequence_output(inputs, table[inputs])[mask])
+            keep = None if self.held_out is None else ~self.held_out.to(inputs.device)
+            return full_softmax_loss(user / self.temperature, self._scoring(table), pos, keep)
         if self.num_negatives:
             neg = batch["negative_ids"]
             neg = (neg.unsqueeze(-1) if neg.dim() == 2 else neg)[mask]
@@ -297,12 +334,15 @@ class TransRec(nn.Module):
             neg = neg[:, : self.num_negatives]  # [M, k]
         else:
             neg = pos.new_zeros(m, 0)
+        if self.held_out is not None:
+            self._refuse_held_out(torch.cat([pos, neg.reshape(-1)]))
         ids = torch.cat([inputs.reshape(-1), pos, neg.reshape(-1)])
         emb = self._encode(ids)
         n_in = inputs.numel()
         in_emb = emb[:n_in].view(*inputs.shape, self.dim)
-        pos_emb, neg_emb = emb[n_in : n_in + m], emb[n_in + m :].view(m, -1, self.dim)
-        user = self.sequence_output(inputs, in_emb)[mask] / self.temperature
+        cand = self._scoring(emb[n_in:])
+        pos_emb, neg_emb = cand[:m], cand[m:].view(m, -1, self.dim)
+        user = self._scoring(self.sequence_output(inputs, in_emb)[mask]) / self.temperature
         if self.loss_name == "bce":
             return bce_loss(user, pos_emb, neg_emb, torch.ones(m, dtype=torch.bool,
                                                                 device=user.device))
@@ -323,6 +363,17 @@ class TransRec(nn.Module):
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         return self.loss(batch)
+
+    def _refuse_held_out(self, candidates: Tensor) -> None:
+        assert self.held_out is not None
+        hit = self.held_out.to(candidates.device)[candidates]
+        if bool(hit.any()):
+            items = sorted(set(candidates[hit].tolist()))[:5]
+            raise ValueError(
+                f"the batch scores held-out item(s) {items} as targets or negatives: training "
+                "must not see them (remove them from the training sequences and draw negatives "
+                "with TrainCollator(..., exclude_items=...))"
+            )
 
     # ------------------------------------------------------------------------ adapters
     def inject_adapters(

@@ -82,7 +82,7 @@ def test_pad_left_truncates_to_most_recent() -> None:
 
 
 def test_train_dataset_windows_and_shapes() -> None:
-    ds = TrainDataset([[1, 2, 3, 4, 5, 6], [2, 3], [9]], max_len=3)
+    ds = TrainDataset([[1, 2, 3, 4, 5, 6], [2, 3], [9]], max_len=3, sampling="last")
     assert len(ds) == 2  # [9] has no next-item pair
     ex = ds[0]
     assert ex.input_ids == [3, 4, 5] and ex.target_ids == [4, 5, 6]
@@ -110,7 +110,44 @@ def test_train_dataset_stride_windows() -> None:
     ]
     assert all(ex.history == seq for ex in list(ds)[:3])
     assert len(TrainDataset([seq], max_len=3, stride=3, max_windows=2)) == 2
-    assert [ex.input_ids for ex in TrainDataset([seq], 3)] == [[7, 8, 9]]  # default unchanged
+    assert [ex.input_ids for ex in TrainDataset([seq], 3, sampling="last")] == [[7, 8, 9]]
+    default = [(ex.input_ids, ex.target_ids) for ex in TrainDataset([seq], 3)]
+    assert default == got[:3]  # default: windows every max_len items, all targets once
+
+
+def test_train_dataset_prefixes_one_target_each() -> None:
+    seq = [5, 6, 7, 8, 9]
+    ds = TrainDataset([seq, [1]], max_len=3, sampling="prefixes")
+    got = [(ex.input_ids, ex.target_ids) for ex in ds]
+    assert got == [
+        ([6, 7, 8], [0, 0, 9]),
+        ([5, 6, 7], [0, 0, 8]),
+        ([5, 6], [0, 7]),
+        ([5], [6]),
+    ]
+    batch = TrainCollator(20, 3, seed=0)([ds[0], ds[3]])
+    assert batch["mask"].tolist() == [[False, False, True], [False, False, True]]
+    assert batch["target_ids"][batch["mask"]].tolist() == [9, 6]
+    assert len(TrainDataset([seq], 3, sampling="prefixes", max_windows=2)) == 2
+
+
+@given(st.lists(st.lists(st.integers(1, 50), min_size=0, max_size=40), max_size=6),
+       st.integers(1, 12), st.sampled_from(["windows", "prefixes"]))
+def test_train_dataset_every_target_exactly_once(
+    seqs: list[list[int]], max_len: int, sampling: str
+) -> None:
+    """The default windows and the prefixes both make every interaction but a user's first a
+    target exactly once per epoch (the collator's mask is what the loss sees)."""
+    ds = TrainDataset(seqs, max_len, sampling=sampling)
+    seen: list[tuple[int, int]] = []
+    for (i, end), ex in zip(ds.windows, ds, strict=True):
+        start = max(0, end - max_len - 1)
+        positions = range(start + 1, end)
+        seen += [(i, t) for t, target in zip(positions, ex.target_ids, strict=True) if target]
+        assert all(ds.sequences[i][t] == target
+                   for t, target in zip(positions, ex.target_ids, strict=True) if target)
+    expected = [(i, t) for i, s in enumerate(ds.sequences) for t in range(1, len(s))]
+    assert sorted(seen) == expected
 
 
 @given(st.lists(st.lists(st.integers(1, 50), min_size=0, max_size=40), max_size=6),
@@ -139,6 +176,19 @@ def test_train_dataset_rejects_bad_stride() -> None:
         TrainDataset([[1, 2]], 3, stride=0)
     with pytest.raises(ValueError, match="max_windows"):
         TrainDataset([[1, 2]], 3, stride=1, max_windows=0)
+    with pytest.raises(ValueError, match="sampling"):
+        TrainDataset([[1, 2]], 3, sampling="all")
+    with pytest.raises(ValueError, match="stride"):
+        TrainDataset([[1, 2]], 3, stride=2, sampling="prefixes")
+
+
+def test_collator_never_draws_excluded_items() -> None:
+    ds = TrainDataset([[1, 2, 3, 4]], max_len=3)
+    out = TrainCollator(10, 3, 40, seed=0, exclude_items=[5, 6, 7])([ds[0]])
+    neg = out["negative_ids"][out["mask"]]
+    assert not torch.isin(neg, torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])).any()
+    with pytest.raises(ValueError, match="exclude_items"):
+        TrainCollator(10, 3, exclude_items=[11])
 
 
 def test_collator_reproducible_by_seed() -> None:

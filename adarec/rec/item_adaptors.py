@@ -1,0 +1,136 @@
+"""What sits between the item encoder and the user encoder in `TransRec`.
+
+- `dtl`: Fu et al.'s dimension-transformation layer, Linear + GELU.
+- `WhiteningMoEAdaptor`: UniSRec's parametric whitening + mixture-of-experts adaptor (Hou et
+  al., *Towards Universal Sequence Representation Learning for Recommender Systems*, KDD 2022,
+  Sec. 3.1): each expert whitens the text embedding with a learned shift and projection,
+  ``(x - b_k) W_k``, and a softmax gate over the experts mixes them, with Gaussian noise on the
+  gate logits during training (noisy gating, Shazeer et al. 2017). Pre-trained sentence
+  embeddings are anisotropic (they crowd into a narrow cone), and the shift + projection learns
+  to spread them; several experts let items of different domains use different whitenings.
+  Defaults follow the paper's released configuration (8 experts, dropout 0.2 on the input).
+- `IDFusion`: a learned ID embedding added to (``"add"``) or gated into (``"gate"``) the adapted
+  text embedding (UniSRec's transductive setting adds it), with the ID part switched off for
+  items listed in `IDFusion.exclude` (cold items: their rows were never trained).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ADAPTORS = ("linear", "moe", "none")
+FUSIONS = ("add", "gate")
+
+
+def dtl(in_dim: int, out_dim: int) -> nn.Module:
+    """Fu et al.'s DTL: ``GELU(x W + b)``."""
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU())
+
+
+class WhiteningMoEAdaptor(nn.Module):
+    """``sum_k g_k(x) (drop(x) - b_k) W_k`` with ``g = softmax(x W_g + noise)``: UniSRec's
+    MoE-enhanced adaptor. Shifts start at 0, projections at N(0, 0.02²) as in the paper's
+    code, and the gate and noise weights at 0, so the experts start equally weighted (the noise
+    scale starts at softplus(0) + 0.01)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        n_experts: int = 8,
+        dropout: float = 0.2,
+        noisy_gating: bool = True,
+    ) -> None:
+        super().__init__()
+        if n_experts < 1:
+            raise ValueError(f"n_experts must be >= 1, got {n_experts}")
+        self.n_experts = n_experts
+        self.noisy_gating = noisy_gating
+        self.dropout = nn.Dropout(dropout)
+        self.shift = nn.Parameter(torch.zeros(n_experts, in_dim))
+        self.proj = nn.Parameter(torch.randn(n_experts, in_dim, out_dim) * 0.02)
+        self.gate = nn.Parameter(torch.zeros(in_dim, n_experts))
+        self.noise = nn.Parameter(torch.zeros(in_dim, n_experts))
+
+    def gates(self, x: Tensor) -> Tensor:
+        """Expert weights ``[N, n_experts]`` (noisy while training)."""
+        logits = x @ self.gate
+        if self.noisy_gating and self.training:
+            scale = F.softplus(x @ self.noise) + 1e-2
+            logits = logits + torch.randn_like(logits) * scale
+        return logits.softmax(-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        dropped = self.dropout(x)
+        # expert k: (drop(x) - b_k) W_k  ==  drop(x) W_k - b_k W_k; one einsum for all experts
+        experts = torch.einsum("nd,kde->nke", dropped, self.proj) - torch.einsum(
+            "kd,kde->ke", self.shift, self.proj
+        )
+        return torch.einsum("nk,nke->ne", self.gates(x), experts)
+
+
+class IDFusion(nn.Module):
+    """Adds a per-item ID embedding to the (adapted) item-content embedding.
+
+    ``"add"``: ``t + e``; ``"gate"``: ``t + sigmoid(W [t; e] + c) * e``, so the model can
+    weigh the ID per item and dimension. The ID table belongs to one catalogue
+    (``transferable = False``: left out of `TransRec.transferable_state_dict`). Items passed to
+    `exclude` get ``e = 0``, hence exactly the content embedding under either mode.
+    """
+
+    transferable = False
+    known: Tensor
+
+    def __init__(self, n_items: int, dim: int, mode: str = "add") -> None:
+        super().__init__()
+        if mode not in FUSIONS:
+            raise ValueError(f"id fusion mode={mode!r} is not one of {list(FUSIONS)}")
+        self.mode = mode
+        self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+        self.gate = nn.Linear(2 * dim, dim) if mode == "gate" else None
+        known = torch.ones(n_items + 1, dtype=torch.bool)
+        known[0] = False
+        self.register_buffer("known", known)  # persistent: a reload must keep the exclusions
+
+    @property
+    def n_items(self) -> int:
+        return self.embedding.num_embeddings - 1
+
+    def exclude(self, item_ids: Sequence[int] | Tensor) -> None:
+        """Switch the ID part off for ``item_ids`` (e.g. items never seen in training)."""
+        ids = torch.as_tensor(item_ids, dtype=torch.long, device=self.known.device).reshape(-1)
+        if ids.numel() and not 1 <= int(ids.min()) <= int(ids.max()) <= self.n_items:
+            raise ValueError(f"item ids must be in 1..{self.n_items}")
+        self.known[ids] = False
+
+    def forward(self, item_ids: Tensor, content: Tensor) -> Tensor:
+        ids = item_ids.to(self.known.device)
+        e = self.embedding(ids) * self.known[ids].unsqueeze(-1).to(content.dtype)
+        if self.gate is None:
+            return content + e
+        return content + torch.sigmoid(self.gate(torch.cat([content, e], dim=-1))) * e
+
+
+def build_adaptor(kind: str | bool | nn.Module, in_dim: int, out_dim: int) -> nn.Module:
+    """``True``/``"linear"``: the DTL; ``"moe"``: `WhiteningMoEAdaptor`; ``False``/``"none"``:
+    identity (widths must match); an ``nn.Module`` is used as it is."""
+    if isinstance(kind, nn.Module):
+        return kind
+    name = {True: "linear", False: "none"}.get(kind, kind) if isinstance(kind, bool) else kind
+    if name not in ADAPTORS:
+        raise ValueError(f"dtl={kind!r} is not one of {[True, False, *ADAPTORS]} or a module")
+    if name == "none":
+        if in_dim != out_dim:
+            raise ValueError(f"dtl=False needs item width {in_dim} == user_dim {out_dim}")
+        return nn.Identity()
+    return dtl(in_dim, out_dim) if name == "linear" else WhiteningMoEAdaptor(in_dim, out_dim)
+
+
+__all__ = ["ADAPTORS", "FUSIONS", "IDFusion", "WhiteningMoEAdaptor", "build_adaptor", "dtl"]

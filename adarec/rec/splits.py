@@ -1,0 +1,112 @@
+"""Evaluation settings beyond warm leave-one-out: cold items and small target data.
+
+Both start from a `LeaveOneOutSplit` (`adarec.rec.data.leave_one_out`), so every setting keeps
+the same targets and histories and differs only in what training may see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from adarec.rec.data import LeaveOneOutSplit
+
+Pairs = list[tuple[list[int], int]]
+
+
+@dataclass
+class ColdItemSplit:
+    """A leave-one-out split with some items held out of training entirely.
+
+    ``train`` is every user's training sequence with the cold items removed; ``valid`` and
+    ``test`` are the pairs whose target is a cold item (the cold-start queries), ``warm_valid``
+    and ``warm_test`` the others. Histories are left as they are: a cold item the user met
+    before the target stays in the history, as it would in a live system, and only a model that
+    can encode an unseen item (from its text, say) makes use of it. ``users_valid`` and
+    ``users_test`` hold the positions in the source split's ``users`` of each pair.
+    """
+
+    cold_items: list[int]
+    train: list[list[int]]
+    valid: Pairs
+    test: Pairs
+    warm_valid: Pairs
+    warm_test: Pairs
+    users_valid: list[int]
+    users_test: list[int]
+
+    def is_cold(self, n_items: int) -> torch.Tensor:
+        """Bool mask ``[n_items + 1]``: True for the cold items (row 0, the padding item, is
+        False), e.g. to switch ID embeddings off for them."""
+        mask = torch.zeros(n_items + 1, dtype=torch.bool)
+        mask[torch.tensor(self.cold_items, dtype=torch.long)] = True
+        return mask
+
+
+def cold_item_split(
+    split: LeaveOneOutSplit, n_items: int, fraction: float = 0.2, seed: int = 0
+) -> ColdItemSplit:
+    """Hold a seeded ``fraction`` of the items ``1..n_items`` (uniformly, whatever their
+    popularity) out of training: their interactions leave every training sequence, and the
+    validation/test queries whose target is one of them become the cold-start evaluation.
+
+    Rank over all items for these queries (no candidate filtering): a model that never saw an
+    item must still put it above the items it did see. Users left with fewer than 2 training
+    items keep their (shorter) sequence; `adarec.rec.data.TrainDataset` skips those without a
+    next-item pair.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    if n_items < 2:
+        raise ValueError(f"n_items must be >= 2, got {n_items}")
+    n_cold = max(1, round(fraction * n_items))
+    g = torch.Generator().manual_seed(seed)
+    cold = sorted((torch.randperm(n_items, generator=g)[:n_cold] + 1).tolist())
+    cold_set = set(cold)
+    for pairs in (split.valid, split.test):
+        for _, target in pairs:
+            if not 1 <= target <= n_items:
+                raise ValueError(f"target {target} is outside 1..{n_items}: wrong n_items?")
+    train = [[i for i in seq if i not in cold_set] for seq in split.train]
+
+    def divide(pairs: Sequence[tuple[Sequence[int], int]]) -> tuple[Pairs, Pairs, list[int]]:
+        cold_pairs, warm_pairs, users = [], [], []
+        for u, (history, target) in enumerate(pairs):
+            if target in cold_set:
+                cold_pairs.append((list(history), target))
+                users.append(u)
+            else:
+                warm_pairs.append((list(history), target))
+        return cold_pairs, warm_pairs, users
+
+    valid, warm_valid, users_valid = divide(split.valid)
+    test, warm_test, users_test = divide(split.test)
+    return ColdItemSplit(cold, train, valid, test, warm_valid, warm_test, users_valid, users_test)
+
+
+def subsample_users(split: LeaveOneOutSplit, fraction: float, seed: int = 0) -> LeaveOneOutSplit:
+    """A seeded ``fraction`` of the users (at least one), with all of their data: the
+    "small target data" setting. Users keep their order in ``split``."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    n = len(split.users)
+    if n == 0:
+        raise ValueError("the split has no users")
+    g = torch.Generator().manual_seed(seed)
+    keep = sorted(torch.randperm(n, generator=g)[: max(1, round(fraction * n))].tolist())
+    return _select(split, keep)
+
+
+def _select(split: LeaveOneOutSplit, rows: Iterable[int]) -> LeaveOneOutSplit:
+    rows = list(rows)
+    return LeaveOneOutSplit(
+        users=[split.users[i] for i in rows],
+        train=[split.train[i] for i in rows],
+        valid=[split.valid[i] for i in rows],
+        test=[split.test[i] for i in rows],
+    )
+
+
+__all__ = ["ColdItemSplit", "cold_item_split", "subsample_users"]
