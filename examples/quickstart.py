@@ -2,8 +2,11 @@
 
 all-MiniLM-L6-v2 encodes each movie's title/year/genres (30 tokens, CLS), a DTL maps it to 64
 dims, a 2-layer SASRec reads the user's recent movies; Houlsby adapters in the text encoder are
-trained with the DTL and SASRec. Leave-one-out split, full ranking over all items with the
-user's history masked, epoch chosen by validation NDCG@10, compared with popularity.
+trained with the DTL and SASRec on every training interaction (windows of ``--max-len`` items:
+each interaction is a target once per epoch) until validation NDCG@10 stops improving
+(``--patience``). Leave-one-out split, full ranking over all items, reported under both
+protocols: the user's history masked (adarec's default) and unmasked (RecBole's and most
+papers'); compared with popularity.
 
     python examples/quickstart.py                 # houlsby adapters in the item encoder
     python examples/quickstart.py --method id     # plain ID-based SASRec, same training code
@@ -26,6 +29,7 @@ from tqdm.auto import tqdm
 import adarec
 from adarec.rec.data import TrainCollator, TrainDataset, leave_one_out
 from adarec.rec.datasets import load_movielens_100k
+from adarec.rec.early_stopping import EarlyStopping
 from adarec.rec.item_encoders import IDItemEncoder, PrecomputedItemEncoder, TextItemEncoder
 from adarec.rec.metrics import PopularityRecommender
 from adarec.rec.transrec import TransRec
@@ -42,7 +46,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--method", default="houlsby", choices=METHODS)
     p.add_argument("--user-adapters", action="store_true",
                    help="also put the adapter method into SASRec (it is trained fully otherwise)")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=15, help="at most this many epochs")
+    p.add_argument("--patience", type=int, default=3,
+                   help="stop after this many epochs without a better validation NDCG@10")
+    p.add_argument("--select", default="masked", choices=("masked", "unmasked"),
+                   help="protocol of the validation NDCG@10 that picks the epoch")
+    p.add_argument("--sampling", default="windows", choices=("windows", "prefixes", "last"),
+                   help="training examples: windows every --max-len items (every interaction a "
+                        "target once per epoch), every prefix (RecBole), or each user's last "
+                        "window only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-len", type=int, default=20, help="most recent items per user")
     p.add_argument("--batch-size", type=int, default=64)
@@ -56,6 +68,7 @@ def parse_args() -> argparse.Namespace:
                    help="adapters in the top N encoder blocks only (0: all blocks); the frozen "
                         "blocks below are then computed once and cached")
     p.add_argument("--dim", type=int, default=64, help="user encoder width")
+    p.add_argument("--dropout", type=float, default=0.2, help="SASRec dropout")
     p.add_argument("--text-len", type=int, default=30, help="tokens per item text")
     p.add_argument("--out", default="runs/quickstart", help="output folder")
     p.add_argument("--threads", type=int, default=2)
@@ -77,7 +90,7 @@ def default_encoder() -> str:
 
 def build_model(args: argparse.Namespace, texts: list[str], n_items: int) -> TransRec:
     common: dict[str, Any] = dict(
-        max_len=args.max_len, n_layers=2, n_heads=2, dropout=0.2, loss=args.loss,
+        max_len=args.max_len, n_layers=2, n_heads=2, dropout=args.dropout, loss=args.loss,
         num_negatives=args.negatives,
     )
     if args.method == "id":
@@ -122,13 +135,18 @@ def autocast(args: argparse.Namespace) -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
 
+PROTOCOLS = ("masked", "unmasked")
+
+
 def evaluate(
     model: TransRec, pairs: list[tuple[list[int], int]], args: argparse.Namespace
-) -> dict[str, float]:
-    """Full ranking of every item (history masked) with the cached item table."""
+) -> dict[str, dict[str, float]]:
+    """Full ranking of every item with the cached item table, under both protocols: the user's
+    history masked (adarec's default) and unmasked (RecBole's sequential full sort)."""
     with autocast(args):
-        return model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg"),
-                                      max_len=args.max_len)
+        return {p: model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg", "mrr"),
+                                          max_len=args.max_len, exclude_history=p == "masked")
+                for p in PROTOCOLS}
 
 
 def save_checkpoint(model: TransRec, folder: Path, args: argparse.Namespace) -> str:
@@ -167,12 +185,13 @@ def main() -> None:
     model.dedup = not args.no_dedup
     optimizer = optimizer_for(model, args)
     loader = DataLoader(
-        TrainDataset(split.train, args.max_len), batch_size=args.batch_size, shuffle=True,
+        TrainDataset(split.train, args.max_len, sampling=args.sampling),
+        batch_size=args.batch_size, shuffle=True,
         collate_fn=TrainCollator(data.n_items, args.max_len, max(args.negatives, 1), args.seed),
         generator=torch.Generator().manual_seed(args.seed),
     )
 
-    best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, -1, {})
+    stopper = EarlyStopping(patience=args.patience)
     train_seconds: list[float] = []
     for epoch in range(1, args.epochs + 1):
         model.train()
@@ -189,30 +208,35 @@ def main() -> None:
             bar.set_postfix(loss=f"{total / step:.4f}")
         train_seconds.append(time.perf_counter() - epoch_start)
         valid = evaluate(model, split.valid, args)
-        print(f"epoch {epoch}: loss {total / len(loader):.4f}  valid HR@10 {valid['hr@10']:.4f}  "
-              f"NDCG@10 {valid['ndcg@10']:.4f}  ({time.perf_counter() - start:.0f}s)")
-        if valid["ndcg@10"] > best[0]:
-            trained = {n: p.detach().clone() for n, p in model.named_parameters()
-                       if p.requires_grad}
-            best = (valid["ndcg@10"], epoch, trained)
+        m, u = valid["masked"], valid["unmasked"]
+        print(f"epoch {epoch}: loss {total / len(loader):.4f}  valid HR@10 {m['hr@10']:.4f}  "
+              f"NDCG@10 {m['ndcg@10']:.4f} (history masked; unmasked {u['hr@10']:.4f} / "
+              f"{u['ndcg@10']:.4f})  ({time.perf_counter() - start:.0f}s)")
+        stopper.step(valid[args.select]["ndcg@10"], model, epoch)
+        if stopper.should_stop:
+            print(f"no better validation NDCG@10 for {args.patience} epochs: stopping")
+            break
 
-    with torch.no_grad():
-        params = dict(model.named_parameters())
-        for name, value in best[2].items():
-            params[name].copy_(value)
+    stopper.restore(model)
     test = evaluate(model, split.test, args)
-    popularity = PopularityRecommender(data.n_items).fit([h for h, _ in split.test]).evaluate(
-        [t for _, t in split.test], [h for h, _ in split.test], ks=(10,), metrics=("hr", "ndcg")
-    )
+    histories = [h for h, _ in split.test]
+    popularity = {p: PopularityRecommender(data.n_items).fit(histories).evaluate(
+        [t for _, t in split.test], histories, ks=(10,), metrics=("hr", "ndcg", "mrr"),
+        exclude_history=p == "masked") for p in PROTOCOLS}
     saved = save_checkpoint(model, Path(args.out), args)
-    print(f"\nmethod {args.method}: best epoch {best[1]} by valid NDCG@10")
-    print(f"{'':<12}{'HR@10':>8}{'NDCG@10':>9}")
-    print(f"{args.method:<12}{test['hr@10']:>8.4f}{test['ndcg@10']:>9.4f}")
-    print(f"{'popularity':<12}{popularity['hr@10']:>8.4f}{popularity['ndcg@10']:>9.4f}")
+    print(f"\nmethod {args.method}: best epoch {stopper.best_step} by valid NDCG@10 "
+          f"({args.select})")
+    print(f"{'':<12}{'HR@10':>8}{'NDCG@10':>9}   (test, history masked | unmasked)")
+    for name, scores in ((args.method, test), ("popularity", popularity)):
+        m, u = scores["masked"], scores["unmasked"]
+        print(f"{name:<12}{m['hr@10']:>8.4f}{m['ndcg@10']:>9.4f} | "
+              f"{u['hr@10']:>8.4f}{u['ndcg@10']:>9.4f}")
     print(f"checkpoint: {saved}")
     print(f"wall time: {time.perf_counter() - start:.0f}s")
     results = {
-        "args": vars(args), "best_epoch": best[1], "test": test, "popularity": popularity,
+        "args": vars(args), "best_epoch": stopper.best_step, "epochs_run": epoch,
+        "test": test["masked"], "test_unmasked": test["unmasked"],
+        "popularity": popularity["masked"], "popularity_unmasked": popularity["unmasked"],
         "train_seconds_per_epoch": train_seconds, "trainable": summary.trainable,
         "total": summary.total, "wall_seconds": time.perf_counter() - start,
     }

