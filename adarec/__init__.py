@@ -15,6 +15,7 @@ from .adapters import (
     LoRAAdapter,
     PHMLinear,
     PromptAdapter,
+    SideNetwork,
 )
 from .checkpoint import (
     LoadResult,
@@ -56,6 +57,7 @@ from .inject import (
 from .interop import export_peft_lora, import_peft_lora
 from .layouts import Layout, register_layout
 from .merge import merge_adapters, unmerge_adapters
+from .precision import native_bf16, resolve_precision
 from .spec import PRESETS, AdapterSpec, as_spec, register_preset
 from .version import __version__
 
@@ -75,6 +77,7 @@ __all__ = [
     "PHMLinear",
     "ParameterSummary",
     "PromptAdapter",
+    "SideNetwork",
     "SpecError",
     "TargetNotFoundError",
     "UnsupportedModuleError",
@@ -96,11 +99,13 @@ __all__ = [
     "mark_only_adapters_trainable",
     "mark_only_biases_trainable",
     "merge_adapters",
+    "native_bf16",
     "parameter_summary",
     "plan_sites",
     "print_trainable_parameters",
     "register_layout",
     "register_preset",
+    "resolve_precision",
     "restore_requires_grad",
     "save_adapters",
     "save_model_state",

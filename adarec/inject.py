@@ -204,7 +204,7 @@ def _plan_model_level(model: nn.Module, spec: AdapterSpec) -> list[_Placement]:
         root = _call_root(model, stack, MASK_ARGS)
         config = getattr(model.get_submodule(root), "config", None)
         depth = getattr(config, "num_hidden_layers", None)
-        if spec.method == "kadapter" and isinstance(depth, int) and depth != n:
+        if spec.method in ("kadapter", "side") and isinstance(depth, int) and depth != n:
             raise UnsupportedModuleError(
                 f"{type(model).__name__} runs its {n} block module(s) {depth} times (shared "
                 f"layers, as in ALBERT); {spec.method} needs one call per block"
@@ -226,6 +226,16 @@ def _plan_model_level(model: nn.Module, spec: AdapterSpec) -> list[_Placement]:
             site = Site(block_name[-1], root, "kadapter", n - 1)
             out.append(_Placement(site, dims[1], root, owner, tuple(slots),
                                   tuple(block_name[i] for i in slots), causal))
+        elif spec.method == "side":  # TEMP(side): until the method registry
+            from .adapters.side import SideOptions, side_taps
+
+            if _detect_causal(model, stack):
+                raise UnsupportedModuleError(
+                    f"{type(model).__name__} is causal; a side network pools over the whole "
+                    "sequence, which would let a position see later ones: use it on encoders")
+            slots = side_taps(spec.layers, n, SideOptions.from_spec(spec).stride)
+            out.append(_Placement(Site(root, root, "side"), dims[1], root, owner, tuple(slots),
+                                  tuple(block_name[i] for i in slots)))
         else:
             out.append(_prompt_placement(model, root, owner, stack, dims[1]))
     return out
@@ -456,7 +466,7 @@ def _inject_model_level(
                   word_embeddings=_input_embeddings(root))
     adapter = builder(spec, pl.hidden, pl.hidden, shared)
     _attach(host, name, spec, adapter, pl.site, order, recurse=True)
-    if spec.method == "kadapter":
+    if spec.method in ("kadapter", "side"):  # TEMP(side): "side" until the method registry
         adapter.mask_arg = arg_locator(root, MASK_ARGS)
         root.register_forward_pre_hook(adapter.start, with_kwargs=True)
         for slot, block in zip(pl.slots, pl.taps, strict=True):

@@ -16,7 +16,7 @@ from .errors import SpecError
 
 BOTTLENECK_METHODS = ("houlsby", "pfeiffer", "parallel", "compacter")
 """Methods that add a bottleneck ``up(act(down(h)))`` at MHA/FFN sublayers."""
-MODEL_METHODS = ("kadapter", "prompt")
+MODEL_METHODS = ("kadapter", "prompt", "side")  # TEMP(side): "side" until the method registry
 """Methods that act on the whole model (a side network, soft prompts), not on sublayers."""
 METHODS = (*BOTTLENECK_METHODS, "lora", "ia3", *MODEL_METHODS)
 POSITIONS = ("mha", "ffn")
@@ -92,7 +92,7 @@ class AdapterSpec:
     @property
     def needs_bottleneck(self) -> bool:
         """Bottleneck adapters and K-Adapter's side network have a width to choose."""
-        return self.is_bottleneck or self.method == "kadapter"
+        return self.is_bottleneck or self.method in ("kadapter", "side")  # TEMP(side)
 
     def bottleneck_for(self, hidden: int) -> int:
         """The bottleneck size for a sublayer of width ``hidden``."""
@@ -276,6 +276,7 @@ register_preset("lora", AdapterSpec(method="lora", bottleneck=None, positions=()
 register_preset("ia3", AdapterSpec(method="ia3", bottleneck=None, positions=()))
 register_preset("kadapter", AdapterSpec(method="kadapter", bottleneck=64, positions=()))
 register_preset("prompt", AdapterSpec(method="prompt", bottleneck=None, positions=()))
+register_preset("side", AdapterSpec(method="side", bottleneck=64, positions=()))  # TEMP(side)
 
 
 def normalise_layers(

@@ -12,7 +12,9 @@ user's history masked, epoch chosen by validation NDCG@10, compared with popular
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -24,13 +26,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import adarec
+import adarec.precision
+from adarec.precision import PRECISIONS
 from adarec.rec.data import TrainCollator, TrainDataset, leave_one_out
 from adarec.rec.datasets import load_movielens_100k
 from adarec.rec.item_encoders import IDItemEncoder, PrecomputedItemEncoder, TextItemEncoder
 from adarec.rec.metrics import PopularityRecommender
 from adarec.rec.transrec import TransRec
 
-ADAPTER_METHODS = ("houlsby", "pfeiffer", "parallel", "compacter", "lora")
+ADAPTER_METHODS = ("houlsby", "pfeiffer", "parallel", "compacter", "lora", "side")
 METHODS = (*ADAPTER_METHODS, "full", "frozen", "id")
 
 
@@ -63,9 +67,15 @@ def parse_args() -> argparse.Namespace:
                    help="storage of the frozen-prefix cache (bf16: half the memory, rounded)")
     p.add_argument("--no-dedup", action="store_true",
                    help="encode every occurrence of an item in a batch (for benchmarking dedup)")
-    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),
-                   help="bf16 autocast (weights stay fp32): ~3x faster on CPUs with AVX512-BF16 "
-                        "or AMX")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: bf16 autocast where the hardware computes bf16 natively (a GPU, "
+                        "a CPU with AVX512-BF16/AMX), else fp32; weights stay fp32")
+    p.add_argument("--side-states", default="pooled", choices=("pooled", "tokens"),
+                   help="side network: read pooled per-layer states or every token")
+    p.add_argument("--side-width", type=int, default=64, help="side network width")
+    p.add_argument("--no-state-cache", action="store_true",
+                   help="side network: run the frozen backbone every step instead of caching "
+                        "its hidden states once")
     return p.parse_args()
 
 
@@ -92,6 +102,7 @@ def build_model(args: argparse.Namespace, texts: list[str], n_items: int) -> Tra
         AutoModel.from_pretrained(path), tokenizer, texts, max_length=args.text_len,
         cache_frozen_layers=True,
         cache_dtype=torch.bfloat16 if args.cache_dtype == "bf16" else None,
+        cache_states=not args.no_state_cache,
     )
     if args.method == "frozen":  # linear probe: a frozen encoder is a fixed table, computed once
         item = PrecomputedItemEncoder.from_encoder(item)
@@ -99,6 +110,9 @@ def build_model(args: argparse.Namespace, texts: list[str], n_items: int) -> Tra
     if args.method in ADAPTER_METHODS:
         layers = tuple(range(-args.adapter_layers, 0)) if args.adapter_layers else None
         spec = adarec.AdapterSpec.preset(args.method, layers=layers)
+        if args.method == "side":
+            spec = spec.replace(bottleneck=args.side_width,
+                                extra={"side": {"states": args.side_states}})
         model.inject_adapters(item=spec, user=args.method if args.user_adapters else None)
     else:
         model.set_policy(args.method)
@@ -118,8 +132,8 @@ def optimizer_for(model: TransRec, args: argparse.Namespace) -> torch.optim.Opti
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
-def autocast(args: argparse.Namespace) -> torch.autocast:
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+def autocast(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    return adarec.precision.autocast(args.precision, "cpu")
 
 
 def evaluate(
@@ -129,6 +143,32 @@ def evaluate(
     with autocast(args):
         return model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg"),
                                       max_len=args.max_len)
+
+
+def make_loader(split: Any, n_items: int, args: argparse.Namespace) -> DataLoader[Any]:
+    return DataLoader(
+        TrainDataset(split.train, args.max_len), batch_size=args.batch_size, shuffle=True,
+        collate_fn=TrainCollator(n_items, args.max_len, max(args.negatives, 1), args.seed),
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
+def train_epoch(model: TransRec, loader: DataLoader[Any], optimizer: torch.optim.Optimizer,
+                args: argparse.Namespace, desc: str = "epoch") -> float:
+    """One pass over the training data; returns the mean loss."""
+    model.train()
+    total, bar = 0.0, tqdm(loader, desc=desc, leave=False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for step, batch in enumerate(bar, 1):
+        with autocast(args):
+            loss = model.loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(trainable, 5.0)
+        optimizer.step()
+        total += loss.item()
+        bar.set_postfix(loss=f"{total / step:.4f}")
+    return total / max(len(loader), 1)
 
 
 def save_checkpoint(model: TransRec, folder: Path, args: argparse.Namespace) -> str:
@@ -151,6 +191,7 @@ def save_checkpoint(model: TransRec, folder: Path, args: argparse.Namespace) -> 
 
 def main() -> None:
     args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
@@ -166,30 +207,16 @@ def main() -> None:
     print(summary)
     model.dedup = not args.no_dedup
     optimizer = optimizer_for(model, args)
-    loader = DataLoader(
-        TrainDataset(split.train, args.max_len), batch_size=args.batch_size, shuffle=True,
-        collate_fn=TrainCollator(data.n_items, args.max_len, max(args.negatives, 1), args.seed),
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    loader = make_loader(split, data.n_items, args)
 
     best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, -1, {})
     train_seconds: list[float] = []
     for epoch in range(1, args.epochs + 1):
-        model.train()
         epoch_start = time.perf_counter()
-        total, bar = 0.0, tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False)
-        for step, batch in enumerate(bar, 1):
-            with autocast(args):
-                loss = model.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0)
-            optimizer.step()
-            total += loss.item()
-            bar.set_postfix(loss=f"{total / step:.4f}")
+        loss = train_epoch(model, loader, optimizer, args, f"epoch {epoch}/{args.epochs}")
         train_seconds.append(time.perf_counter() - epoch_start)
         valid = evaluate(model, split.valid, args)
-        print(f"epoch {epoch}: loss {total / len(loader):.4f}  valid HR@10 {valid['hr@10']:.4f}  "
+        print(f"epoch {epoch}: loss {loss:.4f}  valid HR@10 {valid['hr@10']:.4f}  "
               f"NDCG@10 {valid['ndcg@10']:.4f}  ({time.perf_counter() - start:.0f}s)")
         if valid["ndcg@10"] > best[0]:
             trained = {n: p.detach().clone() for n, p in model.named_parameters()

@@ -12,6 +12,7 @@ from .ia3 import IA3Adapter, build_ia3
 from .kadapter import KAdapter, build_kadapter
 from .lora import LoRAAdapter, build_lora
 from .prompt import PromptAdapter, build_prompt
+from .side import SideNetwork, build_side
 
 Builder = Callable[[Any, int, int, dict[str, Any]], AdapterLayer]
 
@@ -24,6 +25,7 @@ ADAPTER_BUILDERS: dict[str, Builder] = {
     "ia3": build_ia3,
     "kadapter": build_kadapter,
     "prompt": build_prompt,
+    "side": build_side,  # TEMP(side): until the method registry
 }
 """method name -> ``builder(spec, d_in, d_out, shared) -> AdapterLayer``; ``shared`` is one dict
 per injected set (Compacter keeps its shared rule matrices there) into which `inject_adapters`
@@ -39,5 +41,6 @@ __all__ = [
     "LoRAAdapter",
     "PHMLinear",
     "PromptAdapter",
+    "SideNetwork",
     "is_adapter",
 ]

@@ -22,6 +22,7 @@ from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
 from adarec.rec.item_encoders import (
     IDItemEncoder,
     ImageItemEncoder,
+    InterModalSide,
     MultimodalItemEncoder,
     PrecomputedItemEncoder,
     TextItemEncoder,
@@ -35,6 +36,7 @@ from adarec.rec.metrics import (
     target_ranks,
     topk_chunked,
 )
+from adarec.rec.state_cache import HiddenStateCache, state_cache_bytes
 from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, TransRec
 from adarec.rec.user_encoders import SASRec, SASRecBlock
 
@@ -47,8 +49,10 @@ __all__ = [
     "EvalCollator",
     "EvalDataset",
     "EvalExample",
+    "HiddenStateCache",
     "IDItemEncoder",
     "ImageItemEncoder",
+    "InterModalSide",
     "InteractionData",
     "LeaveOneOutSplit",
     "MultimodalItemEncoder",
@@ -73,6 +77,7 @@ __all__ = [
     "ranking_metrics",
     "sample_negatives",
     "sampled_softmax_loss",
+    "state_cache_bytes",
     "target_ranks",
     "tokenize_item_texts",
     "topk_chunked",

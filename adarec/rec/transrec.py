@@ -52,11 +52,19 @@ def _adapters_and_norms(module: nn.Module, layernorm: bool) -> None:
     Norms below the lowest adapter stay frozen, so everything under it is a fixed function
     (and `TextItemEncoder` can cache it); with adapters in every block this is the paper's
     "adapters + LayerNorms" (all block norms, the embedding norm excepted).
+
+    Decoupled modules (``decoupled = True``: side networks and the multimodal inter-modal side
+    stream) train whole, and never unfreeze a backbone norm: they run beside the backbone.
     """
     _set_trainable(module, False)
     adapters = adapter_parameters(module)
     for p in adapters.values():
         p.requires_grad_(True)
+    decoupled = [n for n, m in module.named_modules() if getattr(m, "decoupled", False) is True]
+    for n in decoupled:
+        _set_trainable(module.get_submodule(n), True)
+    adapters = {k: p for k, p in adapters.items()
+                if not any(k.startswith(d + ".") for d in decoupled)}
     if not layernorm or not adapters:
         return
     order = {n: i for i, (n, _) in enumerate(module.named_modules())}
@@ -73,6 +81,10 @@ def _adapters_and_norms(module: nn.Module, layernorm: bool) -> None:
         if is_norm(m) and order[n] >= start:
             for p in m.parameters(recurse=False):
                 p.requires_grad_(True)
+
+
+def _has_decoupled(module: nn.Module) -> bool:
+    return any(getattr(m, "decoupled", False) is True for m in module.modules())
 
 
 class TransRec(nn.Module):
@@ -367,7 +379,8 @@ class TransRec(nn.Module):
         if name not in POLICIES:
             raise ValueError(f"policy={name!r} is not one of {list(POLICIES)}")
         item, user = self.item_encoder, self.user_encoder
-        has_item, has_user = bool(adapter_parameters(item)), bool(adapter_parameters(user))
+        has_item = bool(adapter_parameters(item)) or _has_decoupled(item)
+        has_user = bool(adapter_parameters(user)) or _has_decoupled(user)
         if name == "adapters" and not (has_item or has_user):
             raise ValueError("policy 'adapters' needs adapters; call inject_adapters first")
         if name == "item_adapters" and not has_item:

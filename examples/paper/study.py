@@ -5,7 +5,7 @@ with in-batch sampled softmax on MovieLens-100k (leave-one-out; full ranking of 
 the user's history masked; the epoch with the best validation NDCG@10 is tested). Tables:
 
     methods   full fine-tuning, frozen encoder, Houlsby, Pfeiffer, parallel, Compacter, LoRA,
-              (IA)^3, BitFit, K-Adapter, prompt tuning
+              (IA)^3, BitFit, K-Adapter, prompt tuning, side network (cached / uncached)
     position  Houlsby at MHA only / FFN only / both; serial vs parallel
     capacity  Houlsby bottleneck 4 .. 256: accuracy against trainable parameters
     where     after pre-training on ml-latest-small: adapt the item encoder, the user encoder, both
@@ -28,8 +28,10 @@ written from whatever runs exist:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import ctypes
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -48,6 +50,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import adarec
+import adarec.precision
 from adarec.layouts import iter_blocks
 from adarec.rec.data import TrainCollator, TrainDataset, leave_one_out
 from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
@@ -69,6 +72,7 @@ class Run:
     where: str = "item"  # item | user | both | none (which encoders get adapters)
     source: bool = False  # start from the model pre-trained on ml-latest-small
     label: str = field(default="", compare=False)
+    cache: bool = True  # side networks: cache the frozen encoder's hidden states
 
     @property
     def slug(self) -> str:
@@ -78,6 +82,8 @@ class Run:
                   for k, v in self.spec]
         if self.where != "item":
             parts.append(f"where={self.where}")
+        if not self.cache:
+            parts.append("uncached")
         return "-".join(parts)
 
 
@@ -100,6 +106,8 @@ TABLES: dict[str, list[Run]] = {
         _r("bitfit", "BitFit (biases)"),
         _r("kadapter", "K-Adapter (side network)", top=None),
         _r("prompt", "prompt tuning (10 tokens)", top=None),
+        _r("side", "side network (cached hidden states)", top=None),
+        _r("side", "side network, uncached", top=None, cache=False),
     ],
     "position": [
         HOULSBY,
@@ -142,7 +150,7 @@ def build(run: Run, texts: list[str], args: argparse.Namespace) -> TransRec:
     path = args.encoder or default_encoder()
     item = TextItemEncoder.from_texts(
         AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), texts,
-        max_length=args.text_len, cache_frozen_layers=True,
+        max_length=args.text_len, cache_frozen_layers=True, cache_states=run.cache,
     )
     model = TransRec(item, user_dim=args.dim, max_len=args.max_len, n_layers=2, n_heads=2,
                      dropout=0.2, loss="sampled_softmax", num_negatives=0)
@@ -211,8 +219,12 @@ def optimizer(model: TransRec, run: Run, args: argparse.Namespace) -> torch.opti
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
-def autocast() -> torch.autocast:
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+PRECISION = ["auto"]
+"""The run's precision (``--precision``; "auto": bf16 only where the hardware has it)."""
+
+
+def autocast() -> contextlib.AbstractContextManager[None]:
+    return adarec.precision.autocast(PRECISION[0], "cpu")
 
 
 def evaluate(model: TransRec, pairs: list[tuple[list[int], int]], max_len: int) -> dict[str, float]:
@@ -279,6 +291,7 @@ def fixed_mmap_threshold(size: int = 1 << 20) -> None:
 
 def run_one(run: Run, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     fixed_mmap_threshold()
+    PRECISION[0] = args.precision
     torch.set_num_threads(args.threads)
     random.seed(seed)
     torch.manual_seed(seed)
@@ -288,7 +301,8 @@ def run_one(run: Run, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     result = train(model, run, data, args, seed, args.epochs)
     result.update(run=asdict(run), slug=run.slug, seed=seed, wall_seconds=time.perf_counter()
                   - start, settings=_settings(args), threads=torch.get_num_threads(),
-                  jobs=args.jobs, torch=torch.__version__)
+                  jobs=args.jobs, torch=torch.__version__,
+                  compute_dtype=str(adarec.precision.resolve_precision(args.precision)))
     return result
 
 
@@ -298,6 +312,7 @@ def pretrain_source(args: argparse.Namespace) -> None:
     if (folder / "result.json").exists():
         return
     fixed_mmap_threshold()
+    PRECISION[0] = args.precision
     torch.set_num_threads(args.threads * max(1, args.jobs))
     torch.manual_seed(0)
     default = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-latest-small"
@@ -317,7 +332,7 @@ def pretrain_source(args: argparse.Namespace) -> None:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("epochs", "top", "max_len", "text_len", "batch_size", "lr", "encoder_lr", "dim",
-            "source_epochs")
+            "source_epochs", "precision")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -361,8 +376,7 @@ def _job(run: Run, seed: int, args: argparse.Namespace) -> str:
 
 
 def _with_top(run: Run, top: int) -> Run:
-    return run if run.top is None else Run(run.method, top, run.spec, run.where, run.source,
-                                           run.label)
+    return run if run.top is None else dataclasses.replace(run, top=top)
 
 
 def execute(tables: Iterable[str], args: argparse.Namespace) -> None:
@@ -492,6 +506,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="adapters, DTL, SASRec")
     p.add_argument("--encoder-lr", type=float, default=5e-5, help="fine-tuned pre-trained weights")
     p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--precision", default="auto", choices=adarec.precision.PRECISIONS,
+                   help="auto: bf16 autocast only where the hardware computes bf16 natively")
     p.add_argument("--data", default=None, help="ml-100k folder (default: RecBole's copy)")
     p.add_argument("--source-data", default=None,
                    help="ml-latest-small folder (default: $ADAREC_ML_LATEST_SMALL, else "
