@@ -195,19 +195,17 @@ class SideEncoding:
         return torch.allclose(direct.float(), stored, atol=tol, rtol=tol)
 
     def _states(self, ids: Tensor, sides: Sequence[SideNetwork], slots: Sequence[int],
-                tokens: bool) -> tuple[Tensor, Tensor | None]:
-        if self.cache_states:
-            cache = self._cached(sides, slots, tokens, ids.device)
-            if cache is not None:
-                width = self._width(ids) if tokens else None
-                return cache.gather(ids, width), self._mask(ids, width) if width else None
+                tokens: bool, cache: HiddenStateCache | None) -> tuple[Tensor, Tensor | None]:
+        if cache is not None:
+            width = self._width(ids) if tokens else None
+            return cache.gather(ids, width), self._mask(ids, width) if width else None
         return self._computed(ids, sides, slots, tokens)
 
     # ------------------------------------------------------------------ encoding
-    def _side_chunk(self, ids: Tensor, sides: Sequence[SideNetwork]) -> tuple[Tensor, Tensor]:
+    def _side_chunk(self, ids: Tensor, sides: Sequence[SideNetwork], slots: Sequence[int],
+                    tokens: bool, cache: HiddenStateCache | None) -> tuple[Tensor, Tensor]:
         """The representation of rows ``ids`` and their pooled tapped states ``[B, k, H]``."""
-        slots, tokens = self._slots(sides), sides[0].tokens
-        states, mask = self._states(ids, sides, slots, tokens)
+        states, mask = self._states(ids, sides, slots, tokens, cache)
         index = {s: i for i, s in enumerate(slots)}
         rep = (self._pool(states[:, :, -1], mask) if tokens else states[:, -1]).float()
         for side in sides:
@@ -228,9 +226,15 @@ class SideEncoding:
         sides = list(sides) if sides is not None else self.side_networks()
         if not sides:
             raise AdapterStateError(f"{type(self).__name__} has no active side network")
+        slots, tokens = self._slots(sides), sides[0].tokens
+        cache = self._cached(sides, slots, tokens, ids.device) if self.cache_states else None
+        if cache is not None and not tokens:  # one gather; nothing to chunk
+            rep, states = self._side_chunk(ids, sides, slots, tokens, cache)
+            return (rep, states) if with_states else rep
         order = self._order(ids)
         chunk = self.chunk_size or ids.numel()
-        parts = [self._side_chunk(ids[o], sides) for o in order.split(chunk)]
+        parts = [self._side_chunk(ids[o], sides, slots, tokens, cache)
+                 for o in order.split(chunk)]
         back = order.argsort()
         rep = torch.cat([p[0] for p in parts])[back]
         if with_states:
