@@ -75,6 +75,7 @@ class SideOptions:
     expansion: int = 2
     heads: int = 4
     gate_temperature: float = 0.1
+    output_scale: bool = False
 
     @classmethod
     def from_spec(cls, spec: Any) -> SideOptions:
@@ -187,8 +188,12 @@ class SideNetwork(AdapterLayer):
             SideBlock(width, options.expansion, activation, dropout, heads) for _ in self.slots)
         self.norm = nn.LayerNorm(width)
         self.up = nn.Linear(width, hidden)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        if options.output_scale:  # ReZero-style: a zero scalar, a random ``up``
+            self.scale = nn.Parameter(torch.zeros(()))
+        else:
+            self.register_parameter("scale", None)
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
         self.mask_arg: tuple[str, int | None] | None = None
         self._taps: dict[int, Tensor] = {}
         self._mask: Tensor | None = None
@@ -217,11 +222,15 @@ class SideNetwork(AdapterLayer):
         pooled tapped states. Tokens mode: ``[B, T, H]`` token states with ``mask`` ``[B, T]``,
         pooled at the end with ``pool`` (default: ``options.pooling``)."""
         if not self.tokens:
-            return self.up(self.norm(self.stream(states)))
+            return self._out(self.stream(states))
         t = states[0].size(1)
         s = self.stream(states, attention_allowed(mask, t, states[0].device))
         pooled = (pool or self._default_pool)(s, mask)
-        return self.up(self.norm(pooled))
+        return self._out(pooled)
+
+    def _out(self, s: Tensor) -> Tensor:
+        out = self.up(self.norm(s))
+        return out if self.scale is None else self.scale * out
 
     def _default_pool(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
         return pool_hidden(hidden, mask, self.options.pooling)
