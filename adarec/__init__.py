@@ -28,8 +28,13 @@ from .errors import (
     AdapterStateError,
     AdarecError,
     CheckpointError,
+    ConfigError,
+    DataError,
+    DataFileNotFoundError,
     SpecError,
+    StateMismatchError,
     TargetNotFoundError,
+    UnknownItemError,
     UnsupportedModuleError,
 )
 from .freeze import (
@@ -55,6 +60,7 @@ from .inject import (
 )
 from .interop import export_peft_lora, import_peft_lora
 from .layouts import Layout, register_layout
+from .logs import setup_logging
 from .merge import merge_adapters, unmerge_adapters
 from .spec import PRESETS, AdapterSpec, as_spec, register_preset
 from .version import __version__
@@ -67,6 +73,9 @@ __all__ = [
     "AdarecError",
     "BottleneckAdapter",
     "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DataFileNotFoundError",
     "IA3Adapter",
     "KAdapter",
     "Layout",
@@ -76,7 +85,9 @@ __all__ = [
     "ParameterSummary",
     "PromptAdapter",
     "SpecError",
+    "StateMismatchError",
     "TargetNotFoundError",
+    "UnknownItemError",
     "UnsupportedModuleError",
     "__version__",
     "active_adapters",
@@ -105,6 +116,7 @@ __all__ = [
     "save_adapters",
     "save_model_state",
     "set_active_adapters",
+    "setup_logging",
     "trainable_parameters",
     "unmerge_adapters",
 ]

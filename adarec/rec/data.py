@@ -232,7 +232,7 @@ class LeaveOneOutSplit:
     A split given with the data (``given=True``, from RecBole's pre-split files) is kept
     exactly as written: ``valid`` and ``test`` are the files' ``(history, target)`` rows in file
     order (their users in ``valid_users``/``test_users``), ``train_pairs`` the training file's
-    rows (each one example, its loss at the target only), and ``train[i]`` user ``users[i]``'s
+    rows (each one example, its loss at the target only; users in ``train_pair_users``), and ``train[i]`` user ``users[i]``'s
     longest training history, for statistics and baselines.
     """
 
@@ -242,6 +242,7 @@ class LeaveOneOutSplit:
     test: list[tuple[list[int], int]]
     given: bool = False
     train_pairs: list[tuple[list[int], int]] | None = None
+    train_pair_users: list[Hashable] | None = None
     valid_users: list[Hashable] | None = None
     test_users: list[Hashable] | None = None
 

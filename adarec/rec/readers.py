@@ -363,7 +363,8 @@ def _presplit(parts: list[Path], texts: dict[Any, str] | None, name: str) -> Int
     split = LeaveOneOutSplit(
         users=list(longest), train=list(longest.values()),
         valid=[(h, t) for _, h, t in valid], test=[(h, t) for _, h, t in test], given=True,
-        train_pairs=[(h, t) for _, h, t in train], valid_users=[u for u, _, _ in valid],
+        train_pairs=[(h, t) for _, h, t in train], train_pair_users=[u for u, _, _ in train],
+        valid_users=[u for u, _, _ in valid],
         test_users=[u for u, _, _ in test],
     )
     tokens = list(index)
