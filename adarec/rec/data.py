@@ -112,7 +112,7 @@ class InteractionData:
             if is_missing(user) or is_missing(item):
                 no_id += 1
                 continue
-            key = parser.parse(row[2], f"row {n}") if len(row) == 3 else 0.0  # type: ignore[misc]
+            key = parser.parse(row[2], f"row {n}") if len(row) == 3 else 0.0
             by_user.setdefault(user, []).append((key, item))
             first_seen.setdefault(item, len(first_seen))
         parser.check()
@@ -232,7 +232,8 @@ class LeaveOneOutSplit:
     A split given with the data (``given=True``, from RecBole's pre-split files) is kept
     exactly as written: ``valid`` and ``test`` are the files' ``(history, target)`` rows in file
     order (their users in ``valid_users``/``test_users``), ``train_pairs`` the training file's
-    rows (each one example, its loss at the target only; users in ``train_pair_users``), and ``train[i]`` user ``users[i]``'s
+    rows (each one example, its loss at the target only; users in ``train_pair_users``), and
+    ``train[i]`` user ``users[i]``'s
     longest training history, for statistics and baselines.
     """
 

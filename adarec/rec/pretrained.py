@@ -68,7 +68,7 @@ def _sasrec_settings(user: nn.Module) -> dict[str, Any]:
     if type(user) is not SASRec:
         raise ConfigError(f"save_pretrained rebuilds adarec's SASRec user encoder, not "
                           f"{type(user).__name__}; save its weights with adarec.save_model_state")
-    block = user.blocks[0]
+    block = cast(Any, user.blocks[0])
     return {"kind": "sasrec", "dim": user.dim, "n_layers": len(user.blocks),
             "n_heads": block.attn.n_heads, "ffn_dim": block.ffn.fc1.out_features,
             "max_len": user.max_len, "dropout": float(user.dropout.p)}
@@ -136,7 +136,7 @@ def _split_state(model: nn.Module, include_base: bool) -> tuple[dict[str, Tensor
 
 
 def _json_id(raw: Hashable) -> Any:
-    if raw is None or isinstance(raw, (str, int)) and not isinstance(raw, bool):
+    if raw is None or (isinstance(raw, (str, int)) and not isinstance(raw, bool)):
         return raw
     raise ConfigError(f"raw item id {raw!r} ({type(raw).__name__}) cannot be written to JSON; "
                       "use str or int ids")
@@ -239,8 +239,8 @@ def read_config(folder: Path) -> dict[str, Any]:
     if not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(
             f"{where} has format_version {version} (written by adarec "
-            f"{config.get('adarec_version')}); this adarec {__version__} reads 1..{FORMAT_VERSION}: "
-            "upgrade adarec to load it"
+            f"{config.get('adarec_version')}); this adarec {__version__} reads "
+            f"1..{FORMAT_VERSION}: upgrade adarec to load it"
         )
     for key in ("transrec", "user_encoder", "item_encoder", "items", "tensors", "weights"):
         _need(config, key, dict, where)
@@ -267,8 +267,9 @@ def _load_base(ref: dict[str, Any], base: Any, tensors: dict[str, Tensor], where
         raise CheckpointError(f"{where}: the base encoder has no recorded path or hub id (it was "
                               "built from a config); pass base= (a model or a path)")
     try:
-        return cast(nn.Module, cls.from_pretrained(str(source),
-                                                   local_files_only=local_files_only))
+        loader = cast(Any, cls)
+        return cast(nn.Module, loader.from_pretrained(str(source),
+                                                      local_files_only=local_files_only))
     except OSError as exc:
         raise CheckpointError(
             f"cannot load the base encoder {source!r} ({exc.__class__.__name__}: "
@@ -377,7 +378,8 @@ def _feature(features: dict[str, Tensor], name: str, where: str) -> Tensor:
 def _split_state_of_base(hf: nn.Module, weights: dict[str, Tensor]) -> tuple[dict[str, Tensor],
                                                                              dict[str, Tensor]]:
     """The base tensors the folder holds, and those it left to the base model."""
-    held, left = {}, {}
+    held: dict[str, Tensor] = {}
+    left: dict[str, Tensor] = {}
     for name, t in hf.state_dict().items():
         if ADAPTER_PART in name:
             continue

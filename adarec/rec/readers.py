@@ -158,7 +158,7 @@ def read_csv_interactions(
         needed: list[str | None] = [user, item, time]
     else:
         needed = [user, item, time, *text_cols]
-    header, rows = csv_rows(path, delimiter, needed)
+    _, rows = csv_rows(path, delimiter, needed)
     if items is None and text is not None:
         kept = list(rows)  # read once, used twice
         texts = item_texts(kept, item, text)
@@ -206,8 +206,8 @@ def read_dataframe_interactions(
     rows: Iterator[tuple[Any, ...]] = zip(*columns, strict=True)
     if time is not None:
         parser = TimestampParser()
-        rows = ((u, i, t if is_missing(u) or is_missing(i) else parser.parse(t, f"DataFrame row {n}"))
-                for n, (u, i, t) in enumerate(rows))
+        rows = ((u, i, t if is_missing(u) or is_missing(i)
+                 else parser.parse(t, f"DataFrame row {n}")) for n, (u, i, t) in enumerate(rows))
         rows = _then(rows, parser.check)
     return cls.from_interactions(rows, texts, min_user_interactions, name=name)
 

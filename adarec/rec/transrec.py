@@ -343,7 +343,7 @@ class TransRec(nn.Module):
             out = [self._index.get(raw, -1) for raw in items]
         else:
             out = [int(i) if isinstance(i, int) and 1 <= i <= self.n_items else -1
-                   for i in items]  # type: ignore[call-overload]
+                   for i in items]
         bad = [raw for raw, i in zip(items, out, strict=True) if i < 0]
         if bad and unknown == "raise":
             what = "raw item ids" if self.item_ids is not None else (
@@ -439,7 +439,7 @@ class TransRec(nn.Module):
             if known or len(set(item_ids)) != len(item_ids):
                 raise DataError(f"item ids already present or repeated: {known[:5] or item_ids}")
         first = self.n_items + 1
-        encoder.add_texts(list(texts), tokenizer)
+        cast(Any, encoder).add_texts(list(texts), tokenizer)
         new = list(range(first, self.n_items + 1))
         if self.item_ids is not None:
             item_texts = None

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adarec.errors import ConfigError, DataError
+from adarec.errors import DataError
 from adarec.rec.data import (
     EvalCollator,
     EvalDataset,

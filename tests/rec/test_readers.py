@@ -32,7 +32,7 @@ def test_iso_dates_sort_chronologically_and_mixed_kinds_are_refused() -> None:
     rows = [("u", "a", "2024-05-01T10:00:00"), ("u", "b", "2023-12-31"), ("u", "c", "2024-01-02")]
     assert _seq(InteractionData.from_interactions(rows, min_user_interactions=1)) == ["b", "c",
                                                                                         "a"]
-    with pytest.raises(DataError, match="mix numbers .* and dates"):
+    with pytest.raises(DataError, match=r"mix numbers .* and dates"):
         InteractionData.from_interactions([("u", "a", "5"), ("u", "b", "2024-01-01")], None, 1)
 
 
@@ -75,7 +75,7 @@ def test_text_encoder_refuses_a_table_without_the_padding_row() -> None:
     from tiny_transrec import tiny_bert
 
     class Tok:
-        def __call__(self, texts, **kw):  # noqa: ANN001, ANN003
+        def __call__(self, texts, **kw):
             n = kw["max_length"]
             return {"input_ids": torch.ones(len(texts), n, dtype=torch.long),
                     "attention_mask": torch.ones(len(texts), n, dtype=torch.long)}
@@ -137,7 +137,7 @@ def test_csv_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"missing column\(s\) \['name'\]"):
         InteractionData.from_csv(tmp_path / "e.csv", "user", "item", "time", items=items,
                                  text="{name}", min_user_interactions=1)
-    with pytest.raises(DataFileNotFoundError, match="nope.csv not found"):
+    with pytest.raises(DataFileNotFoundError, match=r"nope\.csv not found"):
         InteractionData.from_csv(tmp_path / "nope.csv")
     with pytest.raises(FileNotFoundError):  # still a FileNotFoundError for older callers
         InteractionData.from_csv(tmp_path / "nope.csv")
@@ -209,7 +209,7 @@ def test_atomic_presplit_is_kept_as_given(tmp_path: Path) -> None:
     assert len(ds) == 3 and batch["mask"].sum().item() == 3
     assert batch["target_ids"][0, -1].item() == tok.index("7")
     (tmp_path / "Sci.valid.inter").unlink()
-    with pytest.raises(DataFileNotFoundError, match="Sci.valid.inter"):
+    with pytest.raises(DataFileNotFoundError, match=r"Sci\.valid\.inter"):
         load_atomic(tmp_path, name="Sci")
 
 

@@ -24,7 +24,7 @@ LONG = [f"m{i}" for i in (1, 2, 3, 4, 5, 6, 7, 8)]  # longer than max_len = 5
 class Tok:
     """A whitespace tokenizer with a fixed vocabulary (enough for add_items)."""
 
-    def __call__(self, texts, padding, truncation, max_length, return_tensors):  # noqa: ANN001
+    def __call__(self, texts, padding, truncation, max_length, return_tensors):
         rows = [[2, *(5 + (hash(w) % 90) for w in t.split())][:max_length] for t in texts]
         ids = torch.zeros(len(rows), max_length, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -184,7 +184,7 @@ def test_from_pretrained_refusals(model: TransRec, tmp_path: Path) -> None:
 
     wider = tf.BertModel(tf.BertConfig(vocab_size=99, hidden_size=48, num_hidden_layers=2,
                                        num_attention_heads=4, intermediate_size=64))
-    with pytest.raises(CheckpointError, match="(?s)another base encoder.*hidden_size"):
+    with pytest.raises(CheckpointError, match=r"(?s)another base encoder.*hidden_size"):
         TransRec.from_pretrained(folder, base=wider)
     weights = folder / "model.safetensors"
     data = bytearray(weights.read_bytes())
