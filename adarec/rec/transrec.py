@@ -25,6 +25,7 @@ import logging
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any, cast
 
@@ -342,8 +343,8 @@ class TransRec(nn.Module):
         if self.item_ids is not None:
             out = [self._index.get(raw, -1) for raw in items]
         else:
-            out = [int(i) if isinstance(i, int) and 1 <= i <= self.n_items else -1
-                   for i in items]
+            out = [int(i) if isinstance(i, Integral) and not isinstance(i, bool)
+                   and 1 <= int(i) <= self.n_items else -1 for i in items]
         bad = [raw for raw, i in zip(items, out, strict=True) if i < 0]
         if bad and unknown == "raise":
             what = "raw item ids" if self.item_ids is not None else (
@@ -358,7 +359,7 @@ class TransRec(nn.Module):
     @torch.no_grad()
     def recommend(
         self,
-        histories: Sequence[Sequence[Hashable]],
+        histories: Sequence[Sequence[Hashable]] | Tensor,
         k: int = 10,
         exclude_seen: bool = True,
         exclude: Sequence[Sequence[Hashable]] | None = None,
@@ -370,7 +371,8 @@ class TransRec(nn.Module):
         """Top-``k`` items for each history (oldest item first), in eval mode without grad.
 
         Ids are raw ids when the model has an item map (`set_item_map`, or a model loaded with
-        `from_pretrained`), else indices 1..n_items. The user encoder reads the most recent
+        `from_pretrained`), else indices 1..n_items (a LongTensor of padded index histories
+        works too; its zeros are padding). The user encoder reads the most recent
         ``max_len`` items, while ``exclude_seen`` removes the **whole** history from the
         results (plus ``exclude``, e.g. items in a basket). Over the full catalogue the top-k is
         merged chunk by chunk (`topk_chunked`), so memory stays ``batch_size * item_chunk``
@@ -380,6 +382,11 @@ class TransRec(nn.Module):
         """
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
+        if isinstance(histories, Tensor):
+            if self.item_ids is not None:
+                raise ConfigError("a tensor of indices cannot be read as raw ids; pass lists of "
+                                  "raw ids (the model has an item map)")
+            histories = [[i for i in row if i != PAD] for row in histories.tolist()]
         if candidates is not None and len(candidates) != len(histories):
             raise ConfigError(f"{len(candidates)} candidate lists for {len(histories)} histories")
         if exclude is not None and len(exclude) != len(histories):

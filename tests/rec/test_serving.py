@@ -107,6 +107,10 @@ def test_recommend_refusals(model: TransRec) -> None:
     with pytest.raises(UnknownItemError, match="no item map"):
         plain.recommend([["m1"]])
     assert plain.recommend([[1, 2]], k=2).items[0][0] in range(3, 13)
+    as_tensor = plain.recommend(torch.tensor([[0, 1, 2]]), k=2)
+    assert as_tensor.items == plain.recommend([[1, 2]], k=2).items
+    with pytest.raises(ConfigError, match="cannot be read as raw ids"):
+        model.recommend(torch.tensor([[1, 2]]))
 
 
 def test_new_text_only_items_are_ranked(model: TransRec) -> None:
