@@ -13,7 +13,7 @@ from pathlib import Path
 
 from adarec.errors import DataError, DataFileNotFoundError
 from adarec.rec.data import InteractionData
-from adarec.rec.readers import Row, _interaction_rows, atomic_rows, csv_rows, load_atomic
+from adarec.rec.readers import Row, atomic_rows, csv_rows, interaction_rows, load_atomic
 
 _ML100K_HINT = (
     "install the data files with `pip install --no-deps recbole==1.2.1` "
@@ -59,7 +59,7 @@ def load_movielens_latest_small(
         texts[movie] = _item_text(row["title"] or "", "", genres)
 
     rows = csv_rows(folder / "ratings.csv", needed=("userId", "movieId", "timestamp"))[1]
-    interactions = _interaction_rows(_as_int_ids(rows), "userId", "movieId", "timestamp")
+    interactions = interaction_rows(_as_int_ids(rows), "userId", "movieId", "timestamp")
     return InteractionData.from_interactions(
         interactions, texts, min_user_interactions, name="ml-latest-small"
     )
@@ -105,7 +105,7 @@ def load_movielens_100k(
         texts[row["item_id"]] = _item_text(row["movie_title"], row["release_year"], genres)
     rows = atomic_rows(folder / "ml-100k.inter", ("user_id", "item_id", "timestamp"))[1]
     return InteractionData.from_interactions(
-        _interaction_rows(rows, "user_id", "item_id", "timestamp"), texts,
+        interaction_rows(rows, "user_id", "item_id", "timestamp"), texts,
         min_user_interactions, name="ml-100k",
     )
 

@@ -283,7 +283,8 @@ def from_pretrained(folder: str | Path, base: Any = None, check_base: bool = Tru
                     ) -> Any:
     """Rebuild a `TransRec` written by `save_pretrained`, in eval mode.
 
-    ``base``: the base encoder as a model (used as is, e.g. already on a device) or a path /
+    ``base``: the base encoder as a model (used, and adapted, in place: e.g. already on a
+    device; fingerprint and digest are checked before anything changes) or a path /
     hub id; default: the recorded reference (``local_files_only``: never downloads unless told).
     ``check_base=False`` skips the base-weights digest (for a deliberately different base, e.g.
     the same model converted to another dtype); shape and config checks still apply.

@@ -127,9 +127,12 @@ def csv_rows(file: Path, delimiter: str = ",",
     return header, rows()
 
 
-def _interaction_rows(
+def interaction_rows(
     rows: Iterable[tuple[str, Row]], user: str, item: str, time: str | None
 ) -> Iterator[tuple[Any, ...]]:
+    """``(user, item, timestamp)`` tuples (``(user, item)`` without ``time``) for
+    `InteractionData.from_interactions`, timestamps parsed here so an error names the file and
+    line; rows without a user or item pass through, to be dropped and counted there."""
     parser = TimestampParser()
     for where, row in rows:
         if time is None:
@@ -164,7 +167,7 @@ def read_csv_interactions(
         texts = item_texts(kept, item, text)
         rows = iter(kept)
     data = cls.from_interactions(
-        _interaction_rows(rows, user, item, time), texts, min_user_interactions,
+        interaction_rows(rows, user, item, time), texts, min_user_interactions,
         name=name if name is not None else path.stem,
     )
     return data
@@ -306,7 +309,7 @@ def _from_rows(rows: Iterator[tuple[str, Row]], time: str | None, texts: dict[An
     from adarec.rec.data import InteractionData
 
     return InteractionData.from_interactions(
-        _interaction_rows(rows, "user_id", "item_id", time), texts, min_user_interactions, name
+        interaction_rows(rows, "user_id", "item_id", time), texts, min_user_interactions, name
     )
 
 
@@ -385,6 +388,7 @@ __all__ = [
     "atomic_rows",
     "check_columns",
     "csv_rows",
+    "interaction_rows",
     "item_texts",
     "load_atomic",
     "text_builder",
