@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adarec.errors import DataError
+from adarec.errors import ConfigError, DataError
 from adarec.rec.data import (
     EvalCollator,
     EvalDataset,
@@ -238,3 +238,16 @@ def test_tokenize_item_texts() -> None:
     assert out["input_ids"][1, :3].tolist() == [2, 5, 6]
     with pytest.raises(ValueError, match="padding item"):
         tokenize_item_texts(texts[1:], tok)
+
+
+def test_collator_and_transrec_agree_on_zero_negatives() -> None:
+    """TransRec takes num_negatives=0 (in-batch sampled softmax); the collator must too."""
+    import tiny_transrec as helpers
+
+    ds = TrainDataset(helpers.SEQS, helpers.L)
+    batch = TrainCollator(helpers.N_ITEMS, helpers.L, 0)([ds[i] for i in range(len(ds))])
+    assert batch["negative_ids"].shape == (len(ds), helpers.L, 0)
+    model = helpers.text_model(loss="sampled_softmax", num_negatives=0)
+    assert torch.isfinite(model.loss(batch))
+    with pytest.raises(ConfigError, match="num_negatives must be >= 0"):
+        TrainCollator(helpers.N_ITEMS, helpers.L, -1)
