@@ -28,6 +28,7 @@ from .errors import (
     AdapterStateError,
     AdarecError,
     CheckpointError,
+    RegistrationError,
     SpecError,
     TargetNotFoundError,
     UnsupportedModuleError,
@@ -56,7 +57,21 @@ from .inject import (
 from .interop import export_peft_lora, import_peft_lora
 from .layouts import Layout, register_layout
 from .merge import merge_adapters, unmerge_adapters
-from .spec import PRESETS, AdapterSpec, as_spec, register_preset
+from .registry import (
+    AttachContext,
+    BuildContext,
+    MethodDef,
+    PlaceContext,
+    Placement,
+    SetState,
+    method_info,
+    method_names,
+    register_method,
+    unregister_method,
+)
+from .sites import Plan, Site
+from .spec import PRESETS, AdapterSpec, SpecField, as_spec, register_preset
+from .stacks import StackInfo
 from .version import __version__
 
 __all__ = [
@@ -65,17 +80,28 @@ __all__ = [
     "AdapterSpec",
     "AdapterStateError",
     "AdarecError",
+    "AttachContext",
     "BottleneckAdapter",
+    "BuildContext",
     "CheckpointError",
     "IA3Adapter",
     "KAdapter",
     "Layout",
     "LoRAAdapter",
     "LoadResult",
+    "MethodDef",
     "PHMLinear",
     "ParameterSummary",
+    "PlaceContext",
+    "Placement",
+    "Plan",
     "PromptAdapter",
+    "RegistrationError",
+    "SetState",
+    "Site",
     "SpecError",
+    "SpecField",
+    "StackInfo",
     "TargetNotFoundError",
     "UnsupportedModuleError",
     "__version__",
@@ -96,10 +122,13 @@ __all__ = [
     "mark_only_adapters_trainable",
     "mark_only_biases_trainable",
     "merge_adapters",
+    "method_info",
+    "method_names",
     "parameter_summary",
     "plan_sites",
     "print_trainable_parameters",
     "register_layout",
+    "register_method",
     "register_preset",
     "restore_requires_grad",
     "save_adapters",
@@ -107,4 +136,5 @@ __all__ = [
     "set_active_adapters",
     "trainable_parameters",
     "unmerge_adapters",
+    "unregister_method",
 ]

@@ -25,3 +25,7 @@ class AdapterStateError(AdarecError, RuntimeError):
 
 class CheckpointError(AdarecError, RuntimeError):
     """A checkpoint is missing, corrupted, truncated or made for another model."""
+
+
+class RegistrationError(AdarecError, ValueError):
+    """A method, spec field or layout cannot be registered (name taken, incomplete definition)."""
