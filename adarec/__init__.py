@@ -31,6 +31,7 @@ from .errors import (
     ConfigError,
     DataError,
     DataFileNotFoundError,
+    RegistrationError,
     SpecError,
     StateMismatchError,
     TargetNotFoundError,
@@ -62,7 +63,21 @@ from .interop import export_peft_lora, import_peft_lora
 from .layouts import Layout, register_layout
 from .logs import setup_logging
 from .merge import merge_adapters, unmerge_adapters
-from .spec import PRESETS, AdapterSpec, as_spec, register_preset
+from .registry import (
+    AttachContext,
+    BuildContext,
+    MethodDef,
+    PlaceContext,
+    Placement,
+    SetState,
+    method_info,
+    method_names,
+    register_method,
+    unregister_method,
+)
+from .sites import Plan, Site
+from .spec import PRESETS, AdapterSpec, SpecField, as_spec, register_preset
+from .stacks import StackInfo
 from .version import __version__
 
 __all__ = [
@@ -71,7 +86,9 @@ __all__ = [
     "AdapterSpec",
     "AdapterStateError",
     "AdarecError",
+    "AttachContext",
     "BottleneckAdapter",
+    "BuildContext",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -81,10 +98,19 @@ __all__ = [
     "Layout",
     "LoRAAdapter",
     "LoadResult",
+    "MethodDef",
     "PHMLinear",
     "ParameterSummary",
+    "PlaceContext",
+    "Placement",
+    "Plan",
     "PromptAdapter",
+    "RegistrationError",
+    "SetState",
+    "Site",
     "SpecError",
+    "SpecField",
+    "StackInfo",
     "StateMismatchError",
     "TargetNotFoundError",
     "UnknownItemError",
@@ -107,10 +133,13 @@ __all__ = [
     "mark_only_adapters_trainable",
     "mark_only_biases_trainable",
     "merge_adapters",
+    "method_info",
+    "method_names",
     "parameter_summary",
     "plan_sites",
     "print_trainable_parameters",
     "register_layout",
+    "register_method",
     "register_preset",
     "restore_requires_grad",
     "save_adapters",
@@ -119,4 +148,5 @@ __all__ = [
     "setup_logging",
     "trainable_parameters",
     "unmerge_adapters",
+    "unregister_method",
 ]

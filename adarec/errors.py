@@ -27,6 +27,10 @@ class CheckpointError(AdarecError, RuntimeError):
     """A checkpoint is missing, corrupted, truncated or made for another model."""
 
 
+class RegistrationError(AdarecError, ValueError):
+    """A method, spec field or layout cannot be registered (name taken, incomplete definition)."""
+
+
 # ----------------------------------------------------------------------- recommender side
 # Each also subclasses the builtin type the code raised before, so `except ValueError` (or
 # `KeyError`, `FileNotFoundError`) written against older versions keeps working.
