@@ -4,6 +4,7 @@ belonged to which function). Builds the site with mkdocs when it is installed (t
 
 from __future__ import annotations
 
+import enum
 import html
 import importlib
 import inspect
@@ -47,9 +48,9 @@ def _wanted(name: str) -> dict[str, object]:
 
 
 def _fields_only(cls: type) -> bool:
-    """Protocols and NamedTuples: no constructor to show (their members are listed)."""
-    return bool(getattr(cls, "_is_protocol", False)) or (issubclass(cls, tuple)
-                                                          and hasattr(cls, "_fields"))
+    """Protocols, NamedTuples and enums: no constructor to show (their members are listed)."""
+    return (bool(getattr(cls, "_is_protocol", False)) or issubclass(cls, enum.Enum)
+            or (issubclass(cls, tuple) and hasattr(cls, "_fields")))
 
 
 @pytest.fixture(scope="module")
