@@ -21,8 +21,7 @@ from dataclasses import dataclass, fields
 from torch import nn
 
 from .errors import TargetNotFoundError
-
-ROLES = ("mha_in", "mha_out", "ffn_in", "ffn_out", "q", "k", "v")
+from .sites import ROLES, BlockSites
 
 
 @dataclass(frozen=True)
@@ -42,15 +41,6 @@ class Layout:
         if role == "o":
             return self.mha_out
         return getattr(self, role)
-
-
-@dataclass(frozen=True)
-class BlockSites:
-    """The resolved full module names of one block (``None`` where a role does not exist)."""
-
-    stack: str
-    index: int
-    names: dict[str, str | None]
 
 
 # ---------------------------------------------------------------------------------- the table
@@ -221,7 +211,7 @@ def iter_blocks(model: nn.Module) -> Iterator[BlockSites]:
         if all(d["mha_out"] and d["ffn_out"] for blocks in resolved for d in blocks):
             for (name, _), blocks in zip(stacks, resolved, strict=True):
                 for i, d in enumerate(blocks):
-                    yield BlockSites(name, i, _absolute(name, i, d))
+                    yield BlockSites(name, i, _absolute(name, i, d), source="layout table")
             return
         warnings.warn(
             f"adarec's layout for {type(model).__name__} does not match its modules "
@@ -238,7 +228,8 @@ def iter_blocks(model: nn.Module) -> Iterator[BlockSites]:
         )
     for name, stack in stacks:
         for i, block in enumerate(stack):
-            yield BlockSites(name, i, _absolute(name, i, discover_layout(block)))
+            yield BlockSites(name, i, _absolute(name, i, discover_layout(block)),
+                             source="name discovery")
 
 
 def _absolute(stack: str, i: int, rel: dict[str, str | None]) -> dict[str, str | None]:

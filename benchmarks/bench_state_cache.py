@@ -56,7 +56,7 @@ def main() -> None:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     enc = TextItemEncoder(model, ids, mask, chunk_size=args.chunk, cache_dtype=dtype,
                           cache_dir=args.dir)
-    spec = adarec.AdapterSpec.preset("side", extra={"side": {"states": args.states}})
+    spec = adarec.AdapterSpec.preset("side", side_states=args.states)
     adarec.inject_adapters(model, spec)
     side = adarec.iter_adapters(model).__next__()[2]
     n_slots = len(side.slots)  # BERT: the final state is the last tapped block's output

@@ -82,20 +82,14 @@ def worker(argv: list[str], conn: Connection) -> None:
     from paper.study import fixed_mmap_threshold
 
     import adarec
-    from adarec.rec.data import leave_one_out
-    from adarec.rec.datasets import load_movielens_100k
-
     fixed_mmap_threshold()  # no glibc heap growth from per-batch shapes (see docs/transrec.md)
-    sys.argv = ["quickstart", *argv]
-    args = q.parse_args()
+    args = q.parse_args(argv)
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    data = load_movielens_100k(args.data)
-    split = leave_one_out(data)
-    model = q.build_model(args, data.item_texts, data.n_items)
+    data, split = q.load_data(args)
+    model, summary = q.build_model(args, data)
     model.dedup = not args.no_dedup
-    summary = adarec.parameter_summary(model)
     optimizer = q.optimizer_for(model, args)
     loader = q.make_loader(split, data.n_items, args)
     rss_built, peak_reset = proc_status("VmRSS"), reset_peak()

@@ -295,7 +295,7 @@ def test_tune_layernorm_spec_unfreezes_norms() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(
-    layers=st.lists(st.integers(-2, 1), min_size=1, max_size=3),
+    layers=st.lists(st.integers(-2, 1), min_size=1, max_size=3, unique=True),
     positions=st.lists(st.sampled_from(["mha", "ffn"]), min_size=1, max_size=2, unique=True),
     bottleneck=st.integers(1, 40),
     method=st.sampled_from(["houlsby", "parallel", "pfeiffer"]),

@@ -19,7 +19,8 @@ ARCHS = ["bert", "roberta", "distilbert", "electra", "deberta-v2", "mpnet", "vit
 
 
 def side_spec(**extra: object) -> adarec.AdapterSpec:
-    return adarec.AdapterSpec.preset("side", bottleneck=8, extra={"side": dict(extra)})
+    return adarec.AdapterSpec.preset("side", bottleneck=8,
+                                     **{f"side_{k}": v for k, v in extra.items()})
 
 
 def bert(layers: int = 4) -> tf.BertModel:
@@ -169,8 +170,11 @@ def test_refuses_causal_models_and_bad_options() -> None:
         adarec.inject_adapters(build("gpt2"), side_spec())
     for bad, field in (({"states": "both"}, "states"), ({"stride": 0}, "stride"),
                        ({"gate_temperature": -1}, "gate_temperature"), ({"colour": 1}, "colour")):
-        with pytest.raises(SpecError, match=field):
-            SideOptions.from_spec(side_spec(**bad))
+        with pytest.raises(SpecError, match=f"side_{field}"):
+            side_spec(**bad)
+    with pytest.raises(SpecError, match="side_heads"):
+        side_spec(states="tokens", heads=3)
+    assert SideOptions.from_spec(side_spec(stride=3)).stride == 3
     with pytest.raises(SpecError, match="layers"):
         adarec.inject_adapters(bert(2), side_spec().replace(layers=(5,)))
 

@@ -42,6 +42,7 @@ eval mode and without autograd, or read them from their hidden-state cache, and 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -51,8 +52,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.activations import ACT2FN
 
-from ..errors import AdapterStateError, SpecError
-from .base import AdapterLayer, read_arg
+from ..calls import arg_locator, read_arg
+from ..errors import AdapterStateError, SpecError, UnsupportedModuleError
+from ..registry import (
+    AttachContext,
+    BuildContext,
+    MethodDef,
+    PlaceContext,
+    Placement,
+    register_method,
+)
+from ..sites import Site
+from ..spec import (
+    ACTIVATION,
+    BOTTLENECK,
+    DROPOUT,
+    LAYERS,
+    REDUCTION_FACTOR,
+    AdapterSpec,
+    SpecField,
+    exactly_one,
+    int_in,
+    normalise_layers,
+    number_in,
+)
+from ..stacks import MASK_ARGS
+from .base import AdapterLayer
 
 STATE_MODES = ("pooled", "tokens")
 POOLINGS = ("cls", "mean")
@@ -60,13 +85,37 @@ Pool = Callable[[Tensor, Tensor | None], Tensor]
 """``pool(hidden [B, T, d], mask [B, T] | None) -> [B, d]``."""
 
 
+SIDE_STATES = SpecField("side_states", "pooled", lambda x: x in STATE_MODES,
+                        f"must be one of {list(STATE_MODES)}",
+                        "pooled per-block states, or every token (attention in the side blocks)")
+SIDE_POOLING = SpecField("side_pooling", "cls", lambda x: x in POOLINGS,
+                         f"must be one of {list(POOLINGS)}",
+                         "pooling when the model is called directly (item encoders use theirs)")
+SIDE_STRIDE = SpecField("side_stride", 2, int_in(1, 1024), "must be an integer in [1, 1024]",
+                        "with layers=None: tap every side_stride-th block, from the last down")
+SIDE_EXPANSION = SpecField("side_expansion", 2, int_in(1, 64), "must be an integer in [1, 64]",
+                           "MLP width of the side blocks, in multiples of the side width")
+SIDE_HEADS = SpecField("side_heads", 4, int_in(1, 1024), "must be an integer in [1, 1024]",
+                       "attention heads of the side blocks (token states)")
+SIDE_GATE_TEMPERATURE = SpecField("side_gate_temperature", 0.1,
+                                  number_in(0.0, 1e3, low_open=True),
+                                  "must be a number in (0, 1000]",
+                                  "temperature of the ladder gates sigmoid(a / t)")
+SIDE_OUTPUT_SCALE = SpecField("side_output_scale", False, lambda x: isinstance(x, bool),
+                              "must be a bool",
+                              "ReZero-style: a zero scalar times a random up-projection "
+                              "(instead of a zero up-projection)")
+SIDE_FIELDS = (SIDE_STATES, SIDE_POOLING, SIDE_STRIDE, SIDE_EXPANSION, SIDE_HEADS,
+               SIDE_GATE_TEMPERATURE, SIDE_OUTPUT_SCALE)
+
+
 @dataclass(frozen=True)
 class SideOptions:
-    """The side network's own settings (``AdapterSpec.extra["side"]``, a dict of these fields).
+    """The side network's own settings, read from the spec's ``side_*`` fields.
 
     The generic spec fields keep their meaning: ``bottleneck`` (or ``reduction_factor``) is the
-    side width ``r``, ``layers`` the tapped blocks (``None``: every ``stride``-th block counted
-    down from the last one), ``activation`` and ``dropout`` those of the side blocks.
+    side width ``r``, ``layers`` the tapped blocks (``None``: every ``side_stride``-th block
+    counted down from the last one), ``activation`` and ``dropout`` those of the side blocks.
     """
 
     states: str = "pooled"
@@ -79,32 +128,7 @@ class SideOptions:
 
     @classmethod
     def from_spec(cls, spec: Any) -> SideOptions:
-        raw = (getattr(spec, "extra", None) or {}).get("side", {})
-        if not isinstance(raw, dict):
-            raise SpecError(f"AdapterSpec.extra['side'] must be a dict, got {raw!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise SpecError(f"unknown side option(s) {unknown}; options: {sorted(known)}")
-        opts = cls(**raw)
-        opts.validate()
-        return opts
-
-    def validate(self) -> None:
-        def bad(name: str, allowed: str) -> SpecError:
-            return SpecError(f"side option {name}={getattr(self, name)!r} is invalid: {allowed}")
-
-        if self.states not in STATE_MODES:
-            raise bad("states", f"must be one of {list(STATE_MODES)}")
-        if self.pooling not in POOLINGS:
-            raise bad("pooling", f"must be one of {list(POOLINGS)}")
-        for name in ("stride", "expansion", "heads"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise bad(name, "must be an integer >= 1")
-        t = self.gate_temperature
-        if not (isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0):
-            raise bad("gate_temperature", "must be a number > 0")
+        return cls(**{f.name: getattr(spec, f"side_{f.name}") for f in fields(cls)})
 
 
 def side_taps(layers: Sequence[int] | None, n_blocks: int, stride: int) -> list[int]:
@@ -112,8 +136,6 @@ def side_taps(layers: Sequence[int] | None, n_blocks: int, stride: int) -> list[
     (6 blocks, stride 2: blocks 1, 3, 5)."""
     if layers is None:
         return sorted(range(n_blocks - 1, -1, -stride))
-    from ..spec import normalise_layers
-
     return normalise_layers(layers, n_blocks)
 
 
@@ -290,11 +312,68 @@ class SideNetwork(AdapterLayer):
                 f"hidden={self.hidden}")
 
 
-def build_side(spec: Any, d_in: int, d_out: int, shared: dict[str, Any]) -> SideNetwork:
-    """``shared["slots"]`` holds the resolved tapped blocks."""
-    options = SideOptions.from_spec(spec)
-    return SideNetwork(d_out, spec.bottleneck_for(d_out), shared["slots"], options,
-                       spec.activation, spec.dropout)
+def validate(spec: AdapterSpec) -> None:
+    exactly_one(spec, "bottleneck", "reduction_factor")
+    if (spec.side_states == "tokens" and spec.bottleneck is not None
+            and spec.bottleneck % spec.side_heads):
+        raise SpecError(f"AdapterSpec.bottleneck={spec.bottleneck} is invalid: must be divisible "
+                        f"by side_heads={spec.side_heads} for token states")
+
+
+def place(ctx: PlaceContext) -> list[Site]:
+    """One side network, hosted by the module the user calls (its output gets the correction);
+    an encoder with one block stack, called once per block, not causal."""
+    name = type(ctx.model).__name__
+    if len(ctx.stacks) != 1:
+        raise UnsupportedModuleError(
+            f"a side network needs a model with one block stack; {name} has "
+            f"{[s.name for s in ctx.stacks]}: inject into the submodel that encodes the input")
+    (stack,) = ctx.stacks
+    n = len(stack.blocks)
+    if stack.runs is not None and stack.runs != n:
+        raise UnsupportedModuleError(
+            f"{name} runs its {n} block module(s) {stack.runs} times (shared layers, as in "
+            "ALBERT); a side network taps each block's one output")
+    if stack.causal:
+        raise UnsupportedModuleError(
+            f"{name} is causal; a side network pools over the whole sequence, which would let a "
+            "position see later ones: use it on encoders")
+    side_taps(ctx.spec.layers, n, ctx.spec.side_stride)  # refuse bad layers early
+    return [Site(stack.root, stack.root, "side", None, stack.name)]
+
+
+def build(ctx: BuildContext) -> SideNetwork:
+    spec, stack = ctx.spec, ctx.stack
+    assert stack is not None
+    slots = side_taps(spec.layers, len(stack.blocks), spec.side_stride)
+    return SideNetwork(ctx.d_out, spec.bottleneck_for(ctx.d_out), slots,
+                       SideOptions.from_spec(spec), spec.activation, spec.dropout)
+
+
+def attach(adapter: AdapterLayer, ctx: AttachContext) -> None:
+    """Read the padding mask where the user calls the model; record the tapped blocks."""
+    assert isinstance(adapter, SideNetwork) and ctx.stack is not None
+    root = ctx.submodule(ctx.stack.root)
+    adapter.mask_arg = arg_locator(root, MASK_ARGS)
+    ctx.pre_hook(root, adapter.start, with_kwargs=True)
+    for slot in adapter.slots:
+        ctx.forward_hook(ctx.stack.blocks[slot], functools.partial(adapter.tap, slot))
+
+
+SIDE = register_method(MethodDef(
+    name="side",
+    placement=Placement.MODEL,
+    build=build,
+    fields=(BOTTLENECK, REDUCTION_FACTOR, LAYERS, ACTIVATION, DROPOUT, *SIDE_FIELDS),
+    defaults={"bottleneck": 64},
+    place=place,
+    attach=attach,
+    validate=validate,
+    hints={"positions": "layers", "kadapter_layers": "layers"},
+    merge_note="a non-linear network beside the model: there is no weight to fold it into",
+    summary="decoupled side network: gated ladders from every other block into a narrow "
+            "stream; no gradient enters the backbone, whose states can be cached",
+))
 
 
 def side_networks(model: nn.Module, active_only: bool = True) -> list[SideNetwork]:
@@ -306,12 +385,13 @@ def side_networks(model: nn.Module, active_only: bool = True) -> list[SideNetwor
 
 __all__ = [
     "POOLINGS",
+    "SIDE",
+    "SIDE_FIELDS",
     "STATE_MODES",
     "SideBlock",
     "SideNetwork",
     "SideOptions",
     "attention_allowed",
-    "build_side",
     "pool_hidden",
     "side_networks",
     "side_taps",

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from adarec.errors import ConfigError
+
 
 def state_cache_bytes(n_rows: int, n_slots: int, hidden: int, dtype: torch.dtype = torch.float32,
                       tokens: int | None = None) -> int:
@@ -106,7 +108,7 @@ class HiddenStateCache:
         finally:
             bar.close()
         if table is None:
-            raise ValueError("cannot build a hidden-state cache of 0 rows")
+            raise ConfigError("cannot build a hidden-state cache of 0 rows")
         return cls(table, key, file)
 
 

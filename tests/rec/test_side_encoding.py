@@ -21,7 +21,8 @@ L = 5
 
 
 def side_spec(**extra: object) -> adarec.AdapterSpec:
-    return adarec.AdapterSpec.preset("side", bottleneck=8, extra={"side": dict(extra)})
+    return adarec.AdapterSpec.preset("side", bottleneck=8,
+                                     **{f"side_{k}": v for k, v in extra.items()})
 
 
 def perturb(model: torch.nn.Module) -> None:
