@@ -91,6 +91,7 @@ def _item_settings(encoder: nn.Module, include_base: bool) -> dict[str, Any]:
         return {"kind": "text", "pooling": encoder.pooling, "chunk_size": encoder.chunk_size,
                 "cache_frozen_layers": encoder.cache_frozen_layers,
                 "cache_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+                "cache_states": encoder.cache_states,
                 "base": _base_reference(encoder.model, include_base)}
     if isinstance(encoder, IDItemEncoder):
         return {"kind": "id", "n_items": encoder.n_items, "dim": encoder.dim}
@@ -322,6 +323,7 @@ def from_pretrained(folder: str | Path, base: Any = None, check_base: bool = Tru
             pooling=item_cfg.get("pooling", "cls"), chunk_size=item_cfg.get("chunk_size"),
             cache_frozen_layers=bool(item_cfg.get("cache_frozen_layers")),
             cache_dtype=getattr(torch, cache_dtype) if cache_dtype else None,
+            cache_states=bool(item_cfg.get("cache_states", True)),
         )
         if config.get("tokenizer") and (root / TOKENIZER).is_dir():
             from transformers import AutoTokenizer

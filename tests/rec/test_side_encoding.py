@@ -3,6 +3,7 @@ backbone, stays in bounded memory; the backbone never trains and, cached, never 
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -262,3 +263,18 @@ def test_save_and_load_adapters_round_trip(tmp_path: torch.types.FileLike) -> No
     torch.testing.assert_close(fresh.full_sort_scores(ids), model.full_sort_scores(ids),
                                atol=0, rtol=0)
     assert fresh.item_encoder._state_cache is not None
+
+
+def test_save_pretrained_round_trip(tmp_path: torch.types.FileLike) -> None:
+    """The self-describing checkpoint rebuilds the side set and the cache setting."""
+    model = model_with_side(False, loss="sampled_softmax")
+    model.eval()
+    ids = batch()["input_ids"]
+    model.save_pretrained(tmp_path / "model")
+    base = adarec.eject_adapters(copy.deepcopy(model.item_encoder.model))
+    back = TransRec.from_pretrained(tmp_path / "model", base=base)
+    back.eval()
+    assert back.item_encoder.cache_states is False
+    assert [s.set_name for s in side_networks(back.item_encoder.model)] == ["default"]
+    torch.testing.assert_close(back.full_sort_scores(ids), model.full_sort_scores(ids),
+                               atol=0, rtol=0)
