@@ -7,7 +7,7 @@ module's output through its active adapters. The original modules, their paramet
 their ``state_dict`` keys stay where they were, so ``from_pretrained`` weights, gradient
 checkpointing and ``torch.compile`` keep working, and `eject_adapters` restores the model bit for
 bit. What a method needs beyond that hook (an adapter beside a sublayer reading the sublayer's
-input, a side network tapping blocks, soft tokens rewriting the call) its own file adds in its
+input, a network tapping the blocks, soft tokens rewriting the call) its own file adds in its
 ``attach`` step, with hooks that are methods of the adapter: that is how `eject_adapters` finds
 them.
 

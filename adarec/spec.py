@@ -2,7 +2,7 @@
 
 A spec is a method name plus the values of the fields *that method uses*. The fields are a shared
 vocabulary: the ones several methods understand (``bottleneck``, ``dropout``, ``layers``, ...) are
-declared here, and a method adds its own (a rank, the blocks a side network reads, ...) in its own
+declared here, and a method adds its own (a rank, the blocks a tapping network reads ...) in its own
 file when it registers (`adarec.registry.register_method`). So this file knows no method by name.
 
 Every value is checked when the spec is built, however it is built (the constructor, `preset`

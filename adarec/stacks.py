@@ -1,5 +1,5 @@
 """What a model's block stacks look like from the outside, for the methods that act on a whole
-model (a side network over the blocks, soft prompts before them): the blocks, the module the user
+model (a network beside the blocks, soft prompts before them): the blocks, the module the user
 calls, the module that returns the stack's output, the residual width and whether it is causal.
 """
 

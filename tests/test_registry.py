@@ -12,7 +12,8 @@ import adarec
 from adarec.registry import Placement, method_info, method_names
 
 PACKAGE = Path(adarec.__file__).parent
-BUILTIN = ("houlsby", "pfeiffer", "parallel", "compacter", "lora", "ia3", "kadapter", "prompt")
+BUILTIN = ("houlsby", "pfeiffer", "parallel", "compacter", "lora", "ia3", "kadapter", "prompt",
+           "side")
 DISPLAY = ("k-adapter", "(ia)^3")
 
 
@@ -72,5 +73,5 @@ def test_module_constants_of_0_1_still_answer() -> None:
     from adarec import spec
 
     assert spec.METHODS == BUILTIN
-    assert spec.MODEL_METHODS == ("kadapter", "prompt")
+    assert spec.MODEL_METHODS == ("kadapter", "prompt", "side")
     assert spec.BOTTLENECK_METHODS == ("houlsby", "pfeiffer", "parallel", "compacter")
