@@ -6,6 +6,7 @@ from names, so a parameter called ``adapter`` in a user's head is not mistaken f
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,6 +17,9 @@ from .adapters.base import is_adapter
 from .errors import TargetNotFoundError
 
 _ORIG_FLAGS = "_adarec_requires_grad"
+_ORIG_ORDER = "_adarec_requires_grad_order"
+"""When the flags were remembered: ejecting restores the latest records first."""
+_remembered = itertools.count()
 
 
 def adapter_parameters(model: nn.Module, name: str | None = None) -> dict[str, nn.Parameter]:
@@ -115,6 +119,7 @@ def _remember_flags(model: nn.Module) -> None:
         adapters = adapter_parameters(model)  # once, not once per parameter
         flags = {n: p.requires_grad for n, p in model.named_parameters() if n not in adapters}
         object.__setattr__(model, _ORIG_FLAGS, flags)
+        object.__setattr__(model, _ORIG_ORDER, next(_remembered))
 
 
 def restore_requires_grad(model: nn.Module) -> None:
@@ -126,6 +131,19 @@ def restore_requires_grad(model: nn.Module) -> None:
         if n in flags:
             p.requires_grad_(flags[n])
     object.__delattr__(model, _ORIG_FLAGS)
+    model.__dict__.pop(_ORIG_ORDER, None)
+
+
+def restore_requires_grad_below(model: nn.Module) -> None:
+    """`restore_requires_grad` for ``model`` and every submodule that adarec froze and that holds
+    no adapter set any more, latest first (a later record saw the flags an earlier freeze set)."""
+    from .inject import adapter_sets
+
+    held = [m for m in model.modules() if getattr(m, _ORIG_FLAGS, None) is not None]
+    held.sort(key=lambda m: m.__dict__.get(_ORIG_ORDER, -1), reverse=True)
+    for m in held:
+        if not adapter_sets(m):
+            restore_requires_grad(m)
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

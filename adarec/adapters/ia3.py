@@ -8,6 +8,10 @@ applied by a forward pre-hook on the input of the projection: one elementwise pr
 output-side form ``y + W((l - 1) * a)`` would cost a second matmul. Scaling is linear in the
 weights, so `merge` folds the vectors into the base weights (rows for k/v, columns for the FFN).
 In a fused q/k/v projection (GPT-2's ``c_attn``) only the k and v thirds are scaled.
+
+`adarec.merge` keeps a copy of the weights it scales and restores them exactly (a learned scale of
+0 included); `unmerge` (dividing the scale out, exact to ``eps * |W|``) is the way back when no copy
+was kept, and refuses a zero or non-finite scale, which cannot be divided out.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class IA3Adapter(AdapterLayer):
         self.scale = nn.Parameter(torch.ones(stop - start))
         self.width, self.start, self.stop = width, start, stop
         self.scale_input = scale_input
+        self.folds_into_input = scale_input
+        """Merged, it scales the module's input, which other adapters on the module read too."""
         self.merged = False
 
     def full_scale(self) -> torch.Tensor:
@@ -81,14 +87,39 @@ class IA3Adapter(AdapterLayer):
 
     @torch.no_grad()
     def unmerge(self, base: nn.Module) -> None:
-        """Divide the scaling out again (exact up to rounding; a zero scale cannot be undone)."""
+        """Divide the scaling out again (to rounding); refused where that cannot work."""
         if not self.merged:
             raise AdapterStateError(f"(IA)^3 set {self.set_name!r} is not merged")
+        reason = self.irreversible_because(base)
+        if reason:
+            raise AdapterStateError(f"(IA)^3 set {self.set_name!r} cannot be unmerged: {reason}")
         base_weight(base).data.div_(self._oriented(base))
         bias = getattr(base, "bias", None)
         if not self.scale_input and bias is not None:
             bias.data.div_(self.full_scale().detach().to(bias.dtype))
         self.merged = False
+
+    @torch.no_grad()
+    def irreversible_because(self, base: nn.Module) -> str | None:
+        """Why dividing the scale out would not give the weights back (``None``: it would, to
+        rounding): a zero or non-finite scale, or (before merging) a product that over- or
+        underflows, losing the weight's bits."""
+        s = self.scale.detach()
+        if not (torch.isfinite(s).all() and (s != 0).all()):
+            return "its scale has zero or non-finite entries, which cannot be divided out"
+        if self.merged:
+            return None
+        w = base_weight(base).detach()
+        tensors = [(w, w * self._oriented(base))]
+        bias = getattr(base, "bias", None)
+        if not self.scale_input and isinstance(bias, torch.Tensor):
+            tensors.append((bias.detach(), bias.detach() * self.full_scale().detach().to(bias.dtype)))
+        for t, scaled in tensors:
+            tiny = torch.finfo(t.dtype).tiny
+            lost = (t != 0) & (scaled.abs() < tiny)
+            if not torch.isfinite(scaled).all() or lost.any():
+                return "scaling the weights by it over- or underflows"
+        return None
 
     def extra_repr(self) -> str:
         side = "input" if self.scale_input else "output"
