@@ -101,24 +101,24 @@ class IA3Adapter(AdapterLayer):
 
     @torch.no_grad()
     def irreversible_because(self, base: nn.Module) -> str | None:
-        """Why dividing the scale out would not give the weights back (``None``: it would, to
-        rounding): a zero or non-finite scale, or (before merging) a product that over- or
-        underflows, losing the weight's bits."""
+        """Why dividing the scale out would not give the weights back within ``eps * |W|``
+        (``None``: it would): a zero or non-finite scale, or, checked before merging by doing the
+        round trip, a product that over- or underflows."""
         s = self.scale.detach()
         if not (torch.isfinite(s).all() and (s != 0).all()):
             return "its scale has zero or non-finite entries, which cannot be divided out"
         if self.merged:
             return None
-        w = base_weight(base).detach()
-        tensors = [(w, w * self._oriented(base))]
+        pairs = [(base_weight(base).detach(), self._oriented(base))]
         bias = getattr(base, "bias", None)
         if not self.scale_input and isinstance(bias, torch.Tensor):
-            tensors.append((bias.detach(), bias.detach() * self.full_scale().detach().to(bias.dtype)))
-        for t, scaled in tensors:
-            tiny = torch.finfo(t.dtype).tiny
-            lost = (t != 0) & (scaled.abs() < tiny)
-            if not torch.isfinite(scaled).all() or lost.any():
-                return "scaling the weights by it over- or underflows"
+            pairs.append((bias.detach(), self.full_scale().detach().to(bias.dtype)))
+        for t, scale in pairs:
+            scaled = t * scale
+            back = scaled / scale
+            eps = torch.finfo(t.dtype).eps
+            if not (torch.isfinite(scaled).all() and ((back - t).abs() <= eps * t.abs()).all()):
+                return "scaling the weights by it over- or underflows, losing their bits"
         return None
 
     def extra_repr(self) -> str:
