@@ -25,3 +25,8 @@ class AdapterStateError(AdarecError, RuntimeError):
 
 class CheckpointError(AdarecError, RuntimeError):
     """A checkpoint is missing, corrupted, truncated or made for another model."""
+
+
+class EvaluationError(AdarecError, ValueError):
+    """An evaluation input would give a number that is not what it claims to measure (a NaN
+    score, a cut-off below 1, an unknown tie rule or metric)."""

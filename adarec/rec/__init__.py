@@ -28,11 +28,14 @@ from adarec.rec.item_encoders import (
 )
 from adarec.rec.losses import LOSSES, bce_loss, full_softmax_loss, sampled_softmax_loss
 from adarec.rec.metrics import (
+    TIES,
     PopularityRecommender,
     evaluate_full_ranking,
+    full_ranking_counts,
     full_ranking_ranks,
     ranking_metrics,
     target_ranks,
+    tie_counts,
     topk_chunked,
 )
 from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, TransRec
@@ -44,6 +47,7 @@ __all__ = [
     "OBJECTIVES",
     "PAD",
     "POLICIES",
+    "TIES",
     "EvalCollator",
     "EvalDataset",
     "EvalExample",
@@ -63,6 +67,7 @@ __all__ = [
     "TransRec",
     "bce_loss",
     "evaluate_full_ranking",
+    "full_ranking_counts",
     "full_ranking_ranks",
     "full_softmax_loss",
     "leave_one_out",
@@ -74,6 +79,7 @@ __all__ = [
     "sample_negatives",
     "sampled_softmax_loss",
     "target_ranks",
+    "tie_counts",
     "tokenize_item_texts",
     "topk_chunked",
 ]

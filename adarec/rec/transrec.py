@@ -32,7 +32,7 @@ from adarec.layouts import iter_blocks
 from adarec.rec.data import PAD, pad_left
 from adarec.rec.item_encoders import ItemEncoder
 from adarec.rec.losses import bce_loss, full_softmax_loss, sampled_softmax_loss
-from adarec.rec.metrics import METRICS, evaluate_full_ranking
+from adarec.rec.metrics import METRICS, Ties, evaluate_full_ranking
 from adarec.rec.user_encoders import SASRec
 from adarec.spec import AdapterSpec
 
@@ -253,12 +253,16 @@ class TransRec(nn.Module):
         metrics: Sequence[str] = METRICS,
         max_len: int | None = None,
         batch_size: int = 256,
+        ties: Ties = "pessimistic",
+        seed: int = 0,
     ) -> dict[str, float]:
         """Full-ranking metrics of ``(history, target)`` pairs (e.g. a leave-one-out split's
         ``valid`` or ``test``): every item is scored with the cached item table, the whole
         history and the padding item are masked, and the most recent ``max_len`` items (default:
         the user encoder's ``max_len``) are the input. Eval mode and no grad for the call; run
-        it under ``torch.autocast`` to encode in bf16 (scores are compared in float32)."""
+        it under ``torch.autocast`` to encode in bf16 (scores are compared in float32).
+        ``ties``/``seed``: the tie rule (`adarec.rec.metrics`; default: a target ranks below
+        every item it ties with)."""
         length = max_len or cast(int, self.user_encoder.max_len)
         table = self.item_table().float()
         histories = pad_left([h for h, _ in pairs], length).to(table.device)
@@ -269,7 +273,7 @@ class TransRec(nn.Module):
 
         return evaluate_full_ranking(
             users, table, [t for _, t in pairs], [list(h) for h, _ in pairs], ks=ks,
-            batch_size=batch_size, metrics=metrics,
+            batch_size=batch_size, metrics=metrics, ties=ties, seed=seed,
         )
 
     # ------------------------------------------------------------------------ training
