@@ -35,6 +35,7 @@ from adarec.rec.losses import bce_loss, full_softmax_loss, sampled_softmax_loss
 from adarec.rec.metrics import METRICS, Ties, evaluate_full_ranking
 from adarec.rec.user_encoders import SASRec
 from adarec.spec import AdapterSpec
+from adarec.state_key import StateKey, autocast_state
 
 OBJECTIVES = ("sasrec", "cpc")
 LOSS_NAMES = ("bce", "sampled_softmax", "full_softmax")
@@ -137,9 +138,8 @@ class TransRec(nn.Module):
         """Sampled softmax: ``(ids, emb) -> (all ids, all emb, offset of the local rows)``, e.g.
         `adarec.distributed.enable_cross_rank_negatives` (other ranks' candidates as negatives)."""
         self.policy: str | None = None
-        self._version = 0
         self._table: Tensor | None = None
-        self._table_key: Any = None
+        self._table_key: StateKey | None = None
 
     @property
     def n_items(self) -> int:
@@ -156,29 +156,35 @@ class TransRec(nn.Module):
     def item_embeddings(self, ids: Tensor) -> Tensor:
         """``ids`` of any shape -> ``[*ids.shape, dim]`` (from the cached table when it is
         valid and no gradient is needed)."""
-        if self._cache_valid() and not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and self._cache_valid():
             assert self._table is not None
             return self._table[ids.to(self._table.device)]
         return self._encode(ids.reshape(-1)).view(*ids.shape, self.dim)
 
     # ------------------------------------------------------------------------ the cache
-    def _state_key(self) -> tuple[int, ...]:
-        # In-place updates (optimizer steps, load_state_dict) bump a tensor's _version.
-        tensors = itertools.chain(self.parameters(), self.buffers())
-        return (self._version, *(t._version for t in tensors))
+    def _state_key(self) -> StateKey:
+        """The item table is ``dtl(item_encoder(ids))`` in eval mode: it is valid while those
+        two modules are in the same state (weights, active/merged adapter sets, hooks, modes,
+        item features; see `adarec.state_key`) and autocast is as it was."""
+        device = self._device().type
+        return StateKey.of(self.item_encoder, self.dtl, extra=(autocast_state(device),))
 
     def _cache_valid(self) -> bool:
-        return self._table is not None and not self.training and self._table_key == (
-            self._state_key()
-        )
+        return self._table is not None and self._table_key == self._state_key()
 
     def invalidate_cache(self) -> None:
-        """Drop the cached item table (also done by ``train()`` and by any in-place update)."""
-        self._version += 1
+        """Drop the cached item table and any cache of the item encoder. Never needed for
+        adarec operations, optimizer steps, loads or mode switches (the caches key on the
+        model's state); needed after writes no version counter sees (``p.data.copy_(...)``)."""
         self._table, self._table_key = None, None
+        for m in self.item_encoder.modules():
+            drop = getattr(m, "invalidate_cache", None)
+            if callable(drop):
+                drop()
 
     def train(self, mode: bool = True) -> TransRec:
-        self.invalidate_cache()
+        if mode:  # free the memory while training (the key would not match anyway)
+            self._table, self._table_key = None, None
         return super().train(mode)
 
     @contextmanager
@@ -196,14 +202,14 @@ class TransRec(nn.Module):
 
     def item_table(self, batch_size: int = 512) -> Tensor:
         """Every item's embedding ``[n_items + 1, dim]`` in eval mode without grad, cached
-        until the model changes or ``train()``/`invalidate_cache` is called."""
+        while the item encoder and DTL stay in the same state (see `_state_key`)."""
         with self._inference():
-            if self._cache_valid():
-                assert self._table is not None
+            key = self._state_key()
+            if self._table is not None and self._table_key == key:
                 return self._table
             ids = torch.arange(self.n_items + 1, device=self._device())
             table = torch.cat([self._encode(c) for c in ids.split(batch_size)])
-            self._table, self._table_key = table, self._state_key()
+            self._table, self._table_key = table, key
             return table
 
     def _device(self) -> torch.device:
