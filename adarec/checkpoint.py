@@ -402,13 +402,14 @@ def _tensor_digest(t: torch.Tensor) -> str:
     return f"{_dtype_name(t)}:{hashlib.sha256(raw.data).hexdigest()[:32]}"
 
 
-def weights_digest(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+def weights_digest(tensors: Mapping[str, torch.Tensor], workers: int | None = None
+                   ) -> dict[str, str]:
     """`_tensor_digest` of each tensor, hashed in parallel threads (hashlib releases the GIL
     on large buffers); each digest depends only on its tensor, so the result does not depend on
     the thread count. A BERT-base (110 M float32 parameters) takes ~0.2 s on 2 cores with SHA
     instructions (``benchmarks/bench_fingerprint.py``)."""
     order = sorted(tensors, key=lambda n: -tensors[n].numel())  # big ones first: better balance
-    workers = max(1, min(8, len(order), os.cpu_count() or 1))
+    workers = max(1, min(workers or 8, len(order), os.cpu_count() or 1))
     if workers == 1:
         return {n: _tensor_digest(tensors[n]) for n in sorted(tensors)}
     with ThreadPoolExecutor(workers) as pool:

@@ -123,12 +123,14 @@ def autocast(args: argparse.Namespace) -> torch.autocast:
 
 
 def evaluate(
-    model: TransRec, pairs: list[tuple[list[int], int]], args: argparse.Namespace
+    model: TransRec, pairs: list[tuple[list[int], int]], args: argparse.Namespace,
+    ties: str = "pessimistic",
 ) -> dict[str, float]:
-    """Full ranking of every item (history masked) with the cached item table."""
+    """Full ranking of every item (history masked) with the cached item table; a target ranks
+    below every item it ties with (``ties``: adarec.rec.metrics)."""
     with autocast(args):
         return model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg"),
-                                      max_len=args.max_len)
+                                      max_len=args.max_len, ties=ties)  # type: ignore[arg-type]
 
 
 def save_checkpoint(model: TransRec, folder: Path, args: argparse.Namespace) -> str:
@@ -201,18 +203,26 @@ def main() -> None:
         for name, value in best[2].items():
             params[name].copy_(value)
     test = evaluate(model, split.test, args)
-    popularity = PopularityRecommender(data.n_items).fit([h for h, _ in split.test]).evaluate(
-        [t for _, t in split.test], [h for h, _ in split.test], ks=(10,), metrics=("hr", "ndcg")
-    )
+    rules = ("pessimistic", "expected", "optimistic")
+    test_by_rule = {rule: evaluate(model, split.test, args, rule) for rule in rules}
+    pop = PopularityRecommender(data.n_items).fit([h for h, _ in split.test])
+    popularity_by_rule = {rule: pop.evaluate(
+        [t for _, t in split.test], [h for h, _ in split.test], ks=(10,), metrics=("hr", "ndcg"),
+        ties=rule) for rule in rules}  # type: ignore[arg-type]
+    popularity = popularity_by_rule["pessimistic"]
     saved = save_checkpoint(model, Path(args.out), args)
     print(f"\nmethod {args.method}: best epoch {best[1]} by valid NDCG@10")
     print(f"{'':<12}{'HR@10':>8}{'NDCG@10':>9}")
     print(f"{args.method:<12}{test['hr@10']:>8.4f}{test['ndcg@10']:>9.4f}")
     print(f"{'popularity':<12}{popularity['hr@10']:>8.4f}{popularity['ndcg@10']:>9.4f}")
+    for name, by_rule in ((args.method, test_by_rule), ("popularity", popularity_by_rule)):
+        print(f"{name} HR@10 / NDCG@10 by tie rule: " + ", ".join(
+            f"{r} {m['hr@10']:.4f} / {m['ndcg@10']:.4f}" for r, m in by_rule.items()))
     print(f"checkpoint: {saved}")
     print(f"wall time: {time.perf_counter() - start:.0f}s")
     results = {
         "args": vars(args), "best_epoch": best[1], "test": test, "popularity": popularity,
+        "test_by_tie_rule": test_by_rule, "popularity_by_tie_rule": popularity_by_rule,
         "train_seconds_per_epoch": train_seconds, "trainable": summary.trainable,
         "total": summary.total, "wall_seconds": time.perf_counter() - start,
     }
