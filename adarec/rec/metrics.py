@@ -130,7 +130,8 @@ def _counts(
     _check_ties(ties, ranks=False)
     targets = targets.to(device=scores.device, dtype=torch.long).view(-1, 1)
     if targets.size(0) != scores.size(0):
-        raise EvaluationError(f"{targets.size(0)} targets for {scores.size(0)} score rows")
+        raise EvaluationError(f"{targets.size(0)} target(s) for {scores.size(0)} score rows: one "
+                              "target per row")
     if targets.numel() and not 1 <= int(targets.min()) <= int(targets.max()) < scores.size(1):
         raise EvaluationError(f"targets must be item indices in 1..{scores.size(1) - 1}")
     target_scores = scores.gather(1, targets)
@@ -339,12 +340,12 @@ def _full_ranking(
 
 
 def _max_abs(x: Tensor) -> float:
-    """The largest magnitude in ``x`` (inf when it holds a NaN or an infinity)."""
+    """The largest magnitude in ``x`` (NaN when it holds a NaN, inf for an infinity): one
+    reduction, no temporary."""
     if x.numel() == 0:
         return 0.0
-    if not bool(torch.isfinite(x).all()):
-        return math.inf
-    return float(x.abs().max())
+    lo, hi = torch.aminmax(x.detach())
+    return max(-float(lo), float(hi)) if not bool(torch.isnan(hi)) else math.nan
 
 
 def _cannot_be_nan(users_max: float, items_max: float, dim: int, dtype: torch.dtype) -> bool:
