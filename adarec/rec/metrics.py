@@ -314,16 +314,20 @@ def _full_ranking(
     ties: Ties,
 ) -> tuple[Tensor, Tensor | None]:
     device = item_embeddings.device
+    items = item_embeddings.to(_compare_dtype(item_embeddings))
     targets = torch.as_tensor(targets, dtype=torch.long)
     counts, tied = [], []
     buffer: Tensor | None = None
     spare: Tensor | None = None
-    items_max = _max_abs(item_embeddings[1:])  # the padding row is never ranked
+    items_max = _max_abs(items[1:])  # the padding row is never ranked
     for start in range(0, len(targets), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(targets)))
         users = user_embeddings(idx) if callable(user_embeddings) else user_embeddings[idx]
-        users = users.to(device)
-        scores, buffer = _scores_into(users, item_embeddings.T, buffer)
+        if torch.promote_types(users.dtype, items.dtype) != items.dtype:  # float64 users
+            items = items.to(users.dtype)
+        users = users.to(device=device, dtype=items.dtype)
+        with _no_autocast(device):
+            scores, buffer = _scores_into(users, items.T, buffer)
         exclude = None
         if exclude_history and histories is not None:
             exclude = histories[start : start + len(idx)]
@@ -337,6 +341,17 @@ def _full_ranking(
         empty = torch.zeros(0, dtype=torch.long)
         return empty, (empty if ties in ("expected", "random") else None)
     return torch.cat(counts), (torch.cat(tied) if tied else None)
+
+
+def _compare_dtype(t: Tensor) -> torch.dtype:
+    """Scores are computed and compared in at least float32. bf16 scores (what a matmul under
+    autocast returns) have 8 significant bits: items a float32 score separates would tie, and
+    the tie rule, not the model, would decide their order."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _no_autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, enabled=False)
 
 
 def _max_abs(x: Tensor) -> float:
@@ -411,15 +426,23 @@ def topk_chunked(
     ``U * (item_chunk + k)``. ``exclude`` ``[U, H]`` holds item indices to skip; negative
     entries are padding (0-padding excludes item 0, which suits tables with a padding row).
     Returns ``(values, indices)`` sorted by descending score; excluded slots score ``-inf``
-    if fewer than ``k`` items remain.
+    if fewer than ``k`` items remain. Scores are computed in at least float32, under autocast
+    too (see `_compare_dtype`).
     """
     if not 0 < k <= item_emb.size(0):
         raise EvaluationError(f"k must be in 1..{item_emb.size(0)}, got {k}")
+    dtype = torch.promote_types(_compare_dtype(user_emb), item_emb.dtype)
+    with _no_autocast(user_emb.device):
+        return _topk_chunked(user_emb.to(dtype), item_emb, k, item_chunk, exclude)
+
+
+def _topk_chunked(user_emb: Tensor, item_emb: Tensor, k: int, item_chunk: int,
+                  exclude: Tensor | None) -> tuple[Tensor, Tensor]:
     values = user_emb.new_empty(user_emb.size(0), 0)
     indices = torch.empty(user_emb.size(0), 0, dtype=torch.long, device=user_emb.device)
     flat: Tensor | None = None  # one chunk-sized score buffer, reused (see _scores_into)
     for start in range(0, item_emb.size(0), item_chunk):
-        chunk = item_emb[start : start + item_chunk]
+        chunk = item_emb[start : start + item_chunk].to(user_emb.dtype)
         if flat is None:
             scores = user_emb @ chunk.T
             if not torch.is_autocast_enabled(user_emb.device.type):

@@ -266,7 +266,8 @@ class TransRec(nn.Module):
         ``valid`` or ``test``): every item is scored with the cached item table, the whole
         history and the padding item are masked, and the most recent ``max_len`` items (default:
         the user encoder's ``max_len``) are the input. Eval mode and no grad for the call; run
-        it under ``torch.autocast`` to encode in bf16 (scores are compared in float32).
+        it under ``torch.autocast`` to encode in bf16 (scores are computed and compared in
+        float32 all the same).
         ``ties``/``seed``: the tie rule (`adarec.rec.metrics`; default: a target ranks below
         every item it ties with)."""
         length = max_len or cast(int, self.user_encoder.max_len)

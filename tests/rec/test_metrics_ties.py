@@ -26,6 +26,7 @@ from adarec.rec.metrics import (
     ranking_metrics,
     target_ranks,
     tie_counts,
+    topk_chunked,
 )
 
 
@@ -116,6 +117,25 @@ def test_every_entry_point_takes_the_rule() -> None:
     assert [t.tolist() for t in full_ranking_counts(users, items, [2])] == [[0], [2]]
     out = evaluate_full_ranking(users, items, [2], ks=(1,), metrics=("hr",), ties="expected")
     assert out["hr@1"] == pytest.approx(1 / 3)
+
+
+def test_autocast_does_not_round_scores_into_ties() -> None:
+    """Under bf16 autocast the score matmul ran in bf16: 8 significant bits made most targets
+    tie with other items (187 of 256 here), and the tie rule, not the model, decided the rank
+    (the quickstart's HR@10 moved by 0.007 between rules). Scores are compared in float32."""
+    g = torch.Generator().manual_seed(0)
+    users, items = torch.randn(256, 64, generator=g), torch.randn(1683, 64, generator=g)
+    targets = torch.randint(1, 1683, (256,), generator=g)
+    exact = full_ranking_ranks(users, items, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, tied = full_ranking_counts(users, items, targets)
+        assert int(tied.sum()) == 0
+        assert torch.equal(full_ranking_ranks(users, items, targets), exact)
+        values, _ = topk_chunked(users, items, 5, item_chunk=300)
+        assert values.dtype == torch.float32
+    assert torch.equal(full_ranking_ranks(users, items.bfloat16(), targets, ties="optimistic"),
+                       full_ranking_ranks(users, items.bfloat16().float(), targets,
+                                          ties="optimistic"))
 
 
 # ------------------------------------------------------------------------- property tests
