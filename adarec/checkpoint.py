@@ -143,14 +143,12 @@ def config_digest(config: Mapping[str, Any]) -> str:
 def read_json(file: Path) -> dict[str, Any]:
     """Parse a JSON object, turning every failure into a `CheckpointError`."""
     try:
-        obj = json.loads(file.read_text(encoding="utf-8"))
+        data = file.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(_not_found(file)) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{file} must hold a JSON object, got {type(obj).__name__}")
-    return obj
+    return _parse_json(data, file)
 
 
 def read_weights(file: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:

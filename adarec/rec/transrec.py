@@ -241,10 +241,14 @@ class TransRec(nn.Module):
     ) -> Tensor:
         """Scores of every item ``[B, n_items + 1]`` (inference: eval mode, no grad); the
         padding item, and with ``exclude_history`` the history ids (plus ``exclude_ids``,
-        e.g. the untruncated history), get ``-inf``."""
+        e.g. the untruncated history), get ``-inf``. Under autocast the encoders run in its
+        dtype but the scores are computed in float32 (bf16 scores tie far too often to rank)."""
         table = self.item_table(batch_size)
         with self._inference():
-            scores = self.user_embeddings(history_ids.to(table.device)) @ table.T
+            users = self.user_embeddings(history_ids.to(table.device))
+            dtype = torch.promote_types(table.dtype, torch.float32)
+            with torch.autocast(table.device.type, enabled=False):
+                scores = users.to(dtype) @ table.to(dtype).T
             scores[:, PAD] = float("-inf")
             if exclude_history:
                 scores.scatter_(1, history_ids.to(table.device), float("-inf"))

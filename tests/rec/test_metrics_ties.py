@@ -138,6 +138,15 @@ def test_autocast_does_not_round_scores_into_ties() -> None:
                                           ties="optimistic"))
 
 
+def test_transrec_scores_are_float32_under_autocast() -> None:
+    model = text_model().eval()
+    hist = torch.tensor([[0, 1, 2, 3, 4]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = model.full_sort_scores(hist, exclude_history=False)
+    assert scores.dtype == torch.float32
+    assert scores[0, 1:].unique().numel() == N_ITEMS  # 12 distinct texts, 12 distinct scores
+
+
 # ------------------------------------------------------------------------- property tests
 def _brute_force(row: list[float], target: int, skip: set[int], k: int) -> dict[str, float]:
     """Every rule by definition: the rankable items' scores, and the target's position in
