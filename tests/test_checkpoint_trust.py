@@ -97,6 +97,27 @@ def test_one_changed_base_weight_is_named(tmp_path: Path) -> None:
     assert load_adapters(tm.build("bert"), path).ok  # the base it was saved from loads
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[NO_FIXTURE_CHECK])
+@given(data=st.data())
+def test_any_base_element_changed_by_one_ulp_is_named(tmp_path_factory, data) -> None:
+    """Change one element of one base tensor (parameter or persistent buffer) by the
+    smallest step its dtype has: the load is refused and names exactly that tensor."""
+    path = tmp_path_factory.mktemp("ulp") / "c"
+    save_adapters(trained(), path)
+    model = tm.build("bert")
+    base = {n: t for n, t in model.state_dict(keep_vars=True).items()
+            if t.is_floating_point()}
+    name = data.draw(st.sampled_from(sorted(base)))
+    t = base[name]
+    i = data.draw(st.integers(0, t.numel() - 1))
+    with torch.no_grad():
+        flat = t.view(-1)
+        flat[i] = torch.nextafter(flat[i], torch.tensor(float("inf")))
+    with pytest.raises(CheckpointError, match=r"1 of \d+ base tensors") as err:
+        load_adapters(model, path)
+    assert name in str(err.value)
+
+
 def test_transfer_recipe_without_the_source_state_is_refused(tmp_path: Path) -> None:
     """The issue's case: target-domain adapters trained on a transferred model, loaded into a
     fresh model that never received the source state: same architecture, other weights."""
