@@ -355,7 +355,7 @@ def test_concurrent_saves_from_two_processes(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     path = str(tmp_path / "c")
-    procs = [ctx.Process(target=_save_loop, args=(path, s, 8, queue)) for s in range(2)]
+    procs = [ctx.Process(target=_save_loop, args=(path, s, 5, queue)) for s in range(2)]
     for p in procs:
         p.start()
     results = [queue.get(timeout=120) for _ in procs]
