@@ -24,10 +24,10 @@ from typing import Any
 
 from torch import nn
 
-from .adapters.base import AdapterLayer, hook_owner, is_adapter
+from .adapters.base import ADAPTERS_ATTR, AdapterLayer, hook_owner, is_adapter
 from .errors import AdapterStateError
 from .hooks import add_forward_hook, iter_hooks, remove_hooks
-from .planning import ADAPTERS_ATTR, attach_point, module_widths, plan_sites
+from .planning import attach_point, module_widths, plan_sites
 from .registry import AttachContext, BuildContext, SetState, method_info
 from .sites import Site
 from .spec import AdapterSpec, as_spec
@@ -63,13 +63,16 @@ def inject_adapters(
     *,
     freeze: bool = True,
     activate: bool = True,
+    example_inputs: Any = None,
 ) -> nn.Module:
     """Add adapter set ``name`` built from ``spec`` to ``model`` in place and return ``model``.
 
     ``spec`` may be an `AdapterSpec`, a preset name or a dict. Every site is
     planned and verified (`plan_sites`) before the model changes. With ``freeze`` every
     non-adapter parameter is frozen (LayerNorms stay trainable when ``spec.tune_layernorm``);
-    with ``activate`` the new set becomes the active one.
+    with ``activate`` the new set becomes the active one. ``example_inputs`` is a batch the
+    model accepts, for the dry run that finds the sublayers of models outside the layout table
+    (default: a generated tiny batch).
     """
     spec = as_spec(spec)
     if not isinstance(name, str) or not name or "." in name:
@@ -82,7 +85,7 @@ def inject_adapters(
             "choose another name"
         )
     method = method_info(spec.method)
-    plan = plan_sites(model, spec)  # everything is checked before anything changes
+    plan = plan_sites(model, spec, example_inputs=example_inputs)  # checked before any change
     shared = SetState()
     order = next(_injection_counter)
     built = []

@@ -314,3 +314,4 @@ def test_injection_invariants_property(layers, positions, bottleneck, method) ->
 
 
 _BERT_CACHE = (build("bert"), inputs("bert"))
+
