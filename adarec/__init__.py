@@ -33,10 +33,11 @@ from .errors import (
     TargetNotFoundError,
     UnsupportedModuleError,
 )
-from .freeze import (
+from .freezing import (
     ParameterSummary,
     adapter_parameters,
     freeze,
+    mark_adapters_and_upper_norms_trainable,
     mark_only_adapters_trainable,
     mark_only_biases_trainable,
     parameter_summary,
@@ -119,6 +120,7 @@ __all__ = [
     "iter_adapters",
     "load_adapters",
     "load_model_state",
+    "mark_adapters_and_upper_norms_trainable",
     "mark_only_adapters_trainable",
     "mark_only_biases_trainable",
     "merge_adapters",

@@ -35,7 +35,7 @@ from torch import nn
 
 from .adapters.base import Mergeable
 from .errors import AdapterStateError, CheckpointError, SpecError
-from .freeze import adapter_parameters
+from .freezing import adapter_parameters
 from .inject import ADAPTERS_ATTR, adapter_sets, eject_adapters, inject_adapters, iter_adapters
 from .spec import AdapterSpec
 from .version import __version__

@@ -26,6 +26,7 @@ from torch import nn
 
 from .adapters.base import ADAPTERS_ATTR, AdapterLayer, hook_owner, is_adapter
 from .errors import AdapterStateError
+from .hf import guard_save_pretrained
 from .hooks import add_forward_hook, iter_hooks, remove_hooks
 from .planning import attach_point, module_widths, plan_sites
 from .registry import AttachContext, BuildContext, SetState, method_info
@@ -86,6 +87,7 @@ def inject_adapters(
         )
     method = method_info(spec.method)
     plan = plan_sites(model, spec, example_inputs=example_inputs)  # checked before any change
+    guard_save_pretrained()  # save_pretrained must not drop adapters silently
     shared = SetState()
     order = next(_injection_counter)
     built = []
@@ -109,7 +111,7 @@ def inject_adapters(
         for adapter in _adapters_of(model, name):
             adapter.active = False
     if freeze:
-        from .freeze import mark_only_adapters_trainable
+        from .freezing import mark_only_adapters_trainable
 
         mark_only_adapters_trainable(model)
     return model
@@ -220,7 +222,7 @@ def eject_adapters(model: nn.Module, name: str | None = None) -> nn.Module:
     for m in model.modules():
         remove_hooks(m, lambda fn: id(hook_owner(fn)) in gone)
     if not adapter_sets(model):
-        from .freeze import restore_requires_grad
+        from .freezing import restore_requires_grad
 
         restore_requires_grad(model)
     return model

@@ -24,11 +24,13 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from adarec.errors import TargetNotFoundError
-from adarec.freeze import ParameterSummary, adapter_parameters, is_norm, parameter_summary
-from adarec.inject import ADAPTERS_ATTR
+from adarec.freezing import (
+    ParameterSummary,
+    adapter_parameters,
+    mark_adapters_and_upper_norms_trainable,
+    parameter_summary,
+)
 from adarec.inject import inject_adapters as _inject
-from adarec.layouts import iter_blocks
 from adarec.rec.data import PAD, pad_left
 from adarec.rec.item_encoders import ItemEncoder
 from adarec.rec.losses import bce_loss, full_softmax_loss, sampled_softmax_loss
@@ -44,35 +46,6 @@ POLICIES = ("full", "adapters", "item_adapters", "user_adapters", "frozen")
 def _set_trainable(module: nn.Module, flag: bool) -> None:
     for p in module.parameters():
         p.requires_grad_(flag)
-
-
-def _adapters_and_norms(module: nn.Module, layernorm: bool) -> None:
-    """Adapters, plus the LayerNorms from the lowest adapted block upwards (with ``layernorm``).
-
-    Norms below the lowest adapter stay frozen, so everything under it is a fixed function
-    (and `TextItemEncoder` can cache it); with adapters in every block this is the paper's
-    "adapters + LayerNorms" (all block norms, the embedding norm excepted).
-    """
-    _set_trainable(module, False)
-    adapters = adapter_parameters(module)
-    for p in adapters.values():
-        p.requires_grad_(True)
-    if not layernorm or not adapters:
-        return
-    order = {n: i for i, (n, _) in enumerate(module.named_modules())}
-    try:
-        blocks = [f"{b.stack}.{b.index}" for b in iter_blocks(module)]
-    except TargetNotFoundError:
-        blocks = []
-    start = len(order)
-    for pname in adapters:
-        site = pname.split(f".{ADAPTERS_ATTR}.", 1)[0]
-        owner = next((b for b in blocks if site.startswith(b + ".")), site)
-        start = min(start, order.get(owner, start))
-    for n, m in module.named_modules():
-        if is_norm(m) and order[n] >= start:
-            for p in m.parameters(recurse=False):
-                p.requires_grad_(True)
 
 
 class TransRec(nn.Module):
@@ -378,12 +351,12 @@ class TransRec(nn.Module):
         if name == "adapters":
             for module, has in ((item, has_item), (user, has_user)):
                 if has:
-                    _adapters_and_norms(module, layernorm)
+                    mark_adapters_and_upper_norms_trainable(module, layernorm)
         elif name == "item_adapters":
-            _adapters_and_norms(item, layernorm)
+            mark_adapters_and_upper_norms_trainable(item, layernorm)
         elif name == "user_adapters":
             _set_trainable(item, False)
-            _adapters_and_norms(user, layernorm)
+            mark_adapters_and_upper_norms_trainable(user, layernorm)
         elif name == "frozen":
             _set_trainable(item, False)
         self.policy = name
