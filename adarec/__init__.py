@@ -28,9 +28,14 @@ from .errors import (
     AdapterStateError,
     AdarecError,
     CheckpointError,
+    ConfigError,
+    DataError,
+    DataFileNotFoundError,
     RegistrationError,
     SpecError,
+    StateMismatchError,
     TargetNotFoundError,
+    UnknownItemError,
     UnsupportedModuleError,
 )
 from .freezing import (
@@ -57,6 +62,7 @@ from .inject import (
 )
 from .interop import export_peft_lora, import_peft_lora
 from .layouts import Layout, register_layout
+from .logs import setup_logging
 from .merge import merge_adapters, unmerge_adapters
 from .registry import (
     AttachContext,
@@ -85,6 +91,9 @@ __all__ = [
     "BottleneckAdapter",
     "BuildContext",
     "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DataFileNotFoundError",
     "IA3Adapter",
     "KAdapter",
     "Layout",
@@ -103,7 +112,9 @@ __all__ = [
     "SpecError",
     "SpecField",
     "StackInfo",
+    "StateMismatchError",
     "TargetNotFoundError",
+    "UnknownItemError",
     "UnsupportedModuleError",
     "__version__",
     "active_adapters",
@@ -136,6 +147,7 @@ __all__ = [
     "save_adapters",
     "save_model_state",
     "set_active_adapters",
+    "setup_logging",
     "trainable_parameters",
     "unmerge_adapters",
     "unregister_method",

@@ -229,8 +229,10 @@ def _glob(name: str) -> str:
 
 
 def parameter_summary(model: nn.Module, base_depth: int = 2) -> ParameterSummary:
-    """Group adapter parameters by set and adapted module, the rest ("base") by the first
-    ``base_depth`` name components; each parameter is counted once."""
+    """Group adapter parameters by set and adapted module, the rest by the first ``base_depth``
+    name components; each parameter is counted once. A non-adapter row is labelled with its
+    top-level module's name when any of it trains (e.g. ``dtl``, ``user_encoder``, tuned norms
+    of ``item_encoder``), and ``base`` when it is entirely frozen."""
     owner: dict[int, tuple[str, str]] = {}
     for mname, module in model.named_modules():
         if is_adapter(module):
@@ -243,13 +245,21 @@ def parameter_summary(model: nn.Module, base_depth: int = 2) -> ParameterSummary
         row = table.setdefault(key, [0, 0])
         row[0] += p.numel() if p.requires_grad else 0
         row[1] += p.numel()
-    rows = [SummaryRow(g, m, t, a) for (g, m), (t, a) in table.items()]
-    rows.sort(key=lambda r: (r.group == "base", r.group, r.module))
+    adapter_groups = {g for g, _ in owner.values()}
+    rows = [SummaryRow(m.split(".", 1)[0] if g == "base" and t else g, m, t, a)
+            for (g, m), (t, a) in table.items()]
+    rows.sort(key=lambda r: (r.group == "base", r.group not in adapter_groups, r.group,
+                             r.module))
     return ParameterSummary(rows)
 
 
 def print_trainable_parameters(model: nn.Module) -> ParameterSummary:
-    """Print (and return) the `parameter_summary` table."""
+    """Print (and return) the `parameter_summary` table.
+
+    Printing is this function's whole job (like peft's method of the same name), so it prints
+    to stdout rather than logging; everything else in adarec reports through the ``adarec``
+    logger. Use `parameter_summary` to get the table without printing it.
+    """
     summary = parameter_summary(model)
     print(summary)
     return summary

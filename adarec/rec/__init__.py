@@ -18,7 +18,7 @@ from adarec.rec.data import (
     sample_negatives,
     tokenize_item_texts,
 )
-from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
+from adarec.rec.datasets import load_atomic, load_movielens_100k, load_movielens_latest_small
 from adarec.rec.item_encoders import (
     IDItemEncoder,
     ImageItemEncoder,
@@ -26,7 +26,14 @@ from adarec.rec.item_encoders import (
     PrecomputedItemEncoder,
     TextItemEncoder,
 )
-from adarec.rec.losses import LOSSES, bce_loss, full_softmax_loss, sampled_softmax_loss
+from adarec.rec.losses import (
+    LOSSES,
+    Candidates,
+    bce_loss,
+    full_softmax_loss,
+    in_batch_candidates,
+    sampled_softmax_loss,
+)
 from adarec.rec.metrics import (
     PopularityRecommender,
     evaluate_full_ranking,
@@ -35,7 +42,7 @@ from adarec.rec.metrics import (
     target_ranks,
     topk_chunked,
 )
-from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, TransRec
+from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, Recommendations, TransRec
 from adarec.rec.user_encoders import SASRec, SASRecBlock
 
 __all__ = [
@@ -44,6 +51,7 @@ __all__ = [
     "OBJECTIVES",
     "PAD",
     "POLICIES",
+    "Candidates",
     "EvalCollator",
     "EvalDataset",
     "EvalExample",
@@ -54,6 +62,7 @@ __all__ = [
     "MultimodalItemEncoder",
     "PopularityRecommender",
     "PrecomputedItemEncoder",
+    "Recommendations",
     "SASRec",
     "SASRecBlock",
     "TextItemEncoder",
@@ -65,7 +74,9 @@ __all__ = [
     "evaluate_full_ranking",
     "full_ranking_ranks",
     "full_softmax_loss",
+    "in_batch_candidates",
     "leave_one_out",
+    "load_atomic",
     "load_movielens_100k",
     "load_movielens_latest_small",
     "pad_left",
