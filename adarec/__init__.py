@@ -29,14 +29,21 @@ from .errors import (
     AdarecError,
     CheckpointError,
     EvaluationError,
+    ConfigError,
+    DataError,
+    DataFileNotFoundError,
+    RegistrationError,
     SpecError,
+    StateMismatchError,
     TargetNotFoundError,
+    UnknownItemError,
     UnsupportedModuleError,
 )
-from .freeze import (
+from .freezing import (
     ParameterSummary,
     adapter_parameters,
     freeze,
+    mark_adapters_and_upper_norms_trainable,
     mark_only_adapters_trainable,
     mark_only_biases_trainable,
     parameter_summary,
@@ -56,8 +63,23 @@ from .inject import (
 )
 from .interop import export_peft_lora, import_peft_lora
 from .layouts import Layout, register_layout
+from .logs import setup_logging
 from .merge import merge_adapters, unmerge_adapters
-from .spec import PRESETS, AdapterSpec, as_spec, register_preset
+from .registry import (
+    AttachContext,
+    BuildContext,
+    MethodDef,
+    PlaceContext,
+    Placement,
+    SetState,
+    method_info,
+    method_names,
+    register_method,
+    unregister_method,
+)
+from .sites import Plan, Site
+from .spec import PRESETS, AdapterSpec, SpecField, as_spec, register_preset
+from .stacks import StackInfo
 from .version import __version__
 
 __all__ = [
@@ -66,19 +88,35 @@ __all__ = [
     "AdapterSpec",
     "AdapterStateError",
     "AdarecError",
+    "AttachContext",
     "BottleneckAdapter",
+    "BuildContext",
     "CheckpointError",
     "EvaluationError",
+    "ConfigError",
+    "DataError",
+    "DataFileNotFoundError",
     "IA3Adapter",
     "KAdapter",
     "Layout",
     "LoRAAdapter",
     "LoadResult",
+    "MethodDef",
     "PHMLinear",
     "ParameterSummary",
+    "PlaceContext",
+    "Placement",
+    "Plan",
     "PromptAdapter",
+    "RegistrationError",
+    "SetState",
+    "Site",
     "SpecError",
+    "SpecField",
+    "StackInfo",
+    "StateMismatchError",
     "TargetNotFoundError",
+    "UnknownItemError",
     "UnsupportedModuleError",
     "__version__",
     "active_adapters",
@@ -95,18 +133,24 @@ __all__ = [
     "iter_adapters",
     "load_adapters",
     "load_model_state",
+    "mark_adapters_and_upper_norms_trainable",
     "mark_only_adapters_trainable",
     "mark_only_biases_trainable",
     "merge_adapters",
+    "method_info",
+    "method_names",
     "parameter_summary",
     "plan_sites",
     "print_trainable_parameters",
     "register_layout",
+    "register_method",
     "register_preset",
     "restore_requires_grad",
     "save_adapters",
     "save_model_state",
     "set_active_adapters",
+    "setup_logging",
     "trainable_parameters",
     "unmerge_adapters",
+    "unregister_method",
 ]

@@ -37,7 +37,7 @@ from torch import nn
 from .adapters.base import Mergeable
 from .errors import AdapterStateError, CheckpointError, SpecError
 from .folders import MissingFile, atomic_folder, read_folder, target_of
-from .freeze import adapter_parameters
+from .freezing import adapter_parameters
 from .inject import (
     ADAPTERS_ATTR,
     adapter_sets,
@@ -68,7 +68,7 @@ _FILES = {
 PathLike = str | os.PathLike[str]
 
 
-@dataclass
+@dataclass(repr=False)
 class LoadResult:
     """What a load did not match. Empty lists everywhere means an exact load."""
 
@@ -91,6 +91,19 @@ class LoadResult:
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched or self.conflicts)
+
+    def __repr__(self) -> str:
+        """A short summary (counts and the first few names), not every tensor name."""
+
+        def few(names: Sequence[Any]) -> str:
+            shown = ", ".join(str(n[0] if isinstance(n, tuple) else n) for n in names[:3])
+            return f"{len(names)} [{shown}{', ...' if len(names) > 3 else ''}]"
+
+        parts = [f"ok={self.ok}", f"sets={self.sets}", f"loaded={few(self.loaded)}"]
+        for name in ("missing", "unexpected", "mismatched", "conflicts"):
+            if getattr(self, name):
+                parts.append(f"{name}={few(getattr(self, name))}")
+        return f"LoadResult({', '.join(parts)})"
 
     def describe(self) -> str:
         parts = [f"base model differs: {c}" for c in self.conflicts]

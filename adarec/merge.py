@@ -1,9 +1,10 @@
-"""Fold LoRA sets into the base weights for inference, and take them out again.
+"""Fold weight-level sets (LoRA, (IA)^3) into the base weights for inference, and take them out.
 
-LoRA can be merged because its update ``(alpha/r) B A x`` is linear in the module input, so it is
-a weight delta. Bottleneck adapters (Houlsby, Pfeiffer, parallel, Compacter) apply a non-linear
-activation between their projections; no weight matrix reproduces them, so they are refused, as
-is every set whose layers implement no ``merge``/``unmerge``.
+A method says whether it merges (and if not, why) in its `adarec.registry.MethodDef`: LoRA's
+update ``(alpha/r) B A x`` is linear in the module input, so it is a weight delta; a bottleneck
+adapter applies a non-linear activation between its projections, which no weight matrix
+reproduces. Sets of methods that do not merge are refused with that reason, as is every set whose
+layers implement no ``merge``/``unmerge``.
 """
 
 from __future__ import annotations
@@ -16,28 +17,19 @@ from torch import nn
 from .adapters.base import Mergeable
 from .errors import AdapterStateError
 from .inject import active_adapters, adapter_sets, eject_adapters, iter_adapters
-
-_NONLINEAR = (
-    "it applies a non-linear activation between its projections, and a non-linear function of "
-    "the activations cannot be folded into a weight matrix"
-)
-_WHY = {
-    "houlsby": _NONLINEAR,
-    "pfeiffer": _NONLINEAR,
-    "parallel": _NONLINEAR,
-    "compacter": _NONLINEAR,
-    "kadapter": "its side network is non-linear and adds to the model output, not to a weight",
-    "prompt": "it adds input positions, which no weight change reproduces",
-}
-_WHY_DEFAULT = "its adapter layers implement no merge()"
+from .registry import method_info
 
 
-def _mergeable(model: nn.Module, name: str) -> bool:
-    """LoRA-like layers say so by implementing ``merge``/``unmerge`` (duck typing, as elsewhere)."""
-    return all(
-        callable(getattr(a, "merge", None)) and callable(getattr(a, "unmerge", None))
-        for _, _, a in iter_adapters(model) if a.set_name == name
-    )
+def _why_not(model: nn.Module, name: str, method: str) -> str | None:
+    """Why set ``name`` cannot be merged, or ``None`` when it can: its method must say it merges
+    and its layers must implement ``merge``/``unmerge``."""
+    info = method_info(method)
+    if not info.merges:
+        return info.merge_note or f"method {method!r} does not merge"
+    if not all(callable(getattr(a, "merge", None)) and callable(getattr(a, "unmerge", None))
+               for _, _, a in iter_adapters(model) if a.set_name == name):
+        return "its adapter layers implement no merge()"
+    return None
 
 
 def _selected(model: nn.Module, name: str | Sequence[str] | None) -> list[str]:
@@ -50,9 +42,9 @@ def _selected(model: nn.Module, name: str | Sequence[str] | None) -> list[str]:
     missing = [n for n in names if n not in present]
     if missing:
         raise AdapterStateError(f"no adapter set named {missing}; sets present: {list(present)}")
-    refused = {n: present[n].method for n in names if not _mergeable(model, n)}
-    if refused:
-        why = "; ".join(f"{n!r} ({m}): {_WHY.get(m, _WHY_DEFAULT)}" for n, m in refused.items())
+    refused = {n: (present[n].method, _why_not(model, n, present[n].method)) for n in names}
+    why = "; ".join(f"{n!r} ({m}): {w}" for n, (m, w) in refused.items() if w is not None)
+    if why:
         raise AdapterStateError(f"cannot merge adapter set(s) into the base weights: {why}")
     return names
 
@@ -65,7 +57,7 @@ def _chosen(model: nn.Module, names: list[str]) -> list[tuple[nn.Module, Mergeab
 def merge_adapters(
     model: nn.Module, name: str | Sequence[str] | None = None, *, unload: bool = False
 ) -> nn.Module:
-    """Fold LoRA set(s) ``name`` (default: every active set) into the base weights.
+    """Fold set(s) ``name`` (default: every active set) into the base weights.
 
     The merged model computes the same outputs (to float rounding) without the LoRA matmuls.
     All sets are checked before any weight changes. With ``unload`` the adapters are then removed,
@@ -93,7 +85,7 @@ def merge_adapters(
 
 
 def unmerge_adapters(model: nn.Module, name: str | Sequence[str] | None = None) -> nn.Module:
-    """Subtract merged LoRA set(s) ``name`` (default: every merged set) from the base weights."""
+    """Take merged set(s) ``name`` (default: every merged set) out of the base weights again."""
     if name is None:
         names = sorted({a.set_name for _, _, a in iter_adapters(model) if getattr(a, "merged", 0)})
     else:

@@ -15,6 +15,7 @@ padded queries are never empty and never produce NaN.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -22,11 +23,45 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from ..errors import AdapterStateError, SpecError
-from .base import AdapterLayer, read_arg
+from ..calls import arg_locator, read_arg
+from ..errors import AdapterStateError, SpecError, UnsupportedModuleError
+from ..registry import (
+    AttachContext,
+    BuildContext,
+    MethodDef,
+    PlaceContext,
+    Placement,
+    register_method,
+)
+from ..sites import Site
+from ..spec import (
+    ACTIVATION,
+    BOTTLENECK,
+    DROPOUT,
+    REDUCTION_FACTOR,
+    AdapterSpec,
+    SpecField,
+    block_indices,
+    exactly_one,
+    int_in,
+    normalise_layers,
+)
+from ..stacks import MASK_ARGS
+from .base import AdapterLayer
 
-MASK_ARGS = ("attention_mask", "mask")
-"""Forward parameters a padding mask is read from (1/True on real tokens)."""
+KADAPTER_LAYERS = SpecField(
+    "kadapter_layers", (0, -1), block_indices(allow_none=False),
+    "must be a non-empty sequence of distinct block indices", "blocks the side network reads",
+    sequence=True,
+)
+KADAPTER_DEPTH = SpecField("kadapter_depth", 2, int_in(1, 64), "must be an integer in [1, 64]",
+                           "side-network encoder layers per adapter layer")
+KADAPTER_HEADS = SpecField("kadapter_heads", 4, int_in(1, 1024),
+                           "must be an integer in [1, 1024]", "side-network attention heads")
+KADAPTER_CAUSAL = SpecField(
+    "kadapter_causal", None, lambda x: x is None or isinstance(x, bool),
+    "must be None (detect), True or False", "causal side attention (None: detect)",
+)
 
 
 class SideEncoderLayer(nn.Module):
@@ -145,15 +180,66 @@ class KAdapter(AdapterLayer):
         return f"taps={self.slots}, causal={self.causal}"
 
 
-def build_kadapter(spec: Any, d_in: int, d_out: int, shared: dict[str, Any]) -> KAdapter:
-    """``shared`` carries ``slots`` (resolved tapped blocks), ``host`` and ``causal``."""
-    k = spec.bottleneck_for(d_out)
+def validate(spec: AdapterSpec) -> None:
+    exactly_one(spec, "bottleneck", "reduction_factor")
+    if spec.bottleneck is not None and spec.bottleneck % spec.kadapter_heads:
+        raise SpecError(f"AdapterSpec.bottleneck={spec.bottleneck} is invalid: must be divisible "
+                        f"by kadapter_heads={spec.kadapter_heads} for K-Adapter")
+
+
+def place(ctx: PlaceContext) -> list[Site]:
+    """One side network per block stack, hosted by the last block (whose output it replaces)."""
+    sites = []
+    for stack in ctx.stacks:
+        n = len(stack.blocks)
+        if stack.runs is not None and stack.runs != n:
+            raise UnsupportedModuleError(
+                f"{type(ctx.model).__name__} runs its {n} block module(s) {stack.runs} times "
+                "(shared layers, as in ALBERT); K-Adapter needs one call per block"
+            )
+        normalise_layers(ctx.spec.kadapter_layers, n, "kadapter_layers")  # refuse early
+        sites.append(Site(stack.blocks[-1], stack.root, "stack_output", n - 1, stack.name))
+    return sites
+
+
+def build(ctx: BuildContext) -> KAdapter:
+    spec, stack = ctx.spec, ctx.stack
+    assert stack is not None
+    k = spec.bottleneck_for(ctx.d_out)
     if k % spec.kadapter_heads:
         raise SpecError(
             f"K-Adapter width {k} must be divisible by AdapterSpec.kadapter_heads="
             f"{spec.kadapter_heads}"
         )
-    return KAdapter(
-        d_out, k, shared["slots"], shared["host"], spec.kadapter_depth, spec.kadapter_heads,
-        spec.activation, spec.dropout, shared["causal"],
-    )
+    slots = normalise_layers(spec.kadapter_layers, len(stack.blocks), "kadapter_layers")
+    causal = stack.causal if spec.kadapter_causal is None else spec.kadapter_causal
+    return KAdapter(ctx.d_out, k, slots, len(stack.blocks) - 1, spec.kadapter_depth,
+                    spec.kadapter_heads, spec.activation, spec.dropout, causal)
+
+
+def attach(adapter: AdapterLayer, ctx: AttachContext) -> None:
+    """Read the padding mask where the user calls the model; tap the other read blocks."""
+    assert isinstance(adapter, KAdapter) and ctx.stack is not None
+    root = ctx.submodule(ctx.stack.root)
+    adapter.mask_arg = arg_locator(root, MASK_ARGS)
+    ctx.pre_hook(root, adapter.start, with_kwargs=True)
+    for slot in adapter.slots:
+        block = ctx.stack.blocks[slot]
+        if block != ctx.site.target:
+            ctx.forward_hook(block, functools.partial(adapter.tap, slot))
+
+
+KADAPTER = register_method(MethodDef(
+    name="kadapter",
+    placement=Placement.MODEL,
+    build=build,
+    fields=(BOTTLENECK, REDUCTION_FACTOR, ACTIVATION, DROPOUT, KADAPTER_LAYERS, KADAPTER_DEPTH,
+            KADAPTER_HEADS, KADAPTER_CAUSAL),
+    defaults={"bottleneck": 64},
+    place=place,
+    attach=attach,
+    validate=validate,
+    hints={"layers": "kadapter_layers", "positions": "kadapter_layers"},
+    merge_note="its side network is non-linear and adds to the model output, not to a weight",
+    summary="side network over tapped block outputs, fused into the final hidden state",
+))

@@ -8,13 +8,27 @@ base weight for inference (`unmerge` takes it out again).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import AdapterStateError
+from ..registry import BuildContext, MethodDef, Placement, register_method
+from ..sites import PROJECTION_ROLES
+from ..spec import LAYERS, MAX_WIDTH, TARGET_MODULES, SpecField, distinct_from, int_in, number_in
 from .base import AdapterLayer, base_weight
+
+LORA_R = SpecField("lora_r", 8, int_in(1, MAX_WIDTH), f"must be an integer in [1, {MAX_WIDTH}]",
+                   "rank r")
+LORA_ALPHA = SpecField("lora_alpha", 16.0, number_in(0.0, 1e6, low_open=True),
+                       "must be a number in (0, 1e6]", "alpha; the update is scaled by alpha / r")
+LORA_DROPOUT = SpecField("lora_dropout", 0.0, number_in(0.0, 1.0, high_open=True),
+                         "must be a probability in [0, 1)", "dropout on the LoRA input")
+LORA_TARGETS = SpecField(
+    "lora_targets", ("q", "v"), distinct_from(PROJECTION_ROLES),
+    f"must be a non-empty sequence of distinct roles from {list(PROJECTION_ROLES)}",
+    "projection roles to adapt", sequence=True,
+)
 
 
 class LoRAAdapter(AdapterLayer):
@@ -66,5 +80,21 @@ def _oriented(base: nn.Module, delta: torch.Tensor) -> torch.Tensor:
     return delta.T if type(base).__name__ == "Conv1D" else delta
 
 
-def build_lora(spec: Any, d_in: int, d_out: int, shared: dict[str, Any]) -> LoRAAdapter:
-    return LoRAAdapter(d_in, d_out, spec.lora_r, spec.lora_alpha, spec.lora_dropout)
+def build(ctx: BuildContext) -> LoRAAdapter:
+    spec = ctx.spec
+    return LoRAAdapter(ctx.d_in, ctx.d_out, spec.lora_r, spec.lora_alpha, spec.lora_dropout)
+
+
+LORA = register_method(MethodDef(
+    name="lora",
+    placement=Placement.PROJECTION,
+    build=build,
+    fields=(LORA_R, LORA_ALPHA, LORA_DROPOUT, LORA_TARGETS, LAYERS, TARGET_MODULES),
+    where=lambda spec: spec.lora_targets,
+    hints={"dropout": "lora_dropout", "positions": "lora_targets", "bottleneck": "lora_r",
+           "reduction_factor": "lora_r", "scaling": "lora_alpha"},
+    merges=True,
+    merge_note="its update (alpha/r) B A x is linear in the input: W += (alpha/r) B A",
+    peft_type="LORA",
+    summary="low-rank update beside the query and value projections",
+))

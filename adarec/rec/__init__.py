@@ -18,7 +18,7 @@ from adarec.rec.data import (
     sample_negatives,
     tokenize_item_texts,
 )
-from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
+from adarec.rec.datasets import load_atomic, load_movielens_100k, load_movielens_latest_small
 from adarec.rec.item_encoders import (
     IDItemEncoder,
     ImageItemEncoder,
@@ -26,7 +26,14 @@ from adarec.rec.item_encoders import (
     PrecomputedItemEncoder,
     TextItemEncoder,
 )
-from adarec.rec.losses import LOSSES, bce_loss, full_softmax_loss, sampled_softmax_loss
+from adarec.rec.losses import (
+    LOSSES,
+    Candidates,
+    bce_loss,
+    full_softmax_loss,
+    in_batch_candidates,
+    sampled_softmax_loss,
+)
 from adarec.rec.metrics import (
     TIES,
     PopularityRecommender,
@@ -38,7 +45,7 @@ from adarec.rec.metrics import (
     tie_counts,
     topk_chunked,
 )
-from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, TransRec
+from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, Recommendations, TransRec
 from adarec.rec.user_encoders import SASRec, SASRecBlock
 
 __all__ = [
@@ -48,6 +55,7 @@ __all__ = [
     "PAD",
     "POLICIES",
     "TIES",
+    "Candidates",
     "EvalCollator",
     "EvalDataset",
     "EvalExample",
@@ -58,6 +66,7 @@ __all__ = [
     "MultimodalItemEncoder",
     "PopularityRecommender",
     "PrecomputedItemEncoder",
+    "Recommendations",
     "SASRec",
     "SASRecBlock",
     "TextItemEncoder",
@@ -70,7 +79,9 @@ __all__ = [
     "full_ranking_counts",
     "full_ranking_ranks",
     "full_softmax_loss",
+    "in_batch_candidates",
     "leave_one_out",
+    "load_atomic",
     "load_movielens_100k",
     "load_movielens_latest_small",
     "pad_left",

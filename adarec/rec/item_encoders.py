@@ -18,6 +18,7 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from adarec.errors import ConfigError, DataError
 from adarec.layouts import iter_blocks
 from adarec.state_key import StateKey, autocast_state
 
@@ -44,7 +45,7 @@ def _config(model: nn.Module) -> Any:
 
 def _check_pooling(pooling: str) -> str:
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r} is not one of {list(POOLINGS)}")
+        raise ConfigError(f"pooling={pooling!r} is not one of {list(POOLINGS)}")
     return pooling
 
 
@@ -93,7 +94,7 @@ class TextItemEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
-            raise ValueError(
+            raise DataError(
                 f"input_ids {tuple(input_ids.shape)} and attention_mask "
                 f"{tuple(attention_mask.shape)} must both be [n_items + 1, T]"
             )
@@ -109,6 +110,9 @@ class TextItemEncoder(nn.Module):
         self._prefix: Tensor | None = None
         self._prefix_dtype = torch.float32
         self._prefix_key: StateKey | None = None
+        self.tokenizer: Any = None
+        """The tokenizer the table was built with, when known (`from_texts` keeps it): used by
+        `add_texts` and saved by `TransRec.save_pretrained`."""
 
     @classmethod
     def from_texts(
@@ -122,13 +126,51 @@ class TextItemEncoder(nn.Module):
         cache_frozen_layers: bool = False,
         cache_dtype: torch.dtype | None = None,
     ) -> TextItemEncoder:
-        """Tokenise ``texts`` (``texts[0]`` is the padding item's ``""``) once, up front."""
-        enc = tokenizer(
-            list(texts), padding="max_length", truncation=True, max_length=max_length,
-            return_tensors="pt",
-        )
-        return cls(hf_model, enc["input_ids"], enc["attention_mask"], pooling, chunk_size,
-                   cache_frozen_layers, cache_dtype)
+        """Tokenise the item table once, up front: ``texts[i]`` is item ``i``'s text and
+        ``texts[0]`` the padding item's ``""``, as in ``InteractionData.item_texts``.
+
+        A list whose first entry is not ``""`` is refused: it is almost always items ``1..n``
+        without the padding row, and would shift every item's text onto its neighbour. For
+        such a list use `from_item_texts`.
+        """
+        texts = list(texts)
+        if not texts or texts[0] != "":
+            first = repr(texts[0])[:60] if texts else "nothing"
+            raise DataError(
+                f"texts[0] must be the padding item's '' (got {first}): from_texts takes the "
+                "table with its padding row (data.item_texts); for items 1..n use "
+                "TextItemEncoder.from_item_texts"
+            )
+        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        encoder = cls(hf_model, enc["input_ids"], enc["attention_mask"], pooling, chunk_size,
+                      cache_frozen_layers, cache_dtype)
+        encoder.tokenizer = tokenizer
+        return encoder
+
+    @classmethod
+    def from_item_texts(cls, hf_model: nn.Module, tokenizer: Any, texts: Sequence[str],
+                        **kwargs: Any) -> TextItemEncoder:
+        """`from_texts` for the texts of items ``1..n`` (``texts[0]`` is item 1): the padding
+        row is added here."""
+        return cls.from_texts(hf_model, tokenizer, ["", *texts], **kwargs)
+
+    def add_texts(self, texts: Sequence[str], tokenizer: Any = None) -> None:
+        """Append items ``n_items + 1 ..`` from their texts, tokenised like the table (same
+        width); the frozen-prefix cache is rebuilt on the next call."""
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        if tokenizer is None:
+            raise ConfigError("no tokenizer: pass the one the item table was built with")
+        if not texts:
+            return
+        enc = tokenizer(list(texts), padding="max_length", truncation=True,
+                        max_length=self.input_ids.size(1), return_tensors="pt")
+        ids = enc["input_ids"].to(self.input_ids)
+        mask = enc["attention_mask"].to(self.attention_mask)
+        self.input_ids = torch.cat([self.input_ids, ids])
+        self.attention_mask = torch.cat([self.attention_mask, mask])
+        self.lengths = self.attention_mask.sum(1)
+        self._prefix, self._prefix_key = None, None
 
     @property
     def n_items(self) -> int:
@@ -312,7 +354,7 @@ class ImageItemEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if pixel_values.dim() != 4:
-            raise ValueError(f"pixel_values must be [n_items + 1, C, H, W], got "
+            raise DataError(f"pixel_values must be [n_items + 1, C, H, W], got "
                              f"{tuple(pixel_values.shape)}")
         self.model = hf_vision_model
         self.pooling = _check_pooling(pooling)
@@ -385,7 +427,7 @@ class PrecomputedItemEncoder(nn.Module):
     def __init__(self, table: Tensor, trainable: bool = False) -> None:
         super().__init__()
         if table.dim() != 2:
-            raise ValueError(f"table must be [n_items + 1, d], got {tuple(table.shape)}")
+            raise DataError(f"table must be [n_items + 1, d], got {tuple(table.shape)}")
         self.dim = int(table.size(1))
         self.trainable = trainable
         if trainable:
@@ -427,12 +469,12 @@ class MultimodalItemEncoder(nn.Module):
     def __init__(self, text: nn.Module, image: nn.Module, fusion: str = "concat") -> None:
         super().__init__()
         if fusion not in FUSIONS:
-            raise ValueError(f"fusion={fusion!r} is not one of {list(FUSIONS)}")
+            raise ConfigError(f"fusion={fusion!r} is not one of {list(FUSIONS)}")
         t, v = cast(ItemEncoder, text), cast(ItemEncoder, image)
         if t.n_items != v.n_items:
-            raise ValueError(f"text has {t.n_items} items, image has {v.n_items}")
+            raise DataError(f"text has {t.n_items} items, image has {v.n_items}")
         if fusion != "concat" and t.dim != v.dim:
-            raise ValueError(f"fusion={fusion!r} needs equal widths, got {t.dim} and "
+            raise ConfigError(f"fusion={fusion!r} needs equal widths, got {t.dim} and "
                              f"{v.dim}; use 'concat'")
         self.text, self.image, self.fusion = text, image, fusion
         self.dim = t.dim + v.dim if fusion == "concat" else t.dim

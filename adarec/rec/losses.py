@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adarec.errors import DataError
 from adarec.rec.data import PAD
+
+GatherCandidates = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, int]]
+"""``(ids, emb) -> (all ids, all emb, offset of the local rows)``: other processes' candidates
+as extra negatives (`adarec.distributed.enable_cross_rank_negatives`)."""
 
 
 def bce_loss(user_repr: Tensor, pos_emb: Tensor, neg_emb: Tensor, mask: Tensor) -> Tensor:
@@ -68,8 +74,50 @@ def full_softmax_loss(user_repr: Tensor, item_table: Tensor, targets: Tensor) ->
     """Cross-entropy over every real item: ``item_table`` ``[N + 1, d]``, row 0 (padding) left
     out of the softmax, ``targets`` ``[M]`` in 1..N."""
     if targets.numel() and int(targets.min()) < 1:
-        raise ValueError("targets must be item indices >= 1 (0 is the padding item)")
+        raise DataError("targets must be item indices >= 1 (0 is the padding item)")
     return F.cross_entropy(user_repr @ item_table[1:].T, targets - 1)
+
+
+class Candidates(NamedTuple):
+    """Deduplicated sampled-softmax candidates: ``ids`` ``[C]``, ``embeddings`` ``[C, d]``,
+    each positive's column ``pos_index`` ``[M]`` and the logQ term ``logq`` ``[C]`` (or None)."""
+
+    ids: Tensor
+    embeddings: Tensor
+    pos_index: Tensor
+    logq: Tensor | None
+
+
+def in_batch_candidates(
+    pos_ids: Tensor,
+    pos_emb: Tensor,
+    neg_ids: Tensor,
+    neg_emb: Tensor,
+    logq_correction: bool = True,
+    gather: GatherCandidates | None = None,
+) -> Candidates:
+    """The candidate set of an in-batch sampled softmax: the batch's positives ``[M]`` plus any
+    sampled negatives ``[K]`` (with their embeddings), each distinct id once.
+
+    With ``gather`` (several processes) every process's candidates join, and this process's
+    positives are found at the offset it returns. ``logq_correction`` estimates each
+    candidate's sampling probability by its frequency among the (gathered) candidates before
+    deduplication (Yi et al. 2019); duplicates of one id share one column, so a popular item
+    appearing as another row's positive is never a negative against itself.
+    """
+    ids = torch.cat([pos_ids, neg_ids.reshape(-1)])
+    emb = torch.cat([pos_emb, neg_emb.reshape(-1, pos_emb.size(-1))])
+    offset = 0  # where this process's positives start among the (gathered) candidates
+    if gather is not None:
+        ids, emb, offset = gather(ids, emb)
+    cand_ids, cand_index = torch.unique(ids, return_inverse=True)
+    first = torch.full((cand_ids.numel(),), -1, dtype=torch.long, device=ids.device)
+    first.scatter_reduce_(0, cand_index, torch.arange(cand_index.numel(), device=ids.device),
+                          reduce="amin", include_self=False)
+    logq = None
+    if logq_correction:
+        logq = torch.bincount(cand_index, minlength=cand_ids.numel()).float().log()
+    return Candidates(cand_ids, emb[first], cand_index[offset : offset + pos_ids.numel()], logq)
 
 
 LOSSES: dict[str, Callable[..., Tensor]] = {
@@ -77,3 +125,13 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
     "sampled_softmax": sampled_softmax_loss,
     "full_softmax": full_softmax_loss,
 }
+
+__all__ = [
+    "LOSSES",
+    "Candidates",
+    "GatherCandidates",
+    "bce_loss",
+    "full_softmax_loss",
+    "in_batch_candidates",
+    "sampled_softmax_loss",
+]

@@ -31,6 +31,7 @@ import argparse
 import csv
 import ctypes
 import json
+import logging
 import multiprocessing
 import os
 import random
@@ -54,6 +55,8 @@ from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
 from adarec.rec.item_encoders import PrecomputedItemEncoder, TextItemEncoder
 from adarec.rec.transrec import TransRec
 from adarec.spec import METHODS, MODEL_METHODS
+
+log = logging.getLogger("study")
 
 BLOCKWISE = tuple(m for m in METHODS if m not in MODEL_METHODS)
 """Adapter methods placed per block (the rest, MODEL_METHODS, act on the whole encoder)."""
@@ -250,8 +253,8 @@ def train(model: TransRec, run: Run, data: Any, args: argparse.Namespace, seed: 
         valid = evaluate(model, split.valid, args.max_len)
         curve.append(valid)
         if verbose:
-            print(f"  epoch {epoch}: {seconds[-1]:.0f}s, valid HR@10 {valid['hr@10']:.4f} "
-                  f"NDCG@10 {valid['ndcg@10']:.4f}", flush=True)
+            log.info("  epoch %d: %.0fs, valid HR@10 %.4f NDCG@10 %.4f", epoch, seconds[-1],
+                     valid["hr@10"], valid["ndcg@10"])
         if valid["ndcg@10"] > best["ndcg"]:
             best = {"ndcg": valid["ndcg@10"], "epoch": epoch,
                     "state": {n: p.detach().clone() for n, p in model.named_parameters()
@@ -309,14 +312,14 @@ def pretrain_source(args: argparse.Namespace) -> None:
         args.source_data or os.environ.get("ADAREC_ML_LATEST_SMALL", default))
     run = Run("full", top=args.top)
     model = build(run, data.item_texts, args)
-    print(f"pre-training on {data.name}: {data.n_users} users, {data.n_items} items", flush=True)
+    log.info("pre-training on %s: %d users, %d items", data.name, data.n_users, data.n_items)
     result = train(model, run, data, args, 0, args.source_epochs, stride=args.max_len,
                    verbose=True)
     adarec.save_model_state(model, folder / "model")
     result.update(settings=_settings(args), data=data.name)
     (folder / "result.json").write_text(json.dumps(result, indent=1))
-    print(f"source model: test HR@10 {result['test']['hr@10']:.4f} "
-          f"NDCG@10 {result['test']['ndcg@10']:.4f}", flush=True)
+    log.info("source model: test HR@10 %.4f NDCG@10 %.4f", result["test"]["hr@10"],
+             result["test"]["ndcg@10"])
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -384,15 +387,15 @@ def execute(tables: Iterable[str], args: argparse.Namespace) -> None:
                     todo.append((run, seed))
     if any(run.source for run, _ in todo):
         pretrain_source(args)
-    print(f"{len(todo)} runs to do", flush=True)
+    log.info("%d runs to do", len(todo))
     if args.jobs == 1:
         for run, seed in todo:
-            print(_job(run, seed, args), flush=True)
+            log.info("%s", _job(run, seed, args))
         return
     spawn = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
     with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
         for line in pool.map(_job, *zip(*todo, strict=True), [args] * len(todo)):
-            print(line, flush=True)
+            log.info("%s", line)
 
 
 # ------------------------------------------------------------------------------ reporting
@@ -513,12 +516,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    adarec.setup_logging(args.out, "study.log")
     tables = args.tables or ([] if args.report else list(TABLES))
     if not args.report:
         execute(tables, args)
     text = _header(args) + "\n" + "\n".join(report(t, args) for t in (args.tables or TABLES))
     (Path(args.out) / "results.md").write_text(text)
-    print(text)
+    log.info("%s", text)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,15 @@
-"""Freezing utilities and the trainable-parameter summary.
+"""Freezing policies and the trainable-parameter summary: one vocabulary for the core and `rec`.
 
-Adapter parameters are found through the layer protocol (``adapter_params()``), never by guessing
-from names, so a parameter called ``adapter`` in a user's head is not mistaken for one.
+- `freeze`: nothing trains;
+- `mark_only_adapters_trainable`: the adapters (and every norm when a set asks for it);
+- `mark_adapters_and_upper_norms_trainable`: the adapters and the norms from the lowest adapted
+  block upwards (what TransRec's adapter policies train);
+- `mark_only_biases_trainable`: BitFit.
+
+Each one remembers the flags the model had before adarec first froze it, so `eject_adapters`
+(or `restore_requires_grad`) gives them back. Adapter parameters are found through the layer
+protocol (``adapter_params()``), never by guessing from names, so a parameter called ``adapter``
+in a user's head is not mistaken for one.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .adapters.base import is_adapter
+from .adapters.base import ADAPTERS_ATTR, is_adapter
 from .errors import TargetNotFoundError
 
 _ORIG_FLAGS = "_adarec_requires_grad"
@@ -75,6 +83,40 @@ def mark_only_adapters_trainable(
     for pname, p in model.named_parameters():
         if any(rx.search(pname) for rx in patterns):
             p.requires_grad_(True)
+    return model
+
+
+def mark_adapters_and_upper_norms_trainable(model: nn.Module, norms: bool = True) -> nn.Module:
+    """Freeze everything, then unfreeze the adapters and (with ``norms``) the norm layers from the
+    lowest adapted block upwards.
+
+    Norms below the lowest adapter stay frozen, so everything under it is a fixed function (a
+    frozen-prefix cache can skip it); with adapters in every block this is the paper's
+    "adapters + LayerNorms" (every block's norms, the embedding norm excepted). Unlike
+    ``AdapterSpec.tune_layernorm`` (every norm of the model), it follows where the adapters are.
+    """
+    freeze(model)
+    adapters = adapter_parameters(model)
+    for p in adapters.values():
+        p.requires_grad_(True)
+    if not norms or not adapters:
+        return model
+    from .layouts import iter_blocks
+
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    try:
+        blocks = [b.name for b in iter_blocks(model)]
+    except TargetNotFoundError:
+        blocks = []
+    start = len(order)
+    for pname in adapters:
+        site = pname.split(f".{ADAPTERS_ATTR}.", 1)[0]
+        owner = next((b for b in blocks if site.startswith(b + ".")), site)
+        start = min(start, order.get(owner, start))
+    for n, m in model.named_modules():
+        if is_norm(m) and order[n] >= start:
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(True)
     return model
 
 
@@ -187,8 +229,10 @@ def _glob(name: str) -> str:
 
 
 def parameter_summary(model: nn.Module, base_depth: int = 2) -> ParameterSummary:
-    """Group adapter parameters by set and adapted module, the rest ("base") by the first
-    ``base_depth`` name components; each parameter is counted once."""
+    """Group adapter parameters by set and adapted module, the rest by the first ``base_depth``
+    name components; each parameter is counted once. A non-adapter row is labelled with its
+    top-level module's name when any of it trains (e.g. ``dtl``, ``user_encoder``, tuned norms
+    of ``item_encoder``), and ``base`` when it is entirely frozen."""
     owner: dict[int, tuple[str, str]] = {}
     for mname, module in model.named_modules():
         if is_adapter(module):
@@ -201,13 +245,21 @@ def parameter_summary(model: nn.Module, base_depth: int = 2) -> ParameterSummary
         row = table.setdefault(key, [0, 0])
         row[0] += p.numel() if p.requires_grad else 0
         row[1] += p.numel()
-    rows = [SummaryRow(g, m, t, a) for (g, m), (t, a) in table.items()]
-    rows.sort(key=lambda r: (r.group == "base", r.group, r.module))
+    adapter_groups = {g for g, _ in owner.values()}
+    rows = [SummaryRow(m.split(".", 1)[0] if g == "base" and t else g, m, t, a)
+            for (g, m), (t, a) in table.items()]
+    rows.sort(key=lambda r: (r.group == "base", r.group not in adapter_groups, r.group,
+                             r.module))
     return ParameterSummary(rows)
 
 
 def print_trainable_parameters(model: nn.Module) -> ParameterSummary:
-    """Print (and return) the `parameter_summary` table."""
+    """Print (and return) the `parameter_summary` table.
+
+    Printing is this function's whole job (like peft's method of the same name), so it prints
+    to stdout rather than logging; everything else in adarec reports through the ``adarec``
+    logger. Use `parameter_summary` to get the table without printing it.
+    """
     summary = parameter_summary(model)
     print(summary)
     return summary
