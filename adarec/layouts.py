@@ -16,7 +16,7 @@ equal contiguous thirds, in that order (GPT-2, ModernBERT); the trace verifies s
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -183,6 +183,13 @@ def iter_blocks(model: nn.Module, example_inputs: Any = None, *, table: bool = T
     widths), else from a traced dry run (`adarec.tracing`) on ``example_inputs`` (default: a
     generated tiny batch). ``table=False`` always traces (tests compare the two).
     """
+    if example_inputs is None and layout_for(model) is None:
+        inner = _inner_models(model)
+        if inner:  # a wrapper (e.g. an item encoder) around models adarec can run by themselves
+            for prefix, sub in inner:
+                for b in iter_blocks(sub, table=table):
+                    yield _prefixed(b, prefix)
+            return
     layout = layout_for(model) if table else None
     stacks = block_stacks(model, layout.blocks) if layout else []
     if layout and stacks:
@@ -259,3 +266,39 @@ def _absolute(stack: str, i: int, rel: dict[str, str | None]) -> dict[str, str |
 
 def layout_fields() -> list[str]:
     return [f.name for f in fields(Layout)]
+
+
+def _inner_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The outermost Hugging Face models inside a wrapper that is not one, when they hold every
+    block stack of the wrapper (so each can be run, or read from the table, on its own); else
+    ``[]``. A wrapper's own forward may take inputs a generated batch cannot imitate."""
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel):
+        return []
+    inner: list[tuple[str, nn.Module]] = []
+    for n, m in model.named_modules():
+        if n and isinstance(m, PreTrainedModel) and not any(
+            n.startswith(p + ".") for p, _ in inner
+        ):
+            inner.append((n, m))
+    stacks = [name for name, _ in block_stacks(model)]
+    if not inner or not stacks or not all(
+        any(s.startswith(p + ".") for p, _ in inner) for s in stacks
+    ):
+        return []
+    return inner
+
+
+def _prefixed(b: BlockSites, prefix: str) -> BlockSites:
+    """``b`` with every module name put under ``prefix``."""
+    def name(n: str | None) -> str | None:
+        return None if n is None else (f"{prefix}.{n}" if n else prefix)
+
+    subs = tuple(
+        SublayerSites(s.kind, name(s.entry) or "", name(s.exit) or "",
+                      tuple(name(e) or "" for e in s.entries))
+        for s in b.sublayers
+    )
+    return replace(b, stack=name(b.stack) or prefix,
+                   names={r: name(n) for r, n in b.names.items()}, sublayers=subs)
