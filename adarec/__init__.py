@@ -28,6 +28,7 @@ from .errors import (
     AdapterStateError,
     AdarecError,
     CheckpointError,
+    EvaluationError,
     ConfigError,
     DataError,
     DataFileNotFoundError,
@@ -38,10 +39,11 @@ from .errors import (
     UnknownItemError,
     UnsupportedModuleError,
 )
-from .freeze import (
+from .freezing import (
     ParameterSummary,
     adapter_parameters,
     freeze,
+    mark_adapters_and_upper_norms_trainable,
     mark_only_adapters_trainable,
     mark_only_biases_trainable,
     parameter_summary,
@@ -90,6 +92,7 @@ __all__ = [
     "BottleneckAdapter",
     "BuildContext",
     "CheckpointError",
+    "EvaluationError",
     "ConfigError",
     "DataError",
     "DataFileNotFoundError",
@@ -130,6 +133,7 @@ __all__ = [
     "iter_adapters",
     "load_adapters",
     "load_model_state",
+    "mark_adapters_and_upper_norms_trainable",
     "mark_only_adapters_trainable",
     "mark_only_biases_trainable",
     "merge_adapters",

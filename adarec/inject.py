@@ -24,10 +24,11 @@ from typing import Any
 
 from torch import nn
 
-from .adapters.base import AdapterLayer, hook_owner, is_adapter
+from .adapters.base import ADAPTERS_ATTR, AdapterLayer, hook_owner, is_adapter
 from .errors import AdapterStateError
+from .hf import guard_save_pretrained
 from .hooks import add_forward_hook, iter_hooks, remove_hooks
-from .planning import ADAPTERS_ATTR, attach_point, module_widths, plan_sites
+from .planning import attach_point, module_widths, plan_sites
 from .registry import AttachContext, BuildContext, SetState, method_info
 from .sites import Site
 from .spec import AdapterSpec, as_spec
@@ -68,13 +69,16 @@ def inject_adapters(
     *,
     freeze: bool = True,
     activate: bool = True,
+    example_inputs: Any = None,
 ) -> nn.Module:
     """Add adapter set ``name`` built from ``spec`` to ``model`` in place and return ``model``.
 
     ``spec`` may be an `AdapterSpec`, a preset name or a dict. Every site is
     planned and verified (`plan_sites`) before the model changes. With ``freeze`` every
     non-adapter parameter is frozen (LayerNorms stay trainable when ``spec.tune_layernorm``);
-    with ``activate`` the new set becomes the active one.
+    with ``activate`` the new set becomes the active one. ``example_inputs`` is a batch the
+    model accepts, for the dry run that finds the sublayers of models outside the layout table
+    (default: a generated tiny batch).
     """
     spec = as_spec(spec)
     if not isinstance(name, str) or not name or "." in name:
@@ -94,7 +98,8 @@ def inject_adapters(
             "inject with activate=False"
         )
     method = method_info(spec.method)
-    plan = plan_sites(model, spec)  # everything is checked before anything changes
+    plan = plan_sites(model, spec, example_inputs=example_inputs)  # checked before any change
+    guard_save_pretrained()  # save_pretrained must not drop adapters silently
     shared = SetState()
     order = next(_injection_counter)
     names = {id(m): n for n, m in model.named_modules()}
@@ -124,7 +129,7 @@ def inject_adapters(
         for adapter in _adapters_of(model, name):
             adapter.active = False
     if freeze:
-        from .freeze import mark_only_adapters_trainable
+        from .freezing import mark_only_adapters_trainable
 
         mark_only_adapters_trainable(model)
     return model
@@ -256,7 +261,7 @@ def eject_adapters(
     for m in model.modules():
         remove_hooks(m, orphaned)
     _release_nested_tensors(model)
-    from .freeze import restore_requires_grad_below
+    from .freezing import restore_requires_grad_below
 
     restore_requires_grad_below(model)
     return model

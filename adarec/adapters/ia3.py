@@ -133,19 +133,21 @@ def build(ctx: BuildContext) -> IA3Adapter:
     if site.role == "ffn_out":
         return IA3Adapter(d_in, 0, d_in, scale_input=True)
     if site.fused:
-        parts = len(site.fused)
-        if d_out != parts * d_in:
+        widths = site.fused_widths
+        if not widths or sum(widths) != d_out:
             raise UnsupportedModuleError(
-                f"{site.target} fuses {'/'.join(site.fused)} into {d_out} outputs from {d_in} "
-                "inputs, so its parts are not equal thirds (grouped-query attention?); (IA)^3 "
-                "cannot tell which channels are keys and values. Pass target_modules to scale "
-                "the whole output"
+                f"{site.target} computes {'/'.join(site.fused)} in one projection, and how its "
+                f"{d_out} outputs split into them is not known (the dry run could not verify a "
+                "contiguous split; interleaved heads?), so (IA)^3 cannot tell which channels are "
+                "keys and values. Pass target_modules to scale its whole output"
             )
-        index = [site.fused.index(r) for r in site.roles]
-        if index != list(range(min(index), max(index) + 1)):
+        index = sorted(site.fused.index(r) for r in site.roles)
+        if index != list(range(index[0], index[-1] + 1)):
             raise UnsupportedModuleError(f"(IA)^3 roles {site.roles} are not adjacent in "
                                          f"{site.target}'s fused output {site.fused}")
-        return IA3Adapter(d_out, min(index) * d_in, (max(index) + 1) * d_in, scale_input=False)
+        start = sum(widths[: index[0]])
+        return IA3Adapter(d_out, start, start + sum(widths[index[0]: index[-1] + 1]),
+                          scale_input=False)
     return IA3Adapter(d_out, 0, d_out, scale_input=False)
 
 

@@ -35,11 +35,14 @@ from adarec.rec.losses import (
     sampled_softmax_loss,
 )
 from adarec.rec.metrics import (
+    TIES,
     PopularityRecommender,
     evaluate_full_ranking,
+    full_ranking_counts,
     full_ranking_ranks,
     ranking_metrics,
     target_ranks,
+    tie_counts,
     topk_chunked,
 )
 from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, Recommendations, TransRec
@@ -51,6 +54,7 @@ __all__ = [
     "OBJECTIVES",
     "PAD",
     "POLICIES",
+    "TIES",
     "Candidates",
     "EvalCollator",
     "EvalDataset",
@@ -72,6 +76,7 @@ __all__ = [
     "TransRec",
     "bce_loss",
     "evaluate_full_ranking",
+    "full_ranking_counts",
     "full_ranking_ranks",
     "full_softmax_loss",
     "in_batch_candidates",
@@ -85,6 +90,7 @@ __all__ = [
     "sample_negatives",
     "sampled_softmax_loss",
     "target_ranks",
+    "tie_counts",
     "tokenize_item_texts",
     "topk_chunked",
 ]

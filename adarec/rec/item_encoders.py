@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from adarec.errors import ConfigError, DataError
 from adarec.layouts import iter_blocks
+from adarec.state_key import StateKey, autocast_state
 
 POOLINGS = ("cls", "mean")
 
@@ -65,9 +66,12 @@ class TextItemEncoder(nn.Module):
     the top blocks), the hidden states entering block ``k`` are computed once for all items (in
     eval mode, so without dropout there) and each call runs only blocks ``k..``. A self-check
     against a plain forward switches the cache off (with a warning) for a model it does not fit.
-    The cache is keyed on the version counters of the frozen parameters below block ``k`` (and on
-    ``k``): an in-place change to any of them, or a change of which blocks train, rebuilds it on
-    the next call, so it never serves hidden states of a model that no longer exists.
+    The cache is keyed on the state of everything but blocks ``k..`` (`adarec.state_key`: the
+    weights and their versions, which adapter sets are present, active or merged, hooks, the
+    item features), on ``k`` and on the autocast state: switching, disabling, injecting or
+    ejecting adapters below ``k``, an in-place change of a frozen weight, or a change of which
+    blocks train rebuilds it on the next call, so it never serves hidden states of a model that
+    no longer exists (``invalidate_cache()`` after writes through ``.data``).
     Memory: ``(n_items + 1) * T * hidden`` values; ``cache_dtype=torch.bfloat16`` halves it (the
     states are stored rounded to bf16 and cast back on use: no longer exact, ~3 significant
     digits, which bf16 autocast training rounds to anyway).
@@ -105,7 +109,7 @@ class TextItemEncoder(nn.Module):
         self.cache_dtype = cache_dtype
         self._prefix: Tensor | None = None
         self._prefix_dtype = torch.float32
-        self._prefix_key: Any = None
+        self._prefix_key: StateKey | None = None
         self.tokenizer: Any = None
         """The tokenizer the table was built with, when known (`from_texts` keeps it): used by
         `add_texts` and saved by `TransRec.save_pretrained`."""
@@ -225,12 +229,17 @@ class TextItemEncoder(nn.Module):
             seen.append((block, p))
         return None  # fully frozen: a PrecomputedItemEncoder is the better tool
 
+    def invalidate_cache(self) -> None:
+        """Drop the frozen-prefix cache (needed only after writes through ``.data``)."""
+        self._prefix, self._prefix_key = None, None
+
     def _cached_start(self) -> tuple[nn.ModuleList, int] | None:
         split = self._split()
         if split is None:
             return None
-        stack, k, prefix = split
-        key = (k, self.input_ids.device, *(p._version for p in prefix))
+        stack, k, _ = split
+        key = StateKey.of(self, skip=list(stack)[k:], modes=False,
+                          extra=(k, autocast_state(self.input_ids.device.type)))
         if self._prefix_key != key:
             self._build_prefix(stack, k)
             self._prefix_key = key

@@ -1,7 +1,15 @@
-"""Freezing utilities and the trainable-parameter summary.
+"""Freezing policies and the trainable-parameter summary: one vocabulary for the core and `rec`.
 
-Adapter parameters are found through the layer protocol (``adapter_params()``), never by guessing
-from names, so a parameter called ``adapter`` in a user's head is not mistaken for one.
+- `freeze`: nothing trains;
+- `mark_only_adapters_trainable`: the adapters (and every norm when a set asks for it);
+- `mark_adapters_and_upper_norms_trainable`: the adapters and the norms from the lowest adapted
+  block upwards (what TransRec's adapter policies train);
+- `mark_only_biases_trainable`: BitFit.
+
+Each one remembers the flags the model had before adarec first froze it, so `eject_adapters`
+(or `restore_requires_grad`) gives them back. Adapter parameters are found through the layer
+protocol (``adapter_params()``), never by guessing from names, so a parameter called ``adapter``
+in a user's head is not mistaken for one.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .adapters.base import is_adapter
+from .adapters.base import ADAPTERS_ATTR, is_adapter
 from .errors import TargetNotFoundError
 
 _ORIG_FLAGS = "_adarec_requires_grad"
@@ -79,6 +87,40 @@ def mark_only_adapters_trainable(
     for pname, p in model.named_parameters():
         if any(rx.search(pname) for rx in patterns):
             p.requires_grad_(True)
+    return model
+
+
+def mark_adapters_and_upper_norms_trainable(model: nn.Module, norms: bool = True) -> nn.Module:
+    """Freeze everything, then unfreeze the adapters and (with ``norms``) the norm layers from the
+    lowest adapted block upwards.
+
+    Norms below the lowest adapter stay frozen, so everything under it is a fixed function (a
+    frozen-prefix cache can skip it); with adapters in every block this is the paper's
+    "adapters + LayerNorms" (every block's norms, the embedding norm excepted). Unlike
+    ``AdapterSpec.tune_layernorm`` (every norm of the model), it follows where the adapters are.
+    """
+    freeze(model)
+    adapters = adapter_parameters(model)
+    for p in adapters.values():
+        p.requires_grad_(True)
+    if not norms or not adapters:
+        return model
+    from .layouts import iter_blocks
+
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    try:
+        blocks = [b.name for b in iter_blocks(model)]
+    except TargetNotFoundError:
+        blocks = []
+    start = len(order)
+    for pname in adapters:
+        site = pname.split(f".{ADAPTERS_ATTR}.", 1)[0]
+        owner = next((b for b in blocks if site.startswith(b + ".")), site)
+        start = min(start, order.get(owner, start))
+    for n, m in model.named_modules():
+        if is_norm(m) and order[n] >= start:
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(True)
     return model
 
 
