@@ -103,7 +103,7 @@ def inject_adapters(
     shared = SetState()
     order = next(_injection_counter)
     names = {id(m): n for n, m in model.named_modules()}
-    built = []
+    built: list[tuple[Site, nn.Module, Any, AdapterLayer]] = []
     for row in plan.rows:
         site = row.site
         module, d_in, d_out = attach_point(model, site, method)
@@ -287,9 +287,9 @@ def _holds_adapters(module: nn.Module) -> bool:
 
 def _hold_nested_tensors(model: nn.Module) -> None:
     """torch's ``nn.TransformerEncoder`` turns a padded batch into a nested (ragged) tensor in
-    eval mode and runs its layers on that; adapters (a side network indexing positions, an (IA)^3
-    scale) cannot work on it. Encoders holding adapters take the ordinary padded path instead
-    (same results at real positions), until the adapters are ejected."""
+    eval mode and runs its layers on that; adapters (a side network indexing positions, a learned
+    scale per position) cannot work on it. Encoders holding adapters take the ordinary padded
+    path instead (same results at real positions), until the adapters are ejected."""
     for m in model.modules():
         if (isinstance(m, nn.TransformerEncoder) and getattr(m, "use_nested_tensor", False)
                 and _holds_adapters(m)):

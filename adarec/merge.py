@@ -65,7 +65,7 @@ def fold_order(module: nn.Module) -> list[AdapterLayer]:
     """The adapters on ``module`` in the order a merge must fold them: the output-side ones in
     the order its hook runs them, then those folding into its input (every other adapter on the
     module reads that input, so they must already be folded when it is)."""
-    container = module._modules.get(ADAPTERS_ATTR)
+    container = cast(Any, module._modules.get(ADAPTERS_ATTR))
     adapters = [a for a in container.values() if is_adapter(a)] if container is not None else []
     into_input = [bool(getattr(a, "folds_into_input", False)) for a in adapters]
     return ([a for a, i in zip(adapters, into_input, strict=True) if not i]
@@ -203,7 +203,8 @@ def _changed_while_merged(module: nn.Module, merged: list[AdapterLayer]) -> list
         finally:
             layer.merged = True
     return [n for n, p in module.named_parameters(recurse=False)
-            if n in stand_in._parameters and not torch.equal(p, stand_in._parameters[n])]
+            if n in stand_in._parameters
+            and not torch.equal(p, cast(torch.Tensor, stand_in._parameters[n]))]
 
 
 def _undo_problem(module: nn.Module, merged: list[AdapterLayer], discard_changes: bool,

@@ -18,7 +18,7 @@ MASK_ARGS = ("attention_mask", "mask")
 TORCH_LAYER_ARGS = ("src_mask", "src_key_padding_mask", "is_causal")
 """The masking parameters of torch's ``nn.TransformerEncoderLayer.forward``, in torch's own
 convention (True or -inf where attention is *blocked*); a block taking
-``src_key_padding_mask`` is read with it (`adarec.adapters.kadapter`)."""
+``src_key_padding_mask`` is read with it (by the whole-model methods that need a mask)."""
 
 _CAUSAL_MODEL_TYPES = {"clip_text_model"}
 """Causal models whose attention modules do not say so (CLIP's text tower builds a causal mask)."""

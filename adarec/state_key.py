@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .hooks import global_hook_ids, hook_ids
+
 _PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device)
 
 
@@ -77,7 +79,7 @@ class StateKey:
         ``modes=False`` ignores train/eval flags (for caches that always compute in eval mode)."""
         skipped = {id(m) for m in skip}
         objects: list[Any] = []
-        values: list[Any] = [extra, _global_hooks()]
+        values: list[Any] = [extra, global_hook_ids()]
         stack: list[tuple[str, nn.Module]] = [(str(i), r) for i, r in enumerate(roots)][::-1]
         while stack:
             name, module = stack.pop()
@@ -86,7 +88,7 @@ class StateKey:
                 continue
             objects.append(module)
             values.append((name, type(module), _plain_attributes(module, modes),
-                           tuple(module._forward_hooks), tuple(module._forward_pre_hooks)))
+                           *hook_ids(module)))
             for kind, tensors in (("p", module._parameters), ("b", module._buffers)):
                 for tname, t in tensors.items():
                     if t is None:
@@ -115,14 +117,6 @@ class StateKey:
 def _expired() -> StateKey:
     """A key equal to nothing (what copies and unpickled keys become)."""
     return StateKey([], [object()])
-
-
-def _global_hooks() -> tuple[tuple[int, ...], ...]:
-    """Hooks registered for every module (``nn.modules.module.register_module_forward_hook``)."""
-    from torch.nn.modules import module as mod
-
-    names = ("_global_forward_hooks", "_global_forward_pre_hooks")
-    return tuple(tuple(getattr(mod, n, {})) for n in names)
 
 
 def autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:

@@ -292,7 +292,7 @@ def test_kadapter_refuses_a_block_listed_twice(model: str) -> None:
         m = SASRec(32, n_layers=2, n_heads=2, max_len=8)
         m.blocks.append(m.blocks[0])
     before = fingerprint(m)
-    with pytest.raises(adarec.UnsupportedModuleError, match="once|times"):
+    with pytest.raises(adarec.UnsupportedModuleError, match=r"once|times"):
         adarec.inject_adapters(m, "kadapter")
     assert_original(m, before)
 

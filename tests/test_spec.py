@@ -156,7 +156,8 @@ def test_unknown_keys_and_types() -> None:
 
 # ----------------------------------------------------------------- specs written by adarec 0.1
 def test_specs_written_by_adarec_0_1_load_as_they_did() -> None:
-    config = json.loads((FIXTURES / "v1" / "tiny_bert_adapters" / "adapter_config.json").read_text())
+    folder = FIXTURES / "v1" / "tiny_bert_adapters"
+    config = json.loads((folder / "adapter_config.json").read_text())
     specs = {s["name"]: AdapterSpec.from_dict(s["spec"]) for s in config["adapter_sets"]}
     assert specs["houlsby"] == AdapterSpec.preset("houlsby", bottleneck=4)
     assert specs["lora"] == AdapterSpec.preset(

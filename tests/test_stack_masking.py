@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import adarec
-from adarec import AdarecError, AdapterStateError, Placement
+from adarec import AdapterStateError, AdarecError, Placement
 from adarec.rec.user_encoders import SASRec
 
 H = tm.H
