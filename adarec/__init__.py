@@ -32,6 +32,7 @@ from .errors import (
     ConfigError,
     DataError,
     DataFileNotFoundError,
+    EvaluationError,
     RegistrationError,
     SpecError,
     StateMismatchError,
@@ -39,10 +40,11 @@ from .errors import (
     UnknownItemError,
     UnsupportedModuleError,
 )
-from .freeze import (
+from .freezing import (
     ParameterSummary,
     adapter_parameters,
     freeze,
+    mark_adapters_and_upper_norms_trainable,
     mark_only_adapters_trainable,
     mark_only_biases_trainable,
     parameter_summary,
@@ -95,6 +97,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DataFileNotFoundError",
+    "EvaluationError",
     "IA3Adapter",
     "KAdapter",
     "Layout",
@@ -133,6 +136,7 @@ __all__ = [
     "iter_adapters",
     "load_adapters",
     "load_model_state",
+    "mark_adapters_and_upper_norms_trainable",
     "mark_only_adapters_trainable",
     "mark_only_biases_trainable",
     "merge_adapters",

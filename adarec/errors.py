@@ -27,6 +27,9 @@ class CheckpointError(AdarecError, RuntimeError):
     """A checkpoint is missing, corrupted, truncated or made for another model."""
 
 
+class EvaluationError(AdarecError, ValueError):
+    """An evaluation input would give a number that is not what it claims to measure (a NaN
+    score, a cut-off below 1, an unknown tie rule or metric)."""
 class RegistrationError(AdarecError, ValueError):
     """A method, spec field or layout cannot be registered (name taken, incomplete definition)."""
 

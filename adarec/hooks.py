@@ -47,6 +47,21 @@ def iter_hooks(module: nn.Module) -> Iterator[Callable[..., Any]]:
     yield from _dicts(module, PRE_DICTS)[0].values()
 
 
+def hook_ids(module: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The handle ids of ``module``'s forward hooks and forward pre-hooks (never reused, so a
+    cache key holding them changes when a hook is added or removed)."""
+    return (tuple(_dicts(module, FORWARD_DICTS)[0]), tuple(_dicts(module, PRE_DICTS)[0]))
+
+
+def global_hook_ids() -> tuple[tuple[int, ...], ...]:
+    """Handle ids of the hooks registered for every module
+    (``nn.modules.module.register_module_forward_hook`` and its pre-hook twin)."""
+    from torch.nn.modules import module as mod
+
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks")
+    return tuple(tuple(getattr(mod, n, {})) for n in names)
+
+
 def remove_hooks(module: nn.Module, pred: Callable[[Callable[..., Any]], bool]) -> int:
     """Delete every forward and forward pre-hook of ``module`` for which ``pred(hook)`` is true,
     with their flags; returns how many were removed."""

@@ -24,10 +24,11 @@ from typing import Any
 
 from torch import nn
 
-from .adapters.base import AdapterLayer, hook_owner, is_adapter
+from .adapters.base import ADAPTERS_ATTR, AdapterLayer, hook_owner, is_adapter
 from .errors import AdapterStateError
+from .hf import guard_save_pretrained
 from .hooks import add_forward_hook, iter_hooks, remove_hooks
-from .planning import ADAPTERS_ATTR, attach_point, module_widths, plan_sites
+from .planning import attach_point, module_widths, plan_sites
 from .registry import AttachContext, BuildContext, SetState, method_info
 from .sites import Site
 from .spec import AdapterSpec, as_spec
@@ -52,6 +53,11 @@ def _apply_adapters(
     for adapter in adapters.values():
         if adapter.active:
             y = adapter(x, y)
+        elif getattr(adapter, "merged", False):  # switched off by hand: its update still acts
+            raise AdapterStateError(
+                f"adapter set {adapter.set_name!r} is merged into the base weights but switched "
+                "off; unmerge_adapters(model) first, or switch it back on"
+            )
     return (y, *output[1:]) if isinstance(output, tuple) else y
 
 
@@ -63,13 +69,16 @@ def inject_adapters(
     *,
     freeze: bool = True,
     activate: bool = True,
+    example_inputs: Any = None,
 ) -> nn.Module:
     """Add adapter set ``name`` built from ``spec`` to ``model`` in place and return ``model``.
 
     ``spec`` may be an `AdapterSpec`, a preset name or a dict. Every site is
     planned and verified (`plan_sites`) before the model changes. With ``freeze`` every
     non-adapter parameter is frozen (LayerNorms stay trainable when ``spec.tune_layernorm``);
-    with ``activate`` the new set becomes the active one.
+    with ``activate`` the new set becomes the active one. ``example_inputs`` is a batch the
+    model accepts, for the dry run that finds the sublayers of models outside the layout table
+    (default: a generated tiny batch).
     """
     spec = as_spec(spec)
     if not isinstance(name, str) or not name or "." in name:
@@ -81,14 +90,26 @@ def inject_adapters(
             f"adapter set {name!r} already exists; eject_adapters(model, {name!r}) first or "
             "choose another name"
         )
+    merged = sorted({a.set_name for _, _, a in iter_adapters(model) if getattr(a, "merged", 0)})
+    if activate and merged:
+        raise AdapterStateError(
+            f"adapter set(s) {merged} are merged into the base weights; activating {name!r} alone "
+            "would switch them off while their update stays. unmerge_adapters(model) first, or "
+            "inject with activate=False"
+        )
     method = method_info(spec.method)
-    plan = plan_sites(model, spec)  # everything is checked before anything changes
+    plan = plan_sites(model, spec, example_inputs=example_inputs)  # checked before any change
+    guard_save_pretrained()  # save_pretrained must not drop adapters silently
     shared = SetState()
     order = next(_injection_counter)
-    built = []
+    names = {id(m): n for n, m in model.named_modules()}
+    built: list[tuple[Site, nn.Module, Any, AdapterLayer]] = []
     for row in plan.rows:
         site = row.site
         module, d_in, d_out = attach_point(model, site, method)
+        if any(m is module for _, m, _, _ in built):
+            continue  # one module object listed twice (a block repeated in a ModuleList): one
+            # adapter serves every call, as for ALBERT's shared layer
         stack = plan.stacks.get(site.stack) if site.stack is not None else None
         if stack is not None:
             d_in = d_out = stack.hidden
@@ -98,15 +119,17 @@ def inject_adapters(
         built.append((site, module, stack, method.build(ctx)))
     for site, module, stack, adapter in built:
         _attach(module, name, spec, adapter, site, order)
+        adapter.attached_to = names[id(module)]  # relative to the injection root (see eject)
         if method.attach is not None:
             method.attach(adapter, AttachContext(model, module, site, stack))
+    _hold_nested_tensors(model)
     if activate:
         set_active_adapters(model, name)
     else:
         for adapter in _adapters_of(model, name):
             adapter.active = False
     if freeze:
-        from .freeze import mark_only_adapters_trainable
+        from .freezing import mark_only_adapters_trainable
 
         mark_only_adapters_trainable(model)
     return model
@@ -169,6 +192,9 @@ def set_active_adapters(model: nn.Module, names: str | Sequence[str] | None) -> 
     missing = [n for n in wanted if n not in present]
     if missing:
         raise AdapterStateError(f"no adapter set named {missing}; sets present: {list(present)}")
+    from .merge import check_merge_state
+
+    check_merge_state(model, active=lambda a: a.set_name in wanted)
     for _, _, a in iter_adapters(model):
         a.active = a.set_name in wanted
 
@@ -192,35 +218,89 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
             a.active = flag
 
 
-def eject_adapters(model: nn.Module, name: str | None = None) -> nn.Module:
+def eject_adapters(
+    model: nn.Module, name: str | None = None, *, keep_merged: bool = False
+) -> nn.Module:
     """Remove adapter set ``name`` (all sets when ``None``) and every hook adarec added.
 
-    Merged sets are unmerged first. With all sets gone the model's modules, ``state_dict``
-    keys, ``requires_grad`` flags and outputs are those it had before `inject_adapters`.
+    Merged sets are unmerged first (bit for bit from the copy `merge_adapters` kept; see
+    `adarec.merge`), unless ``keep_merged``, which leaves their update in the base weights. With
+    all sets gone the model's modules, ``state_dict`` keys, weights, ``requires_grad`` flags,
+    hooks and outputs are those it had before `inject_adapters`, also when the sets were injected
+    into submodules of ``model``. Ejecting from *inside* the module a set was injected into is
+    refused: that set's hooks and remembered flags live above it.
     """
     present = adapter_sets(model)
     if name is not None and name not in present:
         raise AdapterStateError(f"no adapter set named {name!r}; sets present: {list(present)}")
-    removed: list[nn.Module] = []
-    for _, module, adapter in list(iter_adapters(model)):
-        if name is not None and adapter.set_name != name:
-            continue
-        if getattr(adapter, "merged", False):
-            adapter.unmerge(module)  # type: ignore[operator]
+    leaving = [(mname, module, a) for mname, module, a in iter_adapters(model)
+               if name is None or a.set_name == name]
+    inside = sorted({a.set_name for mname, _, a in leaving if _injected_outside(mname, a)})
+    if inside:
+        raise AdapterStateError(
+            f"adapter set(s) {inside} were injected into a module that contains "
+            f"{type(model).__name__}; eject them from that module (or one containing it)"
+        )
+    from .merge import release
+
+    release(model, [a for _, _, a in leaving], keep_merged=keep_merged)  # checks, then unmerges
+    for _, module, adapter in leaving:
         container = getattr(module, ADAPTERS_ATTR)
         del container[adapter.set_name]
-        removed.append(adapter)
         if len(container) == 0:
             delattr(module, ADAPTERS_ATTR)
             remove_hooks(module, lambda fn: fn is _apply_adapters)
-    gone = {id(a) for a in removed}
-    for m in model.modules():
-        remove_hooks(m, lambda fn: id(hook_owner(fn)) in gone)
-    if not adapter_sets(model):
-        from .freeze import restore_requires_grad
+    gone_sets = {a.set_name for _, _, a in leaving}
+    live = {id(a) for _, _, a in iter_adapters(model)}
 
-        restore_requires_grad(model)
+    def orphaned(fn: Any) -> bool:  # an adapter of an ejected set that is no longer in the model
+        owner = hook_owner(fn)
+        return (isinstance(owner, nn.Module) and is_adapter(owner)
+                and owner.set_name in gone_sets and id(owner) not in live)
+
+    for m in model.modules():
+        remove_hooks(m, orphaned)
+    _release_nested_tensors(model)
+    from .freezing import restore_requires_grad_below
+
+    restore_requires_grad_below(model)
     return model
+
+
+def _injected_outside(mname: str, adapter: AdapterLayer) -> bool:
+    """Whether ``adapter``, found at ``mname`` below the module being ejected from, was injected
+    into a module strictly containing that one: its module's name relative to the injection root
+    (``attached_to``) is then a longer name ending with ``mname``."""
+    at = getattr(adapter, "attached_to", None)
+    if not isinstance(at, str) or at == mname:
+        return False
+    return len(at) > len(mname) and (mname == "" or at.endswith("." + mname))
+
+
+# ------------------------------------------------------------- torch's nested-tensor path
+_NESTED = "_adarec_use_nested_tensor"
+
+
+def _holds_adapters(module: nn.Module) -> bool:
+    return any(ADAPTERS_ATTR in m._modules for m in module.modules())
+
+
+def _hold_nested_tensors(model: nn.Module) -> None:
+    """torch's ``nn.TransformerEncoder`` turns a padded batch into a nested (ragged) tensor in
+    eval mode and runs its layers on that; adapters (a side network indexing positions, a learned
+    scale per position) cannot work on it. Encoders holding adapters take the ordinary padded
+    path instead (same results at real positions), until the adapters are ejected."""
+    for m in model.modules():
+        if (isinstance(m, nn.TransformerEncoder) and getattr(m, "use_nested_tensor", False)
+                and _holds_adapters(m)):
+            m.__dict__[_NESTED] = m.use_nested_tensor
+            m.use_nested_tensor = False
+
+
+def _release_nested_tensors(model: nn.Module) -> None:
+    for m in model.modules():
+        if _NESTED in m.__dict__ and not _holds_adapters(m):
+            m.use_nested_tensor = m.__dict__.pop(_NESTED)
 
 
 def count_forward_hooks(model: nn.Module) -> int:

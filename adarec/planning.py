@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from .adapters.base import ADAPTERS_ATTR
 from .errors import TargetNotFoundError, UnsupportedModuleError
 from .layouts import is_linear_like, iter_blocks
 from .registry import MethodDef, PlaceContext, Placement, method_info
@@ -22,32 +23,33 @@ from .sites import BlockSites, Plan, PlannedSite, Site
 from .spec import AdapterSpec, as_spec, normalise_layers
 from .stacks import StackInfo, stack_infos
 
-ADAPTERS_ATTR = "adarec_adapters"
-"""The child ``ModuleDict`` that holds a module's adapters."""
 
-
-def blocks_by_stack(model: nn.Module) -> dict[str, list[BlockSites]]:
+def blocks_by_stack(model: nn.Module, example_inputs: Any = None) -> dict[str, list[BlockSites]]:
     """The blocks of every block stack, with their roles resolved."""
     by_stack: dict[str, list[BlockSites]] = {}
-    for b in iter_blocks(model):
+    for b in iter_blocks(model, example_inputs):
         by_stack.setdefault(b.stack, []).append(b)
     return by_stack
 
 
-def model_stacks(model: nn.Module) -> list[StackInfo]:
+def model_stacks(model: nn.Module, example_inputs: Any = None) -> list[StackInfo]:
     """`StackInfo` of every block stack of ``model`` (for whole-model methods)."""
-    return stack_infos(model, blocks_by_stack(model))
+    return stack_infos(model, blocks_by_stack(model, example_inputs))
 
 
-def plan_sites(model: nn.Module, spec: AdapterSpec | str | Mapping[str, Any]) -> Plan:
+def plan_sites(model: nn.Module, spec: AdapterSpec | str | Mapping[str, Any], *,
+               example_inputs: Any = None) -> Plan:
     """Where ``spec`` would put adapters in ``model``, verified, without changing anything.
 
     ``print(plan_sites(model, spec))`` shows a table (block, role, module, widths, method).
+    Models outside the layout table are traced: run once on ``example_inputs`` (a dict of
+    keyword arguments, a tuple of positional ones, or one tensor), by default a generated tiny
+    batch.
     """
     spec = as_spec(spec)
     method = method_info(spec.method)
     if method.placement is Placement.MODEL:
-        stacks = model_stacks(model)
+        stacks = model_stacks(model, example_inputs)
         assert method.place is not None
         sites = method.place(PlaceContext(model, spec, stacks))
         widths = {s.name: s.hidden for s in stacks}
@@ -60,7 +62,7 @@ def plan_sites(model: nn.Module, spec: AdapterSpec | str | Mapping[str, Any]) ->
     if spec.target_modules is not None:
         sites, source = _sites_by_name(model, spec), "target_modules"
     else:
-        sites, source, residual = _sites_by_role(model, spec, method)
+        sites, source, residual = _sites_by_role(model, spec, method, example_inputs)
     rows = []
     for site in sites:
         module, d_in, d_out = attach_point(model, site, method)
@@ -68,57 +70,80 @@ def plan_sites(model: nn.Module, spec: AdapterSpec | str | Mapping[str, Any]) ->
     return Plan(spec.method, rows, source, residual)
 
 
-def _sites_by_role(model: nn.Module, spec: AdapterSpec, method: MethodDef
+def _sites_by_role(model: nn.Module, spec: AdapterSpec, method: MethodDef, example_inputs: Any
                    ) -> tuple[list[Site], str, dict[str, int]]:
     assert method.where is not None
     wanted = method.where(spec)
     sites: list[Site] = []
     sources: set[str] = set()
     residual: dict[str, int] = {}
-    for stack, blocks in blocks_by_stack(model).items():
+    for stack, blocks in blocks_by_stack(model, example_inputs).items():
         for i in normalise_layers(spec.layers, len(blocks)):
             b = blocks[i]
             sources.add(b.source)
             if b.width is not None:
                 residual[stack] = b.width
             if method.placement is Placement.SUBLAYER:
-                sites += _sublayer_sites(model, b, wanted)
+                sites += _sublayer_sites(model, b, wanted, method.name)
             else:
-                sites += _projection_sites(model, b, wanted, spec.method)
+                sites += _projection_sites(model, b, wanted, method.name)
     return sites, " + ".join(sorted(sources)), residual
 
 
-def _sublayer_sites(model: nn.Module, b: BlockSites, wanted: tuple[str, ...]) -> list[Site]:
+def _refusal(model: nn.Module, b: BlockSites, what: str) -> TargetNotFoundError:
+    seen = b.describe or "roles: " + str({k: v for k, v in b.names.items() if v})
+    return TargetNotFoundError(
+        f"{what} in block {b.name} of {type(model).__name__} (found by {b.source}).\n{seen}\n"
+        f"Pass AdapterSpec(target_modules=(...)) with the module names to adapt (a "
+        "sequence of name suffixes, e.g. ('attn.proj', 'mlp.fc2'), or a regex), or register "
+        "the family with adarec.register_layout(...)."
+    )
+
+
+def _sublayer_sites(model: nn.Module, b: BlockSites, wanted: tuple[str, ...], method: str
+                    ) -> list[Site]:
+    """One site per sublayer of each wanted kind, on its exit, which must have the residual
+    width (the adapter's output replaces the sublayer's)."""
     out = []
     for pos in wanted:
-        target, entry = b.names.get(f"{pos}_out"), b.names.get(f"{pos}_in")
-        if target is None:
-            raise TargetNotFoundError(
-                f"block {b.name} of {type(model).__name__} has no {pos!r} sublayer; found: "
-                f"{ {k: v for k, v in b.names.items() if v} }"
-            )
-        out.append(Site(target, entry or target, pos, b.index, b.stack))
+        found = [s for s in b.sublayers if s.kind == pos]
+        if not found:
+            kinds = [s.kind for s in b.sublayers]
+            raise _refusal(model, b, f"{method} needs a {pos!r} sublayer, and there is none "
+                           f"(sublayers seen: {kinds})")
+        for sub in found:
+            dims = module_widths(model.get_submodule(sub.exit))
+            if b.width is not None and dims is not None and dims[1] != b.width:
+                raise _refusal(
+                    model, b, f"the {pos!r} sublayer's exit {sub.exit} outputs width {dims[1]}, "
+                    f"not the residual width {b.width}, so {method} cannot follow it")
+            out.append(Site(sub.exit, sub.entry, pos, b.index, b.stack))
     return out
 
 
 def _projection_sites(model: nn.Module, b: BlockSites, roles: tuple[str, ...], method: str
                       ) -> list[Site]:
-    """One site per distinct module; roles that resolve to one fused projection share it."""
+    """One site per distinct module. Roles resolve to distinct identified projections, or to one
+    projection that fuses them (then the site lists the roles it serves)."""
     names = b.names
-    qkv = names.get("q")
-    fused = ("q", "k", "v") if qkv is not None and qkv == names.get("k") == names.get("v") else ()
     by_target: dict[str, list[str]] = {}
     for role in roles:
-        target = names.get("mha_out" if role == "o" else role)
+        key = "mha_out" if role == "o" else role
+        target = names.get(key)
         if target is None:
-            raise TargetNotFoundError(
-                f"{method} target role {role!r} has no module in block {b.name} of "
-                f"{type(model).__name__}; roles found: { {k: v for k, v in names.items() if v} }"
-            )
+            why = b.unresolved.get(key, "no module plays it")
+            raise _refusal(model, b, f"{method} target role {role!r} is not settled: {why}")
         by_target.setdefault(target, []).append(role)
-    return [Site(t, t, rs[0], b.index, b.stack, tuple(rs),
-                 fused if fused and t == qkv else ())
-            for t, rs in by_target.items()]
+    out = []
+    for target, served in by_target.items():
+        fused = b.fused if b.fused and target == names.get(b.fused[0]) else ()
+        if len(served) > 1 and not set(served) <= set(fused):
+            raise _refusal(model, b, f"{method} roles {served} all resolve to {target}, which is "
+                           "not a known fused projection")
+        widths = b.fused_widths if fused else ()
+        out.append(Site(target, target, served[0], b.index, b.stack, tuple(served), fused,
+                        widths))
+    return out
 
 
 def _sites_by_name(model: nn.Module, spec: AdapterSpec) -> list[Site]:
@@ -189,4 +214,4 @@ def attach_point(model: nn.Module, site: Site, method: MethodDef) -> tuple[nn.Mo
     return module, dims[0], dims[1]
 
 
-__all__ = ["ADAPTERS_ATTR", "Plan", "attach_point", "model_stacks", "plan_sites"]
+__all__ = ["Plan", "attach_point", "model_stacks", "plan_sites"]

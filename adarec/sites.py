@@ -25,20 +25,37 @@ ROLES = ("mha_in", "mha_out", "ffn_in", "ffn_out", "q", "k", "v")
 
 
 @dataclass(frozen=True)
-class BlockSites:
-    """The resolved full module names of one block (``None`` where a role does not exist).
+class SublayerSites:
+    """One sublayer of a block: its kind, its first entry projection, its exit (the projection
+    whose output the residual add takes) and all its entry projections."""
 
-    ``widths`` is the block's residual width when known (used to verify serial adapters);
-    ``source`` says how the roles were found (``"layout"`` table or ``"trace"``).
+    kind: str
+    entry: str
+    exit: str
+    entries: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BlockSites:
+    """What adarec knows about one block: full module names of its roles (``None`` where a role
+    does not exist or was not settled), its sublayers and its residual width.
+
+    ``source`` says how it was found (``"layout table"`` or ``"trace"``); ``fused`` lists the
+    roles one projection plays (``("q", "k", "v")`` for GPT-2's ``c_attn``) and ``fused_widths``
+    their widths in its output, when known; ``unresolved`` says why a role was left open, and
+    ``describe`` what was seen (the dry run's calls), for error messages.
     """
 
     stack: str
     index: int
     names: dict[str, str | None]
     width: int | None = None
-    source: str = "layout"
-    extra_sublayers: tuple[tuple[str, str, str], ...] = ()
-    """Further sublayers as ``(kind, entry, exit)`` (a decoder's cross-attention)."""
+    source: str = "layout table"
+    sublayers: tuple[SublayerSites, ...] = ()
+    fused: tuple[str, ...] = ()
+    fused_widths: tuple[int, ...] = ()
+    unresolved: dict[str, str] = field(default_factory=dict)
+    describe: str = ""
 
     @property
     def name(self) -> str:
@@ -55,8 +72,9 @@ class Site:
     it; equal to ``target`` for a projection). ``role`` is the sublayer (``mha``, ``cross``,
     ``ffn``), the projection role (``q`` ... ``ffn_out``), ``module`` for an explicit
     ``target_modules`` match, or what a model-level method calls its host. On a fused projection
-    (GPT-2's ``c_attn``) ``fused`` lists the parts of its output in order and ``roles`` the ones
-    this site serves.
+    (GPT-2's ``c_attn``) ``fused`` lists the roles it plays and ``roles`` the ones this site
+    serves; ``fused_widths`` are the widths of the parts of its output, in ``fused`` order, when
+    they are known (a method that touches only some parts needs them).
     """
 
     target: str
@@ -66,6 +84,7 @@ class Site:
     stack: str | None = None
     roles: tuple[str, ...] = ()
     fused: tuple[str, ...] = ()
+    fused_widths: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,7 +139,8 @@ class Plan(Sequence[Site]):
             block = "" if s.block is None else (f"{s.stack}.{s.block}" if s.stack else str(s.block))
             role = s.role if not s.roles or s.roles == (s.role,) else "+".join(s.roles)
             if s.fused:
-                role += f" (fused {'/'.join(s.fused)})"
+                split = " = " + "+".join(map(str, s.fused_widths)) if s.fused_widths else ""
+                role += f" (fused {'/'.join(s.fused)}{split})"
             body.append((block, role, s.target, r.module_type, f"{r.d_in} -> {r.d_out}",
                          self.method))
         widths = [max(len(x[i]) for x in (head, *body)) for i in range(len(head))]

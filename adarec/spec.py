@@ -455,9 +455,12 @@ PRESETS: dict[str, AdapterSpec] = {}
 
 
 def register_preset(name: str, spec: AdapterSpec) -> None:
-    """Add a named preset, usable wherever a spec is accepted."""
+    """Add a named preset, usable wherever a spec is accepted. A method's own name always means
+    its defaults, so it cannot be taken."""
     if not isinstance(spec, AdapterSpec):
         raise SpecError(f"a preset must be an AdapterSpec, got {type(spec).__name__}")
+    if name in _registry().method_names():
+        raise SpecError(f"preset name {name!r} is a method's name (its defaults); choose another")
     PRESETS[name] = spec
 
 

@@ -14,7 +14,11 @@ from .errors import UnsupportedModuleError
 from .sites import BlockSites
 
 MASK_ARGS = ("attention_mask", "mask")
-"""Forward parameters a padding mask is read from (1/True on real tokens)."""
+"""Forward parameters of a model a padding mask is read from (1/True on real tokens)."""
+TORCH_LAYER_ARGS = ("src_mask", "src_key_padding_mask", "is_causal")
+"""The masking parameters of torch's ``nn.TransformerEncoderLayer.forward``, in torch's own
+convention (True or -inf where attention is *blocked*); a block taking
+``src_key_padding_mask`` is read with it (by the whole-model methods that need a mask)."""
 
 _CAUSAL_MODEL_TYPES = {"clip_text_model"}
 """Causal models whose attention modules do not say so (CLIP's text tower builds a causal mask)."""
@@ -39,6 +43,8 @@ class StackInfo:
     runs: int | None
     n_stacks: int
     sites: tuple[BlockSites, ...] = ()
+    batch_first: bool = True
+    """False when the blocks take ``[length, batch, hidden]`` (torch's ``batch_first=False``)."""
 
 
 def ancestors(name: str) -> list[str]:
@@ -77,6 +83,19 @@ def detect_causal(model: nn.Module, stack: str) -> bool:
         if getattr(config, "model_type", None) in _CAUSAL_MODEL_TYPES:
             return True
     return False
+
+
+def is_batch_first(model: nn.Module, blocks: tuple[str, ...]) -> bool:
+    """Whether the blocks take batch-first tensors: torch's attention says so
+    (``nn.MultiheadAttention.batch_first``, False by default); every other block adarec knows
+    (Hugging Face, SASRec) is batch first. Blocks that disagree are refused."""
+    seen = {m.batch_first for b in blocks for m in model.get_submodule(b).modules()
+            if isinstance(m, nn.MultiheadAttention)}
+    if len(seen) > 1:
+        raise UnsupportedModuleError(
+            f"the blocks {blocks[0]}..{blocks[-1]} mix batch_first=True and False attention"
+        )
+    return seen.pop() if seen else True
 
 
 def stack_owner(model: nn.Module, stack: str) -> str:
@@ -124,5 +143,6 @@ def stack_infos(model: nn.Module, blocks: dict[str, list[BlockSites]]) -> list[S
             owner=stack_owner(model, stack), hidden=int(width),
             causal=detect_causal(model, stack), runs=runs if isinstance(runs, int) else None,
             n_stacks=len(blocks), sites=tuple(sites),
+            batch_first=is_batch_first(model, tuple(s.name for s in sites)),
         ))
     return out

@@ -235,12 +235,14 @@ def autocast(args: argparse.Namespace) -> contextlib.AbstractContextManager[None
 
 
 def evaluate(
-    model: TransRec, pairs: list[tuple[list[int], int]], args: argparse.Namespace
+    model: TransRec, pairs: list[tuple[list[int], int]], args: argparse.Namespace,
+    ties: str = "pessimistic",
 ) -> dict[str, float]:
-    """Full ranking of every item (history masked) with the cached item table."""
+    """Full ranking of every item (history masked) with the cached item table; a target ranks
+    below every item it ties with (``ties``: adarec.rec.metrics)."""
     with autocast(args):
         return model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg"),
-                                      max_len=args.max_len)
+                                      max_len=args.max_len, ties=ties)  # type: ignore[arg-type]
 
 
 def make_loader(split: LeaveOneOutSplit, n_items: int,
@@ -338,18 +340,26 @@ def main(argv: list[str] | None = None) -> None:
         for name, value in best[2].items():
             params[name].copy_(value)
     test = evaluate(model, split.test, args)
-    popularity = PopularityRecommender(data.n_items).fit([h for h, _ in split.test]).evaluate(
-        [t for _, t in split.test], [h for h, _ in split.test], ks=(10,), metrics=("hr", "ndcg")
-    )
+    rules = ("pessimistic", "expected", "optimistic")
+    test_by_rule = {rule: evaluate(model, split.test, args, rule) for rule in rules}
+    pop = PopularityRecommender(data.n_items).fit([h for h, _ in split.test])
+    popularity_by_rule = {rule: pop.evaluate(
+        [t for _, t in split.test], [h for h, _ in split.test], ks=(10,), metrics=("hr", "ndcg"),
+        ties=rule) for rule in rules}  # type: ignore[arg-type]
+    popularity = popularity_by_rule["pessimistic"]
     saved = save_checkpoints(model, data, out)
     log.info("\nmethod %s: best epoch %d by valid NDCG@10", args.method, best[1])
     log.info("%-12s%8s%9s", "", "HR@10", "NDCG@10")
     log.info("%-12s%8.4f%9.4f", args.method, test["hr@10"], test["ndcg@10"])
     log.info("%-12s%8.4f%9.4f", "popularity", popularity["hr@10"], popularity["ndcg@10"])
+    for name, by_rule in ((args.method, test_by_rule), ("popularity", popularity_by_rule)):
+        log.info("%s HR@10 / NDCG@10 by tie rule: %s", name, ", ".join(
+            f"{r} {m['hr@10']:.4f} / {m['ndcg@10']:.4f}" for r, m in by_rule.items()))
     log.info("checkpoints: %s", ", ".join(saved))
     log.info("wall time: %.0fs", time.perf_counter() - start)
     results = {
         "args": vars(args), "best_epoch": best[1], "test": test, "popularity": popularity,
+        "test_by_tie_rule": test_by_rule, "popularity_by_tie_rule": popularity_by_rule,
         "train_seconds_per_epoch": train_seconds, "trainable": summary.trainable,
         "total": summary.total, "wall_seconds": time.perf_counter() - start,
     }

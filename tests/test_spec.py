@@ -121,6 +121,18 @@ def test_every_way_of_building_a_spec_refuses_with_a_clear_message(
         BUILDERS[how](method, **fields)
 
 
+def test_register_preset_adds_names_but_never_redefines_a_method() -> None:
+    from adarec import register_preset
+
+    register_preset("houlsby-small", AdapterSpec(bottleneck=8))
+    try:
+        assert as_spec("houlsby-small").bottleneck == 8
+        with pytest.raises(SpecError, match="is a method's name"):
+            register_preset("houlsby", AdapterSpec(bottleneck=8))
+    finally:
+        del PRESETS["houlsby-small"]
+
+
 def test_extra_is_a_json_copy() -> None:
     meta = {"note": "run 3", "tags": ["a"]}
     spec = AdapterSpec(extra=meta)
@@ -144,7 +156,8 @@ def test_unknown_keys_and_types() -> None:
 
 # ----------------------------------------------------------------- specs written by adarec 0.1
 def test_specs_written_by_adarec_0_1_load_as_they_did() -> None:
-    config = json.loads((FIXTURES / "tiny_bert_adapters" / "adapter_config.json").read_text())
+    folder = FIXTURES / "v1" / "tiny_bert_adapters"
+    config = json.loads((folder / "adapter_config.json").read_text())
     specs = {s["name"]: AdapterSpec.from_dict(s["spec"]) for s in config["adapter_sets"]}
     assert specs["houlsby"] == AdapterSpec.preset("houlsby", bottleneck=4)
     assert specs["lora"] == AdapterSpec.preset(

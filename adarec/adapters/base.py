@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from ..sites import Site
 
 
+ADAPTERS_ATTR = "adarec_adapters"
+"""The child ``ModuleDict`` of an adapted module that holds its adapters, one per named set."""
+
+
 class AdapterLayer(nn.Module):
     """Shared plumbing: the active switch and the parameter protocol."""
 

@@ -8,6 +8,10 @@ applied by a forward pre-hook on the input of the projection: one elementwise pr
 output-side form ``y + W((l - 1) * a)`` would cost a second matmul. Scaling is linear in the
 weights, so `merge` folds the vectors into the base weights (rows for k/v, columns for the FFN).
 In a fused q/k/v projection (GPT-2's ``c_attn``) only the k and v thirds are scaled.
+
+`adarec.merge` keeps a copy of the weights it scales and restores them exactly (a learned scale of
+0 included); `unmerge` (dividing the scale out, exact to ``eps * |W|``) is the way back when no copy
+was kept, and refuses a zero or non-finite scale, which cannot be divided out.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class IA3Adapter(AdapterLayer):
         self.scale = nn.Parameter(torch.ones(stop - start))
         self.width, self.start, self.stop = width, start, stop
         self.scale_input = scale_input
+        self.folds_into_input = scale_input
+        """Merged, it scales the module's input, which other adapters on the module read too."""
         self.merged = False
 
     def full_scale(self) -> torch.Tensor:
@@ -81,14 +87,39 @@ class IA3Adapter(AdapterLayer):
 
     @torch.no_grad()
     def unmerge(self, base: nn.Module) -> None:
-        """Divide the scaling out again (exact up to rounding; a zero scale cannot be undone)."""
+        """Divide the scaling out again (to rounding); refused where that cannot work."""
         if not self.merged:
             raise AdapterStateError(f"(IA)^3 set {self.set_name!r} is not merged")
+        reason = self.irreversible_because(base)
+        if reason:
+            raise AdapterStateError(f"(IA)^3 set {self.set_name!r} cannot be unmerged: {reason}")
         base_weight(base).data.div_(self._oriented(base))
         bias = getattr(base, "bias", None)
         if not self.scale_input and bias is not None:
             bias.data.div_(self.full_scale().detach().to(bias.dtype))
         self.merged = False
+
+    @torch.no_grad()
+    def irreversible_because(self, base: nn.Module) -> str | None:
+        """Why dividing the scale out would not give the weights back within ``eps * |W|``
+        (``None``: it would): a zero or non-finite scale, or, checked before merging by doing the
+        round trip, a product that over- or underflows."""
+        s = self.scale.detach()
+        if not (torch.isfinite(s).all() and (s != 0).all()):
+            return "its scale has zero or non-finite entries, which cannot be divided out"
+        if self.merged:
+            return None
+        pairs = [(base_weight(base).detach(), self._oriented(base))]
+        bias = getattr(base, "bias", None)
+        if not self.scale_input and isinstance(bias, torch.Tensor):
+            pairs.append((bias.detach(), self.full_scale().detach().to(bias.dtype)))
+        for t, scale in pairs:
+            scaled = t * scale
+            back = scaled / scale
+            eps = torch.finfo(t.dtype).eps
+            if not (torch.isfinite(scaled).all() and ((back - t).abs() <= eps * t.abs()).all()):
+                return "scaling the weights by it over- or underflows, losing their bits"
+        return None
 
     def extra_repr(self) -> str:
         side = "input" if self.scale_input else "output"
@@ -102,19 +133,21 @@ def build(ctx: BuildContext) -> IA3Adapter:
     if site.role == "ffn_out":
         return IA3Adapter(d_in, 0, d_in, scale_input=True)
     if site.fused:
-        parts = len(site.fused)
-        if d_out != parts * d_in:
+        widths = site.fused_widths
+        if not widths or sum(widths) != d_out:
             raise UnsupportedModuleError(
-                f"{site.target} fuses {'/'.join(site.fused)} into {d_out} outputs from {d_in} "
-                "inputs, so its parts are not equal thirds (grouped-query attention?); (IA)^3 "
-                "cannot tell which channels are keys and values. Pass target_modules to scale "
-                "the whole output"
+                f"{site.target} computes {'/'.join(site.fused)} in one projection, and how its "
+                f"{d_out} outputs split into them is not known (the dry run could not verify a "
+                "contiguous split; interleaved heads?), so (IA)^3 cannot tell which channels are "
+                "keys and values. Pass target_modules to scale its whole output"
             )
-        index = [site.fused.index(r) for r in site.roles]
-        if index != list(range(min(index), max(index) + 1)):
+        index = sorted(site.fused.index(r) for r in site.roles)
+        if index != list(range(index[0], index[-1] + 1)):
             raise UnsupportedModuleError(f"(IA)^3 roles {site.roles} are not adjacent in "
                                          f"{site.target}'s fused output {site.fused}")
-        return IA3Adapter(d_out, min(index) * d_in, (max(index) + 1) * d_in, scale_input=False)
+        start = sum(widths[: index[0]])
+        return IA3Adapter(d_out, start, start + sum(widths[index[0]: index[-1] + 1]),
+                          scale_input=False)
     return IA3Adapter(d_out, 0, d_out, scale_input=False)
 
 

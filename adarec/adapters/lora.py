@@ -2,7 +2,9 @@
 
 The pre-trained weight is kept and frozen (the paper's research code replaced it), ``B`` starts at
 zero so the layer is the identity at initialisation, and `merge` folds ``(alpha/r) B A`` into the
-base weight for inference (`unmerge` takes it out again).
+base weight for inference. `adarec.merge` keeps a copy of the weight and restores it exactly;
+`unmerge` (subtracting the delta again, exact to ``eps * (|W| + |delta|)``) is the way back when
+no copy was kept.
 """
 
 from __future__ import annotations
@@ -63,8 +65,21 @@ class LoRAAdapter(AdapterLayer):
     def unmerge(self, base: nn.Module) -> None:
         if not self.merged:
             raise AdapterStateError(f"LoRA set {self.set_name!r} is not merged")
+        reason = self.irreversible_because(base)
+        if reason:
+            raise AdapterStateError(f"LoRA set {self.set_name!r} cannot be unmerged: {reason}")
         _base_weight(base).sub_(_oriented(base, self.delta_weight()))
         self.merged = False
+
+    @torch.no_grad()
+    def irreversible_because(self, base: nn.Module) -> str | None:
+        """Why subtracting the delta would not give the weight back (``None``: it would, to
+        rounding): a non-finite delta, or a sum that overflows."""
+        delta = _oriented(base, self.delta_weight())
+        total = _base_weight(base) if self.merged else _base_weight(base) + delta
+        if not (torch.isfinite(delta).all() and torch.isfinite(total).all()):
+            return "its update W + (alpha/r) B A is not finite"
+        return None
 
     def extra_repr(self) -> str:
         return f"scaling={self.scaling}"

@@ -155,6 +155,14 @@ def place(ctx: PlaceContext) -> list[Site]:
             f"{[s.name for s in ctx.stacks]}: inject into the submodel that encodes the input"
         )
     stack = ctx.stacks[0]
+    block = ctx.model.get_submodule(stack.blocks[-1])
+    if arg_locator(block, ("src_key_padding_mask",)) is not None or not stack.batch_first:
+        raise UnsupportedModuleError(
+            f"prompt tuning extends a model's [batch, length] attention_mask and prepends along "
+            f"dim 1; the blocks of {type(ctx.model).__name__} ({type(block).__name__}) take "
+            "torch's src_mask/src_key_padding_mask, sized to the input, which it does not rewrite"
+            + ("" if stack.batch_first else ", and are not batch first")
+        )
     root = ctx.model.get_submodule(stack.root)
     emb = input_embeddings(root)
     takes = all(arg_locator(root, (a,)) for a in ("input_ids", "inputs_embeds"))

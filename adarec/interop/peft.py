@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapters.base import ADAPTERS_ATTR
 from ..checkpoint import (
     PathLike,
     atomic_folder,
@@ -29,7 +30,6 @@ from ..checkpoint import (
 )
 from ..errors import AdapterStateError, CheckpointError
 from ..inject import adapter_sets, eject_adapters, inject_adapters, iter_adapters
-from ..planning import ADAPTERS_ATTR
 from ..registry import MethodDef, method_info, methods_for_peft
 from ..spec import AdapterSpec
 

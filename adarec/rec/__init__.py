@@ -36,11 +36,14 @@ from adarec.rec.losses import (
     sampled_softmax_loss,
 )
 from adarec.rec.metrics import (
+    TIES,
     PopularityRecommender,
     evaluate_full_ranking,
+    full_ranking_counts,
     full_ranking_ranks,
     ranking_metrics,
     target_ranks,
+    tie_counts,
     topk_chunked,
 )
 from adarec.rec.state_cache import HiddenStateCache, state_cache_bytes
@@ -53,6 +56,7 @@ __all__ = [
     "OBJECTIVES",
     "PAD",
     "POLICIES",
+    "TIES",
     "Candidates",
     "EvalCollator",
     "EvalDataset",
@@ -76,6 +80,7 @@ __all__ = [
     "TransRec",
     "bce_loss",
     "evaluate_full_ranking",
+    "full_ranking_counts",
     "full_ranking_ranks",
     "full_softmax_loss",
     "in_batch_candidates",
@@ -90,6 +95,7 @@ __all__ = [
     "sampled_softmax_loss",
     "state_cache_bytes",
     "target_ranks",
+    "tie_counts",
     "tokenize_item_texts",
     "topk_chunked",
 ]

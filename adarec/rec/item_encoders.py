@@ -23,6 +23,7 @@ from adarec.errors import AdapterStateError, ConfigError, DataError
 from adarec.layouts import iter_blocks
 from adarec.rec.side_encoding import SideEncoding
 from adarec.rec.state_cache import HiddenStateCache
+from adarec.state_key import StateKey, autocast_state
 
 POOLINGS = ("cls", "mean")
 
@@ -68,9 +69,12 @@ class TextItemEncoder(SideEncoding, nn.Module):
     the top blocks), the hidden states entering block ``k`` are computed once for all items (in
     eval mode, so without dropout there) and each call runs only blocks ``k..``. A self-check
     against a plain forward switches the cache off (with a warning) for a model it does not fit.
-    The cache is keyed on the version counters of the frozen parameters below block ``k`` (and on
-    ``k``): an in-place change to any of them, or a change of which blocks train, rebuilds it on
-    the next call, so it never serves hidden states of a model that no longer exists.
+    The cache is keyed on the state of everything but blocks ``k..`` (`adarec.state_key`: the
+    weights and their versions, which adapter sets are present, active or merged, hooks, the
+    item features), on ``k`` and on the autocast state: switching, disabling, injecting or
+    ejecting adapters below ``k``, an in-place change of a frozen weight, or a change of which
+    blocks train rebuilds it on the next call, so it never serves hidden states of a model that
+    no longer exists (``invalidate_cache()`` after writes through ``.data``).
     Memory: ``(n_items + 1) * T * hidden`` values; ``cache_dtype=torch.bfloat16`` halves it (the
     states are stored rounded to bf16 and cast back on use: no longer exact, ~3 significant
     digits, which bf16 autocast training rounds to anyway).
@@ -116,7 +120,7 @@ class TextItemEncoder(SideEncoding, nn.Module):
         self.cache_dtype = cache_dtype
         self._prefix: Tensor | None = None
         self._prefix_dtype = torch.float32
-        self._prefix_key: Any = None
+        self._prefix_key: StateKey | None = None
         self.cache_states, self.cache_dir = cache_states, cache_dir
         self._state_cache: HiddenStateCache | None = None
         self.tokenizer: Any = None
@@ -267,12 +271,17 @@ class TextItemEncoder(SideEncoding, nn.Module):
             seen.append((block, p))
         return None  # fully frozen: a PrecomputedItemEncoder is the better tool
 
+    def invalidate_cache(self) -> None:
+        """Drop the frozen-prefix cache (needed only after writes through ``.data``)."""
+        self._prefix, self._prefix_key = None, None
+
     def _cached_start(self) -> tuple[nn.ModuleList, int] | None:
         split = self._split()
         if split is None:
             return None
-        stack, k, prefix = split
-        key = (k, self.input_ids.device, *(p._version for p in prefix))
+        stack, k, _ = split
+        key = StateKey.of(self, skip=list(stack)[k:], modes=False,
+                          extra=(k, autocast_state(self.input_ids.device.type)))
         if self._prefix_key != key:
             self._build_prefix(stack, k)
             self._prefix_key = key

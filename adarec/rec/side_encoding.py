@@ -26,7 +26,6 @@ refused: a side network needs a frozen backbone.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -38,6 +37,7 @@ from torch import Tensor, nn
 from adarec.adapters.side import SideNetwork, side_networks
 from adarec.errors import AdapterStateError
 from adarec.rec.state_cache import HiddenStateCache
+from adarec.state_key import StateKey
 
 logger = logging.getLogger(__name__)
 
@@ -139,15 +139,12 @@ class SideEncoding:
         return torch.stack([self._pool(h, mask) for h in states], dim=1), mask
 
     def _key(self, sides: Sequence[SideNetwork], slots: Sequence[int], tokens: bool,
-             device: torch.device) -> tuple[Any, ...]:
-        own = {id(p) for s in side_networks(self.model, active_only=False) for p in s.parameters()}
-        tensors = itertools.chain(self.model.parameters(), self.model.buffers(), self._features())
-        state = tuple((id(t), t._version, t.data_ptr(), tuple(t.shape), t.dtype)
-                      for t in tensors if id(t) not in own)
-        flags = tuple((id(m), bool(getattr(m, "active", True))) for m in self.model.modules()
-                      if callable(getattr(m, "adapter_params", None)) and id(m) not in
-                      {id(s) for s in side_networks(self.model, active_only=False)})
-        return (tuple(slots), tokens, self.cache_dtype, str(device), state, flags)
+             device: torch.device) -> StateKey:
+        """What the cached states depend on: every module and tensor of this encoder (backbone,
+        item features, other adapters and their flags) except the side networks themselves
+        (`adarec.state_key`, as for the frozen-prefix cache), and how the states are taken."""
+        return StateKey.of(self, skip=side_networks(self.model, active_only=False), modes=False,
+                           extra=(tuple(slots), tokens, self.cache_dtype, str(device)))
 
     def _cached(self, sides: Sequence[SideNetwork], slots: Sequence[int], tokens: bool,
                 device: torch.device) -> HiddenStateCache | None:

@@ -36,11 +36,14 @@ from adarec.errors import (
     ConfigError,
     DataError,
     StateMismatchError,
-    TargetNotFoundError,
     UnknownItemError,
 )
-from adarec.freeze import ParameterSummary, adapter_parameters, is_norm, parameter_summary
-from adarec.inject import ADAPTERS_ATTR
+from adarec.freezing import (
+    ParameterSummary,
+    adapter_parameters,
+    mark_adapters_and_upper_norms_trainable,
+    parameter_summary,
+)
 from adarec.inject import inject_adapters as _inject
 from adarec.layouts import iter_blocks
 from adarec.rec.data import PAD, pad_left, pad_right
@@ -52,9 +55,10 @@ from adarec.rec.losses import (
     in_batch_candidates,
     sampled_softmax_loss,
 )
-from adarec.rec.metrics import METRICS, evaluate_full_ranking, topk_chunked
+from adarec.rec.metrics import METRICS, Ties, evaluate_full_ranking, topk_chunked
 from adarec.rec.user_encoders import SASRec
 from adarec.spec import AdapterSpec
+from adarec.state_key import StateKey, autocast_state
 
 OBJECTIVES = ("sasrec", "cpc")
 LOSS_NAMES = ("bce", "sampled_softmax", "full_softmax")
@@ -76,43 +80,6 @@ class Recommendations:
 def _set_trainable(module: nn.Module, flag: bool) -> None:
     for p in module.parameters():
         p.requires_grad_(flag)
-
-
-def _adapters_and_norms(module: nn.Module, layernorm: bool) -> None:
-    """Adapters, plus the LayerNorms from the lowest adapted block upwards (with ``layernorm``).
-
-    Norms below the lowest adapter stay frozen, so everything under it is a fixed function
-    (and `TextItemEncoder` can cache it); with adapters in every block this is the paper's
-    "adapters + LayerNorms" (all block norms, the embedding norm excepted).
-
-    Decoupled modules (``decoupled = True``: side networks and the multimodal inter-modal side
-    stream) train whole, and never unfreeze a backbone norm: they run beside the backbone.
-    """
-    _set_trainable(module, False)
-    adapters = adapter_parameters(module)
-    for p in adapters.values():
-        p.requires_grad_(True)
-    decoupled = [n for n, m in module.named_modules() if getattr(m, "decoupled", False) is True]
-    for n in decoupled:
-        _set_trainable(module.get_submodule(n), True)
-    adapters = {k: p for k, p in adapters.items()
-                if not any(k.startswith(d + ".") for d in decoupled)}
-    if not layernorm or not adapters:
-        return
-    order = {n: i for i, (n, _) in enumerate(module.named_modules())}
-    try:
-        blocks = [f"{b.stack}.{b.index}" for b in iter_blocks(module)]
-    except TargetNotFoundError:
-        blocks = []
-    start = len(order)
-    for pname in adapters:
-        site = pname.split(f".{ADAPTERS_ATTR}.", 1)[0]
-        owner = next((b for b in blocks if site.startswith(b + ".")), site)
-        start = min(start, order.get(owner, start))
-    for n, m in module.named_modules():
-        if is_norm(m) and order[n] >= start:
-            for p in m.parameters(recurse=False):
-                p.requires_grad_(True)
 
 
 def _has_decoupled(module: nn.Module) -> bool:
@@ -190,7 +157,7 @@ class TransRec(nn.Module):
         self._index: dict[Hashable, int] = {}
         self._version = 0
         self._table: Tensor | None = None
-        self._table_key: Any = None
+        self._table_key: StateKey | None = None
 
     @property
     def n_items(self) -> int:
@@ -207,29 +174,35 @@ class TransRec(nn.Module):
     def item_embeddings(self, ids: Tensor) -> Tensor:
         """``ids`` of any shape -> ``[*ids.shape, dim]`` (from the cached table when it is
         valid and no gradient is needed)."""
-        if self._cache_valid() and not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and self._cache_valid():
             assert self._table is not None
             return self._table[ids.to(self._table.device)]
         return self._encode(ids.reshape(-1)).view(*ids.shape, self.dim)
 
     # ------------------------------------------------------------------------ the cache
-    def _state_key(self) -> tuple[int, ...]:
-        # In-place updates (optimizer steps, load_state_dict) bump a tensor's _version.
-        tensors = itertools.chain(self.parameters(), self.buffers())
-        return (self._version, *(t._version for t in tensors))
+    def _state_key(self) -> StateKey:
+        """The item table is ``dtl(item_encoder(ids))`` in eval mode: it is valid while those
+        two modules are in the same state (weights, active/merged adapter sets, hooks, modes,
+        item features; see `adarec.state_key`) and autocast is as it was."""
+        device = self._device().type
+        return StateKey.of(self.item_encoder, self.dtl, extra=(autocast_state(device),))
 
     def _cache_valid(self) -> bool:
-        return self._table is not None and not self.training and self._table_key == (
-            self._state_key()
-        )
+        return self._table is not None and self._table_key == self._state_key()
 
     def invalidate_cache(self) -> None:
-        """Drop the cached item table (also done by ``train()`` and by any in-place update)."""
-        self._version += 1
+        """Drop the cached item table and any cache of the item encoder. Never needed for
+        adarec operations, optimizer steps, loads or mode switches (the caches key on the
+        model's state); needed after writes no version counter sees (``p.data.copy_(...)``)."""
         self._table, self._table_key = None, None
+        for m in self.item_encoder.modules():
+            drop = getattr(m, "invalidate_cache", None)
+            if callable(drop):
+                drop()
 
     def train(self, mode: bool = True) -> TransRec:
-        self.invalidate_cache()
+        if mode:  # free the memory while training (the key would not match anyway)
+            self._table, self._table_key = None, None
         return super().train(mode)
 
     @contextmanager
@@ -247,14 +220,14 @@ class TransRec(nn.Module):
 
     def item_table(self, batch_size: int = 512) -> Tensor:
         """Every item's embedding ``[n_items + 1, dim]`` in eval mode without grad, cached
-        until the model changes or ``train()``/`invalidate_cache` is called."""
+        while the item encoder and DTL stay in the same state (see `_state_key`)."""
         with self._inference():
-            if self._cache_valid():
-                assert self._table is not None
+            key = self._state_key()
+            if self._table is not None and self._table_key == key:
                 return self._table
             ids = torch.arange(self.n_items + 1, device=self._device())
             table = torch.cat([self._encode(c) for c in ids.split(batch_size)])
-            self._table, self._table_key = table, self._state_key()
+            self._table, self._table_key = table, key
             return table
 
     def _device(self) -> torch.device:
@@ -286,10 +259,14 @@ class TransRec(nn.Module):
     ) -> Tensor:
         """Scores of every item ``[B, n_items + 1]`` (inference: eval mode, no grad); the
         padding item, and with ``exclude_history`` the history ids (plus ``exclude_ids``,
-        e.g. the untruncated history), get ``-inf``."""
+        e.g. the untruncated history), get ``-inf``. Under autocast the encoders run in its
+        dtype but the scores are computed in float32 (bf16 scores tie far too often to rank)."""
         table = self.item_table(batch_size)
         with self._inference():
-            scores = self.user_embeddings(history_ids.to(table.device)) @ table.T
+            users = self.user_embeddings(history_ids.to(table.device))
+            dtype = torch.promote_types(table.dtype, torch.float32)
+            with torch.autocast(table.device.type, enabled=False):
+                scores = users.to(dtype) @ table.to(dtype).T
             scores[:, PAD] = float("-inf")
             if exclude_history:
                 scores.scatter_(1, history_ids.to(table.device), float("-inf"))
@@ -304,12 +281,17 @@ class TransRec(nn.Module):
         metrics: Sequence[str] = METRICS,
         max_len: int | None = None,
         batch_size: int = 256,
+        ties: Ties = "pessimistic",
+        seed: int = 0,
     ) -> dict[str, float]:
         """Full-ranking metrics of ``(history, target)`` pairs (e.g. a leave-one-out split's
         ``valid`` or ``test``): every item is scored with the cached item table, the whole
         history and the padding item are masked, and the most recent ``max_len`` items (default:
         the user encoder's ``max_len``) are the input. Eval mode and no grad for the call; run
-        it under ``torch.autocast`` to encode in bf16 (scores are compared in float32)."""
+        it under ``torch.autocast`` to encode in bf16 (scores are computed and compared in
+        float32 all the same).
+        ``ties``/``seed``: the tie rule (`adarec.rec.metrics`; default: a target ranks below
+        every item it ties with)."""
         length = max_len or cast(int, self.user_encoder.max_len)
         table = self.item_table().float()
         histories = pad_left([h for h, _ in pairs], length).to(table.device)
@@ -320,7 +302,7 @@ class TransRec(nn.Module):
 
         return evaluate_full_ranking(
             users, table, [t for _, t in pairs], [list(h) for h, _ in pairs], ks=ks,
-            batch_size=batch_size, metrics=metrics,
+            batch_size=batch_size, metrics=metrics, ties=ties, seed=seed,
         )
 
     # ------------------------------------------------------------------------ serving
@@ -594,12 +576,12 @@ class TransRec(nn.Module):
         if name == "adapters":
             for module, has in ((item, has_item), (user, has_user)):
                 if has:
-                    _adapters_and_norms(module, layernorm)
+                    mark_adapters_and_upper_norms_trainable(module, layernorm)
         elif name == "item_adapters":
-            _adapters_and_norms(item, layernorm)
+            mark_adapters_and_upper_norms_trainable(item, layernorm)
         elif name == "user_adapters":
             _set_trainable(item, False)
-            _adapters_and_norms(user, layernorm)
+            mark_adapters_and_upper_norms_trainable(user, layernorm)
         elif name == "frozen":
             _set_trainable(item, False)
         elif name == "top_blocks":

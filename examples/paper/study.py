@@ -230,9 +230,12 @@ def autocast() -> contextlib.AbstractContextManager[None]:
     return adarec.precision.autocast(PRECISION[0], "cpu")
 
 
-def evaluate(model: TransRec, pairs: list[tuple[list[int], int]], max_len: int) -> dict[str, float]:
+def evaluate(model: TransRec, pairs: list[tuple[list[int], int]], max_len: int,
+             ties: str = "pessimistic") -> dict[str, float]:
+    """Full ranking; a target ranks below every item it ties with (adarec's default)."""
     with autocast():
-        return model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg"), max_len=max_len)
+        return model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg"), max_len=max_len,
+                                      ties=ties)  # type: ignore[arg-type]
 
 
 def train(model: TransRec, run: Run, data: Any, args: argparse.Namespace, seed: int,
@@ -274,8 +277,9 @@ def train(model: TransRec, run: Run, data: Any, args: argparse.Namespace, seed: 
             params[n].copy_(v)
     model.invalidate_cache()
     test = evaluate(model, split.test, args.max_len)
+    by_rule = {r: evaluate(model, split.test, args.max_len, r) for r in ("expected", "optimistic")}
     summary = adarec.parameter_summary(model)
-    return {"test": test, "valid": curve, "best_epoch": best["epoch"],
+    return {"test": test, "test_by_tie_rule": by_rule, "valid": curve, "best_epoch": best["epoch"],
             "train_seconds_per_epoch": seconds, "trainable": summary.trainable,
             "total": getattr(model, "full_size", summary.total)}
 

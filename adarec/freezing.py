@@ -1,21 +1,33 @@
-"""Freezing utilities and the trainable-parameter summary.
+"""Freezing policies and the trainable-parameter summary: one vocabulary for the core and `rec`.
 
-Adapter parameters are found through the layer protocol (``adapter_params()``), never by guessing
-from names, so a parameter called ``adapter`` in a user's head is not mistaken for one.
+- `freeze`: nothing trains;
+- `mark_only_adapters_trainable`: the adapters (and every norm when a set asks for it);
+- `mark_adapters_and_upper_norms_trainable`: the adapters and the norms from the lowest adapted
+  block upwards (what TransRec's adapter policies train);
+- `mark_only_biases_trainable`: BitFit.
+
+Each one remembers the flags the model had before adarec first froze it, so `eject_adapters`
+(or `restore_requires_grad`) gives them back. Adapter parameters are found through the layer
+protocol (``adapter_params()``), never by guessing from names, so a parameter called ``adapter``
+in a user's head is not mistaken for one.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from .adapters.base import is_adapter
+from .adapters.base import ADAPTERS_ATTR, is_adapter
 from .errors import TargetNotFoundError
 
 _ORIG_FLAGS = "_adarec_requires_grad"
+_ORIG_ORDER = "_adarec_requires_grad_order"
+"""When the flags were remembered: ejecting restores the latest records first."""
+_remembered = itertools.count()
 
 
 def adapter_parameters(model: nn.Module, name: str | None = None) -> dict[str, nn.Parameter]:
@@ -78,6 +90,47 @@ def mark_only_adapters_trainable(
     return model
 
 
+def mark_adapters_and_upper_norms_trainable(model: nn.Module, norms: bool = True) -> nn.Module:
+    """Freeze everything, then unfreeze the adapters and (with ``norms``) the norm layers from the
+    lowest adapted block upwards.
+
+    Norms below the lowest adapter stay frozen, so everything under it is a fixed function (a
+    frozen-prefix cache can skip it); with adapters in every block this is the paper's
+    "adapters + LayerNorms" (every block's norms, the embedding norm excepted). Unlike
+    ``AdapterSpec.tune_layernorm`` (every norm of the model), it follows where the adapters are.
+    """
+    freeze(model)
+    adapters = adapter_parameters(model)
+    for p in adapters.values():
+        p.requires_grad_(True)
+    # decoupled modules (``decoupled = True``: networks running beside a frozen backbone, e.g. a
+    # side network or a multimodal inter-modal stream) train whole and unfreeze no backbone norm
+    decoupled = [n for n, m in model.named_modules() if getattr(m, "decoupled", False) is True]
+    for n in decoupled:
+        model.get_submodule(n).requires_grad_(True)
+    adapters = {k: p for k, p in adapters.items()
+                if not any(k == d or k.startswith(d + ".") for d in decoupled)}
+    if not norms or not adapters:
+        return model
+    from .layouts import iter_blocks
+
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    try:
+        blocks = [b.name for b in iter_blocks(model)]
+    except TargetNotFoundError:
+        blocks = []
+    start = len(order)
+    for pname in adapters:
+        site = pname.split(f".{ADAPTERS_ATTR}.", 1)[0]
+        owner = next((b for b in blocks if site.startswith(b + ".")), site)
+        start = min(start, order.get(owner, start))
+    for n, m in model.named_modules():
+        if is_norm(m) and order[n] >= start:
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(True)
+    return model
+
+
 def mark_only_biases_trainable(
     model: nn.Module, also: str | Iterable[str] = (), adapters: bool = False
 ) -> nn.Module:
@@ -115,6 +168,7 @@ def _remember_flags(model: nn.Module) -> None:
         adapters = adapter_parameters(model)  # once, not once per parameter
         flags = {n: p.requires_grad for n, p in model.named_parameters() if n not in adapters}
         object.__setattr__(model, _ORIG_FLAGS, flags)
+        object.__setattr__(model, _ORIG_ORDER, next(_remembered))
 
 
 def restore_requires_grad(model: nn.Module) -> None:
@@ -126,6 +180,19 @@ def restore_requires_grad(model: nn.Module) -> None:
         if n in flags:
             p.requires_grad_(flags[n])
     object.__delattr__(model, _ORIG_FLAGS)
+    model.__dict__.pop(_ORIG_ORDER, None)
+
+
+def restore_requires_grad_below(model: nn.Module) -> None:
+    """`restore_requires_grad` for ``model`` and every submodule that adarec froze and that holds
+    no adapter set any more, latest first (a later record saw the flags an earlier freeze set)."""
+    from .inject import adapter_sets
+
+    held = [m for m in model.modules() if getattr(m, _ORIG_FLAGS, None) is not None]
+    held.sort(key=lambda m: m.__dict__.get(_ORIG_ORDER, -1), reverse=True)
+    for m in held:
+        if not adapter_sets(m):
+            restore_requires_grad(m)
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
