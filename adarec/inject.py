@@ -287,8 +287,8 @@ def _holds_adapters(module: nn.Module) -> bool:
 
 def _hold_nested_tensors(model: nn.Module) -> None:
     """torch's ``nn.TransformerEncoder`` turns a padded batch into a nested (ragged) tensor in
-    eval mode and runs its layers on that; adapters (a side network indexing positions, a learned
-    scale per position) cannot work on it. Encoders holding adapters take the ordinary padded
+    eval mode and runs its layers on that; adapters (networks indexing positions, learned scales
+    per position) cannot work on it. Encoders holding adapters take the ordinary padded
     path instead (same results at real positions), until the adapters are ejected."""
     for m in model.modules():
         if (isinstance(m, nn.TransformerEncoder) and getattr(m, "use_nested_tensor", False)

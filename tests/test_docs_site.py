@@ -48,9 +48,11 @@ def _wanted(name: str) -> dict[str, object]:
 
 
 def _fields_only(cls: type) -> bool:
-    """Protocols, NamedTuples and enums: no constructor to show (their members are listed)."""
+    """Protocols, NamedTuples, enums and mixins without a constructor of their own: no
+    constructor signature to show (their members are listed)."""
     return (bool(getattr(cls, "_is_protocol", False)) or issubclass(cls, enum.Enum)
-            or (issubclass(cls, tuple) and hasattr(cls, "_fields")))
+            or (issubclass(cls, tuple) and hasattr(cls, "_fields"))
+            or cls.__init__ is object.__init__)
 
 
 @pytest.fixture(scope="module")

@@ -92,9 +92,11 @@ STACKS: dict[str, Stack] = {
 
 MODEL_METHODS = adarec.method_names(Placement.MODEL)
 
-REFUSED = {("prompt", s) for s in STACKS if s.startswith("torch") or s == "sasrec"}
-"""Pairs a method refuses at injection (prompt tuning needs an input embedding it can extend the
-call of; torch's layers take masks it does not rewrite)."""
+REFUSED = {("prompt", s) for s in STACKS if s.startswith("torch") or s == "sasrec"} | {
+    ("side", s) for s, stack in STACKS.items() if s.startswith("torch") or stack.causal}
+"""Pairs a method refuses at injection: prompt tuning needs an input embedding it can extend the
+call of, and torch's layers take masks it does not rewrite; a side network pools over the whole
+sequence (so causal stacks are refused) and reads only a Hugging Face attention_mask."""
 
 
 def _perturb(model: nn.Module, seed: int) -> None:

@@ -140,9 +140,13 @@ def side_taps(layers: Sequence[int] | None, n_blocks: int, stride: int) -> list[
 
 
 def pool_hidden(hidden: Tensor, mask: Tensor | None, pooling: str) -> Tensor:
-    """[CLS] (first token) or the mean over real tokens (``mask`` 1 on them)."""
+    """[CLS] (the first real token: the first position unless the row is left-padded) or the
+    mean over real tokens (``mask`` 1 on them)."""
     if pooling == "cls":
-        return hidden[:, 0]
+        if mask is None:
+            return hidden[:, 0]
+        first = mask.to(torch.float32).argmax(1)  # first maximum: the first real position
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), first.to(hidden.device)]
     if mask is None:
         return hidden.mean(1)
     m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -334,6 +338,13 @@ def place(ctx: PlaceContext) -> list[Site]:
         raise UnsupportedModuleError(
             f"{name} runs its {n} block module(s) {stack.runs} times (shared layers, as in "
             "ALBERT); a side network taps each block's one output")
+    block = ctx.model.get_submodule(stack.blocks[-1])
+    if arg_locator(block, ("src_key_padding_mask",)) is not None or not stack.batch_first:
+        raise UnsupportedModuleError(
+            f"a side network reads a Hugging Face [batch, length] attention_mask; the blocks of "
+            f"{name} ({type(block).__name__}) take torch's src_mask/src_key_padding_mask, which "
+            "it does not read: use it on a Hugging Face encoder (as the item encoders do)"
+        )
     if stack.causal:
         raise UnsupportedModuleError(
             f"{name} is causal; a side network pools over the whole sequence, which would let a "
