@@ -8,6 +8,7 @@ what the model computes, and after each one the cached scores equal freshly comp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import pickle
 import shutil
@@ -311,7 +312,9 @@ class CacheCoherence(RuleBasedStateMachine):
         active = adarec.active_adapters(self.hf)
         if name not in active:
             set_active_adapters(self.hf, [*active, name])
-        merge_adapters(self.hf, name)
+        # a refusal (e.g. another active set runs before it) changes nothing
+        with contextlib.suppress(adarec.AdarecError):
+            merge_adapters(self.hf, name)
 
     @rule(policy=st.sampled_from(["full", "adapters", "frozen", "item_adapters"]))
     def policy(self, policy: str) -> None:
