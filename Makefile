@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check adarec tests examples benchmarks
+	$(BIN)/ruff check adarec tests examples benchmarks conftest.py
 	$(BIN)/mypy adarec
 
 docs: $(STAMP)

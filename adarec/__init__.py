@@ -15,6 +15,7 @@ from .adapters import (
     LoRAAdapter,
     PHMLinear,
     PromptAdapter,
+    SideNetwork,
 )
 from .checkpoint import (
     LoadResult,
@@ -28,14 +29,22 @@ from .errors import (
     AdapterStateError,
     AdarecError,
     CheckpointError,
+    ConfigError,
+    DataError,
+    DataFileNotFoundError,
+    EvaluationError,
+    RegistrationError,
     SpecError,
+    StateMismatchError,
     TargetNotFoundError,
+    UnknownItemError,
     UnsupportedModuleError,
 )
-from .freeze import (
+from .freezing import (
     ParameterSummary,
     adapter_parameters,
     freeze,
+    mark_adapters_and_upper_norms_trainable,
     mark_only_adapters_trainable,
     mark_only_biases_trainable,
     parameter_summary,
@@ -55,8 +64,24 @@ from .inject import (
 )
 from .interop import export_peft_lora, import_peft_lora
 from .layouts import Layout, register_layout
+from .logs import setup_logging
 from .merge import merge_adapters, unmerge_adapters
-from .spec import PRESETS, AdapterSpec, as_spec, register_preset
+from .precision import native_bf16, resolve_precision
+from .registry import (
+    AttachContext,
+    BuildContext,
+    MethodDef,
+    PlaceContext,
+    Placement,
+    SetState,
+    method_info,
+    method_names,
+    register_method,
+    unregister_method,
+)
+from .sites import Plan, Site
+from .spec import PRESETS, AdapterSpec, SpecField, as_spec, register_preset
+from .stacks import StackInfo
 from .version import __version__
 
 __all__ = [
@@ -65,18 +90,36 @@ __all__ = [
     "AdapterSpec",
     "AdapterStateError",
     "AdarecError",
+    "AttachContext",
     "BottleneckAdapter",
+    "BuildContext",
     "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DataFileNotFoundError",
+    "EvaluationError",
     "IA3Adapter",
     "KAdapter",
     "Layout",
     "LoRAAdapter",
     "LoadResult",
+    "MethodDef",
     "PHMLinear",
     "ParameterSummary",
+    "PlaceContext",
+    "Placement",
+    "Plan",
     "PromptAdapter",
+    "RegistrationError",
+    "SetState",
+    "SideNetwork",
+    "Site",
     "SpecError",
+    "SpecField",
+    "StackInfo",
+    "StateMismatchError",
     "TargetNotFoundError",
+    "UnknownItemError",
     "UnsupportedModuleError",
     "__version__",
     "active_adapters",
@@ -93,18 +136,26 @@ __all__ = [
     "iter_adapters",
     "load_adapters",
     "load_model_state",
+    "mark_adapters_and_upper_norms_trainable",
     "mark_only_adapters_trainable",
     "mark_only_biases_trainable",
     "merge_adapters",
+    "method_info",
+    "method_names",
+    "native_bf16",
     "parameter_summary",
     "plan_sites",
     "print_trainable_parameters",
     "register_layout",
+    "register_method",
     "register_preset",
+    "resolve_precision",
     "restore_requires_grad",
     "save_adapters",
     "save_model_state",
     "set_active_adapters",
+    "setup_logging",
     "trainable_parameters",
     "unmerge_adapters",
+    "unregister_method",
 ]

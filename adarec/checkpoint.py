@@ -2,10 +2,13 @@
 
 Why a folder of two files: the tensors go to safetensors (no pickle, so loading a checkpoint can
 never run code) and everything a loader must *check* goes to a readable JSON file: the format
-version, the adapter specs and where they were injected, a fingerprint of the base model, the
-tensor list and a sha256 of the weights. A checkpoint is refused, with the differences listed,
-rather than half-loaded: a wrong base model, a corrupted or truncated file, or missing tensors are
-errors, not silent partial loads.
+version, the adapter specs and where they were injected, a fingerprint of the base model (its
+architecture and a digest of each of its weights), the tensor list and a sha256 of the weights.
+The two files vouch for each other: the JSON records the safetensors file's sha256, and the
+safetensors metadata records a sha256 of the rest of the JSON, so an edited spec field is caught
+like a flipped byte. A checkpoint is refused, with the differences listed, rather than
+half-loaded: a wrong base model (another architecture or other weights), a corrupted, truncated
+or edited file, or missing tensors are errors, not silent partial loads.
 
 Tensor names are full parameter names relative to the model passed (``encoder.layer.0...``), so a
 composite model (an item encoder and a sequence model, each with adapter sets) saves and loads
@@ -19,11 +22,9 @@ import itertools
 import json
 import os
 import re
-import shutil
-import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -35,13 +36,25 @@ from torch import nn
 
 from .adapters.base import Mergeable
 from .errors import AdapterStateError, CheckpointError, SpecError
-from .freeze import adapter_parameters
-from .inject import ADAPTERS_ATTR, adapter_sets, eject_adapters, inject_adapters, iter_adapters
+from .folders import MissingFile, atomic_folder, read_folder, target_of
+from .freezing import adapter_parameters
+from .inject import (
+    ADAPTERS_ATTR,
+    adapter_sets,
+    eject_adapters,
+    inject_adapters,
+    iter_adapters,
+    set_active_adapters,
+)
 from .spec import AdapterSpec
 from .version import __version__
 
-FORMAT_VERSION = 1
-"""Bumped on any change an older reader would misread; readers refuse versions newer than theirs."""
+FORMAT_VERSION = 2
+"""Bumped on any change an older reader would misread; readers refuse versions newer than theirs.
+2: base-weight digests (``base_model.weights``) and the config digest in the safetensors
+metadata are required; format 1 folders still load, with a warning that neither is checked."""
+CONFIG_DIGEST = "adarec_config_sha256"
+"""safetensors metadata key: sha256 of the JSON config (all of it but its ``weights`` record)."""
 ADAPTER_FORMAT = "adarec-adapters"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -55,7 +68,7 @@ _FILES = {
 PathLike = str | os.PathLike[str]
 
 
-@dataclass
+@dataclass(repr=False)
 class LoadResult:
     """What a load did not match. Empty lists everywhere means an exact load."""
 
@@ -66,13 +79,31 @@ class LoadResult:
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     """``(name, shape in the file, shape in the model)``; these tensors were not loaded."""
     conflicts: list[str] = field(default_factory=list)
-    """Base-model fingerprint, spec or site differences."""
+    """Base-model fingerprint, base-weight, spec or site differences."""
     loaded: list[str] = field(default_factory=list)
     sets: list[str] = field(default_factory=list)
+    active: list[str] = field(default_factory=list)
+    """The adapter sets switched on after the load."""
+    other_base_weights: list[str] = field(default_factory=list)
+    """Base tensors whose values (or dtype) differ from the ones the checkpoint was saved with
+    (listed even when ``allow_other_base_weights=True`` let the load go ahead)."""
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched or self.conflicts)
+
+    def __repr__(self) -> str:
+        """A short summary (counts and the first few names), not every tensor name."""
+
+        def few(names: Sequence[Any]) -> str:
+            shown = ", ".join(str(n[0] if isinstance(n, tuple) else n) for n in names[:3])
+            return f"{len(names)} [{shown}{', ...' if len(names) > 3 else ''}]"
+
+        parts = [f"ok={self.ok}", f"sets={self.sets}", f"loaded={few(self.loaded)}"]
+        for name in ("missing", "unexpected", "mismatched", "conflicts"):
+            if getattr(self, name):
+                parts.append(f"{name}={few(getattr(self, name))}")
+        return f"LoadResult({', '.join(parts)})"
 
     def describe(self) -> str:
         parts = [f"base model differs: {c}" for c in self.conflicts]
@@ -85,65 +116,7 @@ class LoadResult:
         return "\n  ".join(parts)
 
 
-# ------------------------------------------------------------------------------ atomic writes
-def _fsync(path: Path) -> None:
-    """Flush a file or folder to disk; folders cannot be fsynced on some platforms."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_folder(path: PathLike, marker: str) -> Iterator[Path]:
-    """Yield an empty temporary sibling of ``path``; when the block succeeds it replaces ``path``.
-
-    The previous folder is renamed aside, the new one renamed in, and only then is the old one
-    deleted, so an error (full disk, a crash, Ctrl-C) never leaves a half-written folder where a
-    good one was. An existing folder is replaced only if it holds ``marker`` (or is empty), so a
-    mistyped path cannot wipe unrelated files.
-    """
-    dest = Path(path).absolute()
-    if dest.exists():
-        if not dest.is_dir():
-            raise CheckpointError(f"{dest} exists and is not a folder")
-        if any(dest.iterdir()) and not (dest / marker).is_file():
-            raise CheckpointError(
-                f"refusing to replace {dest}: it is not empty and holds no {marker}, so it is not "
-                "a checkpoint this function wrote"
-            )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
-        old = None
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:12]}"
-            os.replace(dest, old)
-        try:
-            os.replace(tmp, dest)
-        except BaseException:
-            if old is not None:
-                os.replace(old, dest)
-            raise
-        _fsync(dest.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
+# ------------------------------------------------------------------------------ writing
 _NUMBERS = re.compile(r"\[\n\s*(-?[\d.eE+-]+(?:,\n\s*-?[\d.eE+-]+)*)\n\s*\]")
 
 
@@ -157,25 +130,38 @@ def write_json(file: Path, obj: Any) -> None:
 def write_weights(folder: Path, filename: str, tensors: dict[str, torch.Tensor],
                   metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """Write a safetensors file; returns its ``{"file", "bytes", "sha256"}`` record."""
-    file = folder / filename
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    safetensors.torch.save_file(cpu, str(file), metadata={"format": "pt", **(metadata or {})})
-    data = file.read_bytes()
+    data = safetensors.torch.save(cpu, metadata={"format": "pt", **(metadata or {})})
+    _write_bytes(folder / filename, data)
     return {"file": filename, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _write_bytes(file: Path, data: bytes) -> None:
+    """Create ``file`` with the process umask (like the JSON; safetensors' own writer makes
+    its files 0600) and write ``data``."""
+    with open(file, "xb") as f:
+        f.write(data)
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """sha256 of a checkpoint config in canonical JSON, without its ``weights`` record (which
+    holds the weights file's own sha256, the other half of the binding)."""
+    body = {k: v for k, v in config.items() if k != "weights"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 # ---------------------------------------------------------------------------------- reading
 def read_json(file: Path) -> dict[str, Any]:
     """Parse a JSON object, turning every failure into a `CheckpointError`."""
     try:
-        obj = json.loads(file.read_text(encoding="utf-8"))
+        data = file.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(_not_found(file)) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{file} must hold a JSON object, got {type(obj).__name__}")
-    return obj
+    return _parse_json(data, file)
 
 
 def read_weights(file: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
@@ -183,14 +169,9 @@ def read_weights(file: Path, sha256: str | None = None) -> dict[str, torch.Tenso
     try:
         data = file.read_bytes()
     except FileNotFoundError:
-        pickles = sorted(p.name for p in file.parent.glob("*.bin")) if file.parent.is_dir() else []
-        hint = f"; {pickles} are never loaded: adarec does not unpickle" if pickles else ""
-        raise CheckpointError(_not_found(file) + hint) from None
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise CheckpointError(
-            f"{file} is corrupted or truncated: its sha256 does not match the one recorded when it "
-            f"was written ({len(data)} bytes on disk)"
-        )
+        raise CheckpointError(_missing_weights(file)) from None
+    if sha256 is not None:
+        _check_sha256(data, {"sha256": sha256}, file)
     try:
         return safetensors_from_bytes(data)  # safetensors' own parser: never pickle
     except Exception as exc:  # safetensors raises its own error types and a few builtin ones
@@ -214,14 +195,105 @@ def _need(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: s
 
 
 def checkpoint_info(path: PathLike) -> dict[str, Any]:
-    """The validated JSON of an adarec checkpoint folder (either format), without loading it."""
+    """The validated JSON of an adarec checkpoint folder (either format), without loading it.
+
+    Reads the JSON and the weights file's header only; an edited JSON is refused here too."""
+    config, _ = _read_folder(path, header_only=True)
+    return config
+
+
+def _read_folder(path: PathLike, header_only: bool) -> tuple[dict[str, Any], bytes]:
+    """The validated config and the weights file (whole, or its header) of one folder, read as
+    a consistent pair even while a writer replaces the folder (`adarec.folders`)."""
     folder = Path(path)
-    for config_name in (ADAPTER_CONFIG, STATE_CONFIG):
-        if (folder / config_name).is_file():
-            config = read_json(folder / config_name)
-            break
-    else:
+
+    def weights_of(found: dict[str, bytes]) -> tuple[tuple[str, bool], ...]:
+        for config_name in (ADAPTER_CONFIG, STATE_CONFIG):
+            if config_name in found:
+                try:
+                    fmt = json.loads(found[config_name]).get("format")
+                except (ValueError, AttributeError):
+                    return ()  # reported by the validation below
+                if fmt in _FILES and _FILES[fmt][0] == config_name:
+                    return ((_FILES[fmt][1], header_only),)
+                return ()
+        return ()
+
+    try:
+        files = read_folder(folder, (ADAPTER_CONFIG, STATE_CONFIG), weights_of)
+    except FileNotFoundError:
+        raise CheckpointError(_not_found(folder / ADAPTER_CONFIG)) from None
+    except MissingFile as exc:
+        raise CheckpointError(_missing_weights(exc.file)) from None
+    except NotADirectoryError:
+        raise CheckpointError(f"{folder} is not a folder") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {folder}: {exc}") from None
+    config_name = next((n for n in (ADAPTER_CONFIG, STATE_CONFIG) if n in files), None)
+    if config_name is None:
         raise CheckpointError(_not_found(folder / ADAPTER_CONFIG))
+    config = _validate(_parse_json(files[config_name], folder / config_name), folder, config_name)
+    weights_name = _FILES[config["format"]][1]
+    data = files[weights_name]
+    if not header_only:
+        _check_sha256(data, config["weights"], folder / weights_name)
+    if config["format_version"] >= 2:
+        metadata = _safetensors_metadata(data, folder / weights_name)
+        if metadata.get(CONFIG_DIGEST) != config_digest(config):
+            raise CheckpointError(
+                f"{folder / config_name} was edited after it was written: its sha256 does not "
+                f"match the one bound into {weights_name} when both were saved (every field is "
+                "covered: specs, active flags, tensor records, the base-model fingerprint); "
+                "restore the original file or save the checkpoint again"
+            )
+    return config, data
+
+
+def _parse_json(data: bytes, file: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{file} must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _check_sha256(data: bytes, record: dict[str, Any], file: Path) -> None:
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise CheckpointError(
+            f"{file} is corrupted or truncated: its sha256 does not match the one recorded when it "
+            f"was written ({len(data)} bytes on disk)"
+        )
+    if "bytes" in record and record["bytes"] != len(data):
+        raise CheckpointError(f"{file.parent}: JSON and weights disagree: the JSON records "
+                              f"{record['bytes']} bytes, the file has {len(data)}")
+
+
+def _safetensors_metadata(data: bytes, file: Path) -> dict[str, Any]:
+    """The ``__metadata__`` of a safetensors file from its first bytes (8-byte little-endian
+    header length, then the JSON header), as safetensors defines them."""
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    try:
+        if not 0 <= n <= len(data) - 8:
+            raise ValueError(f"header length {n}")
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+        metadata = header.get("__metadata__") or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("__metadata__ is not an object")
+    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+        raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
+    return metadata
+
+
+def _missing_weights(file: Path) -> str:
+    pickles = sorted(p.name for p in file.parent.glob("*.bin")) if file.parent.is_dir() else []
+    hint = f"; {pickles} are never loaded: adarec does not unpickle" if pickles else ""
+    return _not_found(file) + hint
+
+
+def _validate(config: dict[str, Any], folder: Path, config_name: str) -> dict[str, Any]:
+    """Structure and version checks of a parsed config (formats 1 and 2)."""
     where = str(folder)
     if "peft_type" in config and "format" not in config:
         raise CheckpointError(
@@ -238,7 +310,13 @@ def checkpoint_info(path: PathLike) -> dict[str, Any]:
             f"{config.get('adarec_version')}); this adarec {__version__} reads format_version 1.."
             f"{FORMAT_VERSION}: upgrade adarec to load it"
         )
-    _need(config, "base_model", dict, where)
+    base = _need(config, "base_model", dict, where)
+    if version >= 2:
+        weights = _need(base, "weights", dict, f"{where}, base_model")
+        for name, rec in weights.items():
+            if not isinstance(rec, str) or ":" not in rec:
+                raise CheckpointError(f"{where}: malformed base weight digest for {name!r}: "
+                                      f"{rec!r}")
     sets = _need(config, "adapter_sets", list, where)
     for s in sets:
         if not isinstance(s, dict):
@@ -318,6 +396,86 @@ def _compare_fingerprint(saved: dict[str, Any], model: nn.Module) -> list[str]:
             diffs.append(f"patched weight {name}: checkpoint {shape}, model "
                          f"{list(params[name].shape)}")
     return diffs
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    """``"<dtype>:<first 128 bits of sha256>"`` of a tensor's bytes in C order. Exact bytes,
+    no float arithmetic: the same on every machine and at any thread count (the bytes are
+    little-endian, as on every platform torch ships for)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    raw = t.contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"{_dtype_name(t)}:{hashlib.sha256(raw.data).hexdigest()[:32]}"
+
+
+def weights_digest(tensors: Mapping[str, torch.Tensor], workers: int | None = None
+                   ) -> dict[str, str]:
+    """`_tensor_digest` of each tensor, hashed in parallel threads (hashlib releases the GIL
+    on large buffers); each digest depends only on its tensor, so the result does not depend on
+    the thread count. A BERT-base (110 M float32 parameters) takes ~0.2 s on 2 cores with SHA
+    instructions (``benchmarks/bench_fingerprint.py``)."""
+    order = sorted(tensors, key=lambda n: -tensors[n].numel())  # big ones first: better balance
+    workers = max(1, min(workers or 8, len(order), os.cpu_count() or 1))
+    if workers == 1:
+        return {n: _tensor_digest(tensors[n]) for n in sorted(tensors)}
+    with ThreadPoolExecutor(workers) as pool:
+        digests = dict(zip(order, pool.map(lambda n: _tensor_digest(tensors[n]), order),
+                           strict=True))
+    return {n: digests[n] for n in sorted(digests)}
+
+
+def _base_tensors(model: nn.Module, saved: Iterable[str]) -> dict[str, torch.Tensor]:
+    """What the saved tensors were trained on top of: every parameter and persistent buffer
+    that is neither an adapter's nor in the file (non-persistent buffers are data, such as a
+    recommender's item features, which may legitimately change)."""
+    skip = set(saved)
+    adapters = {id(p) for p in adapter_parameters(model).values()}
+    named = {**dict(model.named_parameters()), **_persistent_buffers(model)}
+    return {n: t for n, t in named.items()
+            if n not in skip and id(t) not in adapters and f".{ADAPTERS_ATTR}." not in f".{n}."}
+
+
+def _compare_base_weights(saved: dict[str, str], model: nn.Module) -> tuple[list[str], list[str]]:
+    """``(conflict lines, names)`` of base tensors that are missing, of another dtype, or hold
+    other values than when the checkpoint was saved."""
+    if not saved:
+        return [], []
+    named: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
+    named.update(_persistent_buffers(model, remove_duplicate=False))
+    missing = [n for n in saved if n not in named]
+    dtypes = [(n, saved[n].split(":", 1)[0], _dtype_name(named[n])) for n in saved
+              if n in named and saved[n].split(":", 1)[0] != _dtype_name(named[n])]
+    other_dtype = {n for n, _, _ in dtypes}
+    ours = weights_digest({n: named[n] for n in saved if n in named and n not in other_dtype})
+    differ = [n for n, d in ours.items() if d != saved[n]]
+    total = len(saved)
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f", ... ({len(names) - 5} more)" if len(names) > 5 else "")
+
+    way_out = ("load the base model the adapters were trained on (for a transferred model, its "
+               "source state first: load_model_state or load_transferable_state_dict), or pass "
+               "allow_other_base_weights=True to load anyway")
+    lines = []
+    if differ:
+        lines.append(f"base weights differ from those the checkpoint was saved with: "
+                     f"{len(differ)} of {total} base tensors hold other values ({some(differ)}); "
+                     + way_out)
+    if dtypes:
+        shown = "; ".join(f"{n}: checkpoint {a}, model {b}" for n, a, b in dtypes[:3])
+        lines.append(f"base weights differ in dtype: {len(dtypes)} of {total} base tensors "
+                     f"({shown}{'; ...' if len(dtypes) > 3 else ''}), so their values cannot be "
+                     "compared; cast the model back before loading, or pass "
+                     "allow_other_base_weights=True")
+    if missing:
+        lines.append(f"base weights differ: {len(missing)} of {total} base tensors are not in "
+                     f"the model ({some(missing)}); " + way_out)
+    return lines, sorted([*differ, *other_dtype, *missing])
 
 
 # ------------------------------------------------------------------------------ adapter sets
@@ -419,8 +577,8 @@ def _restore_sets(
                 conflicts.append(f"{label}: the model's set has another spec: {present[name]}")
                 continue
         else:
-            try:
-                inject_adapters(root_module, spec, name, freeze=True, activate=False)
+            try:  # freeze=False: the user's requires_grad flags are theirs
+                inject_adapters(root_module, spec, name, freeze=False, activate=False)
             except Exception as exc:  # the spec does not fit this model
                 conflicts.append(f"{label}: cannot inject it into this model: {exc}")
                 continue
@@ -433,9 +591,6 @@ def _restore_sets(
                 f"{label}: sites differ: only in checkpoint {sorted(map(str, theirs - ours))}, "
                 f"only in model {sorted(ours - theirs)}"
             )
-        for _, _, a in iter_adapters(root_module):
-            if a.set_name == name:
-                a.active = rec["active"]
     return injected
 
 
@@ -450,7 +605,9 @@ def save_adapters(
 
     With ``extra_trainable`` every other parameter with ``requires_grad=True`` (tuned LayerNorms,
     a head, a recommender's user encoder) is saved too, so nothing that was trained is lost.
-    Merged LoRA sets are refused: their delta lives inside base weights this file does not hold.
+    Every other parameter and persistent buffer is the base the file was trained on: its digest
+    is recorded, and `load_adapters` refuses a base with other values. Merged LoRA sets are
+    refused: their delta lives inside base weights this file does not hold.
     """
     present = adapter_sets(model)
     wanted = None if name is None else ({name} if isinstance(name, str) else set(name))
@@ -494,7 +651,8 @@ def save_adapters(
         "format_version": FORMAT_VERSION,
         "adarec_version": __version__,
         "torch_version": torch.__version__,
-        "base_model": fingerprint(model, modules),
+        "base_model": {**fingerprint(model, modules),
+                       "weights": weights_digest(_base_tensors(model, tensors))},
         "adapter_sets": _set_records(groups),
         "extra_trainable": extra_trainable,
         "tensors": info,
@@ -508,37 +666,72 @@ def _join(root: str, rel: str) -> str:
 
 def _write(path: PathLike, config: dict[str, Any], tensors: dict[str, torch.Tensor],
            config_name: str, weights_name: str) -> Path:
-    json.dumps(config, allow_nan=False)  # fail on an unserialisable spec before touching disk
-    with atomic_folder(path, config_name) as tmp:
-        config["weights"] = write_weights(tmp, weights_name, tensors)
-        write_json(tmp / config_name, config)
+    digest = config_digest(config)  # also fails on an unserialisable spec before touching disk
+    existed = target_of(path).exists()
+    try:
+        with atomic_folder(path, config_name) as tmp:
+            config["weights"] = write_weights(tmp, weights_name, tensors, {CONFIG_DIGEST: digest})
+            write_json(tmp / config_name, config)
+    except OSError as exc:
+        kept = "; the checkpoint that was there is unchanged" if existed else ""
+        raise CheckpointError(f"could not write the checkpoint {path}: {exc}{kept}") from exc
     return Path(path)
 
 
 def _start_load(
-    model: nn.Module, path: PathLike, fmt: str, strict: bool, other: str
+    model: nn.Module, path: PathLike, fmt: str, strict: bool, other: str,
+    allow_other_base_weights: bool, activate: str | Sequence[str] | None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], LoadResult, list[tuple[nn.Module, str]]]:
-    """The steps both loaders share: read and verify the folder, compare the fingerprint
-    (refused under ``strict``), refuse merged models, inject the recorded sets where absent."""
+    """The steps both loaders share: read and verify the folder, compare the fingerprint and
+    the base weights (refused under ``strict``), refuse merged models and unknown set names to
+    activate, inject the recorded sets where absent."""
     config, tensors = _read(path, fmt)
     result = LoadResult(conflicts=_compare_fingerprint(config["base_model"], model))
+    lines, result.other_base_weights = _compare_base_weights(
+        config["base_model"].get("weights") or {}, model)
+    if not allow_other_base_weights:
+        result.conflicts += lines
     if strict and result.conflicts:
         raise CheckpointError(f"{path} was saved from {other}:\n  {result.describe()}")
     _refuse_merged(model)
+    if activate is not None:
+        known = set(adapter_sets(model)) | {rec["name"] for rec in config["adapter_sets"]}
+        wanted = [activate] if isinstance(activate, str) else list(activate)
+        if set(wanted) - known:
+            raise AdapterStateError(f"cannot activate {sorted(set(wanted) - known)}: neither the "
+                                    f"model nor {path} has such a set; sets: {sorted(known)}")
     injected = _restore_sets(model, config["adapter_sets"], result.conflicts)
     return config, tensors, result, injected
 
 
-def load_adapters(model: nn.Module, path: PathLike, strict: bool = True) -> LoadResult:
+def load_adapters(
+    model: nn.Module,
+    path: PathLike,
+    strict: bool = True,
+    *,
+    allow_other_base_weights: bool = False,
+    activate: str | Sequence[str] | None = None,
+    restore_requires_grad: bool = False,
+) -> LoadResult:
     """Load a `save_adapters` folder into ``model``, injecting the saved sets where absent.
 
     Everything is checked before any weight changes. With ``strict`` any difference (another
-    base model, missing, unexpected or mis-shaped tensors) raises `CheckpointError` listing them
-    and leaves ``model`` as it was; with ``strict=False`` what matches is loaded and the rest is
-    reported in the returned `LoadResult` (and a warning).
+    base model: architecture or weights; missing, unexpected or mis-shaped tensors) raises
+    `CheckpointError` listing them and leaves ``model`` as it was; with ``strict=False`` what
+    matches is loaded and the rest is reported in the returned `LoadResult` (and a warning).
+    ``allow_other_base_weights=True`` loads onto a base whose weights differ from the ones the
+    adapters were trained on (architecture checks still apply).
+
+    Afterwards exactly the checkpoint's sets that were active when it was saved are switched on
+    (one set, usually; when it recorded none active, its first set) and every other set in the
+    model is off; ``activate`` names other set(s) instead. ``requires_grad`` flags of the
+    parameters the model already had are left alone (adapters the load injects take their saved
+    flags); ``restore_requires_grad=True`` gives every tensor in the file its saved flag and
+    freezes everything else, the state `save_adapters` saw.
     """
-    config, tensors, result, injected = _start_load(model, path, ADAPTER_FORMAT, strict,
-                                                    "another base model")
+    config, tensors, result, injected = _start_load(
+        model, path, ADAPTER_FORMAT, strict, "another base model", allow_other_base_weights,
+        activate)
     expected: set[str] = set()
     for rec in config["adapter_sets"]:
         try:
@@ -547,7 +740,32 @@ def load_adapters(model: nn.Module, path: PathLike, strict: bool = True) -> Load
             continue
         for rel in adapter_parameters(root_module, rec["name"]):
             expected.add(_join(rec["root"], rel))
-    return _finish(model, path, config, tensors, expected, result, injected, strict)
+    result = _finish(model, path, config, tensors, expected, result, injected, strict,
+                     restore_requires_grad)
+    if restore_requires_grad:
+        loaded = set(result.loaded)
+        for n, p in model.named_parameters():
+            if n not in loaded:
+                p.requires_grad_(False)
+    result.active = _activate(model, config, activate, first_if_none=True)
+    return result
+
+
+def _activate(model: nn.Module, config: dict[str, Any], activate: str | Sequence[str] | None,
+              first_if_none: bool) -> list[str]:
+    """Switch on ``activate``, or by default the sets the checkpoint recorded active (with
+    ``first_if_none``, its first set when it recorded none); every other set goes off."""
+    present = adapter_sets(model)
+    if activate is not None:
+        names = [activate] if isinstance(activate, str) else list(activate)
+    else:
+        records = config["adapter_sets"]
+        names = list(dict.fromkeys(r["name"] for r in records if r["active"]))
+        if not names and first_if_none and records:
+            names = [records[0]["name"]]
+        names = [n for n in names if n in present]  # a set strict=False could not restore
+    set_active_adapters(model, names or None)
+    return names
 
 
 def _refuse_merged(model: nn.Module) -> None:
@@ -561,8 +779,11 @@ def _refuse_merged(model: nn.Module) -> None:
 def _finish(
     model: nn.Module, path: PathLike, config: dict[str, Any], tensors: dict[str, torch.Tensor],
     expected: set[str], result: LoadResult, injected: list[tuple[nn.Module, str]], strict: bool,
+    restore_requires_grad: bool,
 ) -> LoadResult:
-    """Match file tensors to the model, then either refuse (rolling back) or load."""
+    """Match file tensors to the model, then either refuse (rolling back) or load. Saved
+    ``requires_grad`` flags go to the adapters this load injected, or with
+    ``restore_requires_grad`` to every loaded parameter."""
     targets: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     targets.update(_persistent_buffers(model, remove_duplicate=False))
     result.missing = sorted(expected - set(tensors))
@@ -581,23 +802,31 @@ def _finish(
             if n not in bad:
                 targets[n].copy_(t)
                 result.loaded.append(n)
+    new = {id(p) for root, name in injected for p in adapter_parameters(root, name).values()}
     for n, info in config["tensors"].items():
-        flag = info.get("requires_grad")
-        if n not in bad and isinstance(targets.get(n), nn.Parameter) and isinstance(flag, bool):
-            targets[n].requires_grad_(flag)
+        flag, param = info.get("requires_grad"), targets.get(n)
+        if n in bad or not isinstance(param, nn.Parameter) or not isinstance(flag, bool):
+            continue
+        if restore_requires_grad or id(param) in new:
+            param.requires_grad_(flag)
     if not result.ok:
         warnings.warn(f"partial load of {path}:\n  {result.describe()}", stacklevel=3)
     return result
 
 
 def _read(path: PathLike, fmt: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read and cross-check a checkpoint folder: JSON, sha256, safetensors header vs JSON."""
+    """Read and cross-check a checkpoint folder: JSON, sha256, config digest, safetensors
+    header vs JSON."""
     folder = Path(path)
-    config = checkpoint_info(folder)
+    config, data = _read_folder(folder, header_only=False)
     if config["format"] != fmt:
         other = "load_model_state" if config["format"] == STATE_FORMAT else "load_adapters"
         raise CheckpointError(f"{folder} is an {config['format']} checkpoint; use {other}")
-    tensors = read_weights(folder / _FILES[fmt][1], config["weights"]["sha256"])
+    try:
+        tensors = safetensors_from_bytes(data)  # safetensors' own parser: never pickle
+    except Exception as exc:  # safetensors raises its own error types and a few builtin ones
+        raise CheckpointError(f"{folder / _FILES[fmt][1]} is not a readable safetensors file: "
+                              f"{exc}") from None
     declared = config["tensors"]
     diffs = [f"{n}: in the file, not in the JSON" for n in tensors if n not in declared]
     diffs += [f"{n}: in the JSON, not in the file" for n in declared if n not in tensors]
@@ -610,6 +839,13 @@ def _read(path: PathLike, fmt: str) -> tuple[dict[str, Any], dict[str, torch.Ten
     ]
     if diffs:
         raise CheckpointError(f"{folder}: JSON and weights disagree:\n  " + "\n  ".join(diffs))
+    if config["format_version"] < 2:
+        warnings.warn(
+            f"{folder} has format_version {config['format_version']}: written before the base "
+            "weights and the whole config were covered by digests, so a base model with other "
+            "weights or an edited config cannot be detected; save it again to add them",
+            UserWarning, stacklevel=4,
+        )
     return config, tensors
 
 
@@ -639,23 +875,35 @@ def save_model_state(model: nn.Module, path: PathLike) -> Path:
         "format_version": FORMAT_VERSION,
         "adarec_version": __version__,
         "torch_version": torch.__version__,
-        "base_model": fingerprint(model, modules),
+        "base_model": {**fingerprint(model, modules), "weights": {}},  # every tensor is saved
         "adapter_sets": _set_records(groups),
         "tensors": info,
     }
     return _write(path, config, tensors, STATE_CONFIG, STATE_WEIGHTS)
 
 
-def load_model_state(model: nn.Module, path: PathLike, strict: bool = True) -> LoadResult:
+def load_model_state(
+    model: nn.Module,
+    path: PathLike,
+    strict: bool = True,
+    *,
+    activate: str | Sequence[str] | None = None,
+    restore_requires_grad: bool = False,
+) -> LoadResult:
     """Load a `save_model_state` folder into a freshly built ``model`` of the same architecture.
 
     Recorded adapter sets are injected where absent; LoRA sets that were saved merged are marked
-    merged again (their delta is already inside the loaded base weights).
+    merged again (their delta is already inside the loaded base weights). Afterwards exactly the
+    sets that were active when saved are on (possibly none: the saved model is reproduced), or
+    ``activate``. ``requires_grad`` flags of the parameters the model already had are left alone
+    unless ``restore_requires_grad=True`` (then every parameter gets its saved flag).
     """
     config, tensors, result, injected = _start_load(model, path, STATE_FORMAT, strict,
-                                                    "another model")
+                                                    "another model", False, activate)
     expected = {n for n in (*dict(model.named_parameters()), *_persistent_buffers(model))}
-    result = _finish(model, path, config, tensors, expected, result, injected, strict)
+    result = _finish(model, path, config, tensors, expected, result, injected, strict,
+                     restore_requires_grad)
+    result.active = _activate(model, config, activate, first_if_none=False)
     for rec in config["adapter_sets"]:
         if rec["merged"]:
             for _, _, a in iter_adapters(model.get_submodule(rec["root"])):
@@ -667,9 +915,11 @@ def load_model_state(model: nn.Module, path: PathLike, strict: bool = True) -> L
 __all__ = [
     "FORMAT_VERSION",
     "LoadResult",
+    "atomic_folder",
     "checkpoint_info",
     "load_adapters",
     "load_model_state",
     "save_adapters",
     "save_model_state",
+    "weights_digest",
 ]

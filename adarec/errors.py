@@ -25,3 +25,41 @@ class AdapterStateError(AdarecError, RuntimeError):
 
 class CheckpointError(AdarecError, RuntimeError):
     """A checkpoint is missing, corrupted, truncated or made for another model."""
+
+
+class EvaluationError(AdarecError, ValueError):
+    """An evaluation input would give a number that is not what it claims to measure (a NaN
+    score, a cut-off below 1, an unknown tie rule or metric)."""
+class RegistrationError(AdarecError, ValueError):
+    """A method, spec field or layout cannot be registered (name taken, incomplete definition)."""
+
+
+# ----------------------------------------------------------------------- recommender side
+# Each also subclasses the builtin type the code raised before, so `except ValueError` (or
+# `KeyError`, `FileNotFoundError`) written against older versions keeps working.
+class ConfigError(AdarecError, ValueError):
+    """A recommender setting (objective, loss, policy, k, sizes, ...) is unknown, out of range or
+    inconsistent with another one."""
+
+
+class DataError(AdarecError, ValueError):
+    """Input data is not what it claims to be: a missing column, an unparsable or missing
+    timestamp, an item with two different texts, an item index outside the catalogue."""
+
+
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """A data folder or file does not exist where it was looked for."""
+
+
+class UnknownItemError(DataError, KeyError):
+    """A raw item id (or index) is not in the model's or the data set's item map."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""
+
+
+class StateMismatchError(AdarecError, KeyError):
+    """A state dict does not hold the tensors the model expects (missing or unexpected keys)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -1,4 +1,5 @@
-"""Where the MHA and FFN sublayers of a transformer are: a table of known layouts plus discovery.
+"""Where the MHA and FFN sublayers of a transformer are: a table of known layouts (the fast path)
+and, for every other model, a traced dry run (`adarec.tracing`).
 
 A `Layout` names, relative to one block, the modules that matter for adapters: the entry and exit
 linear of the attention sublayer (``mha_in``/``mha_out``) and of the feed-forward sublayer
@@ -6,23 +7,23 @@ linear of the attention sublayer (``mha_in``/``mha_out``) and of the feed-forwar
 separated by ``|`` because Hugging Face renames modules between releases (ViT's
 ``attention.output.dense`` became ``attention.o_proj`` in transformers 5).
 
-Models missing from the table are handled by `discover_layout`: find the repeated block stack, then
-split each block's linear layers into the attention group (a path component containing "att") and
-the rest (the FFN), in registration order, which is execution order in every HF model we know.
+Models missing from the table: find the repeated block stack, then run the model once and read
+each block's sublayers from what it computed (registration order is not call order, and names
+differ between families). A fused q/k/v module named in the table is taken to hold q, k and v as
+equal contiguous thirds, in that order (GPT-2, ModernBERT); the trace verifies such a split itself.
 """
 
 from __future__ import annotations
 
-import re
-import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
+import torch
 from torch import nn
 
 from .errors import TargetNotFoundError
-
-ROLES = ("mha_in", "mha_out", "ffn_in", "ffn_out", "q", "k", "v")
+from .sites import ROLES, BlockSites, SublayerSites
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,6 @@ class Layout:
         if role == "o":
             return self.mha_out
         return getattr(self, role)
-
-
-@dataclass(frozen=True)
-class BlockSites:
-    """The resolved full module names of one block (``None`` where a role does not exist)."""
-
-    stack: str
-    index: int
-    names: dict[str, str | None]
 
 
 # ---------------------------------------------------------------------------------- the table
@@ -174,35 +166,6 @@ def _resolve(block: nn.Module, rel: str | None) -> str | None:
     return None
 
 
-_Q = re.compile(r"^(q|query|q_proj|q_lin|query_proj|wq)$", re.I)
-_K = re.compile(r"^(k|key|k_proj|k_lin|key_proj|wk)$", re.I)
-_V = re.compile(r"^(v|value|v_proj|v_lin|value_proj|wv)$", re.I)
-
-
-def discover_layout(block: nn.Module) -> dict[str, str | None]:
-    """Guess the roles inside one block from module names and registration order."""
-    linears = [n for n, m in block.named_modules() if n and is_linear_like(m)]
-    attn = [n for n in linears if any("att" in part.lower() for part in n.split("."))]
-    ffn = [n for n in linears if n not in attn]
-    if not attn or not ffn:
-        raise TargetNotFoundError(
-            "could not find both an attention and a feed-forward sublayer in block "
-            f"{type(block).__name__}; linear modules seen: {linears}. Pass "
-            "AdapterSpec(target_modules=...) or adarec.register_layout(...)."
-        )
-
-    def pick(rx: re.Pattern[str]) -> str | None:
-        hits = [n for n in attn if rx.match(n.rsplit(".", 1)[-1])]
-        if hits:
-            return hits[0]
-        return attn[0] if len(attn) == 2 else None  # fused qkv + output projection
-
-    return {
-        "mha_in": attn[0], "mha_out": attn[-1], "ffn_in": ffn[0], "ffn_out": ffn[-1],
-        "q": pick(_Q), "k": pick(_K), "v": pick(_V),
-    }
-
-
 def layout_for(model: nn.Module) -> Layout | None:
     """The table entry for this model, by class first, then by ``config.model_type``."""
     for cls in type(model).__mro__:
@@ -212,22 +175,31 @@ def layout_for(model: nn.Module) -> Layout | None:
     return LAYOUTS.get(model_type) if model_type else None
 
 
-def iter_blocks(model: nn.Module) -> Iterator[BlockSites]:
-    """Every block of every block stack in ``model``, with its role names resolved."""
-    layout = layout_for(model)
+def iter_blocks(model: nn.Module, example_inputs: Any = None, *, table: bool = True
+                ) -> Iterator[BlockSites]:
+    """Every block of every block stack in ``model``, with its roles resolved.
+
+    From the layout table when it lists the model (and its entries exist and have consistent
+    widths), else from a traced dry run (`adarec.tracing`) on ``example_inputs`` (default: a
+    generated tiny batch). ``table=False`` always traces (tests compare the two).
+    """
+    if example_inputs is None and layout_for(model) is None:
+        inner = _inner_models(model)
+        if inner:  # a wrapper (e.g. an item encoder) around models adarec can run by themselves
+            for prefix, sub in inner:
+                for b in iter_blocks(sub, table=table):
+                    yield _prefixed(b, prefix)
+            return
+    layout = layout_for(model) if table else None
     stacks = block_stacks(model, layout.blocks) if layout else []
     if layout and stacks:
-        resolved = [[{r: _resolve(b, layout.role(r)) for r in ROLES} for b in s] for _, s in stacks]
-        if all(d["mha_out"] and d["ffn_out"] for blocks in resolved for d in blocks):
-            for (name, _), blocks in zip(stacks, resolved, strict=True):
-                for i, d in enumerate(blocks):
-                    yield BlockSites(name, i, _absolute(name, i, d))
+        found = [_table_sites(model, name, i, block, layout)
+                 for name, stack in stacks for i, block in enumerate(stack)]
+        if all(b is not None for b in found):
+            yield from (b for b in found if b is not None)
             return
-        warnings.warn(
-            f"adarec's layout for {type(model).__name__} does not match its modules "
-            "(a newer transformers release?); falling back to layout discovery",
-            stacklevel=3,
-        )
+        # the entry does not fit (a decoder stack with cross-attention, a renamed module in a
+        # newer transformers release): the trace finds the sublayers instead
     stacks = block_stacks(model)
     if not stacks:
         linears = [n for n, m in model.named_modules() if is_linear_like(m)][:20]
@@ -236,9 +208,55 @@ def iter_blocks(model: nn.Module) -> Iterator[BlockSites]:
             f"modules seen: {linears}. Pass AdapterSpec(target_modules=...) to choose modules "
             "by name, or adarec.register_layout(...)."
         )
-    for name, stack in stacks:
-        for i, block in enumerate(stack):
-            yield BlockSites(name, i, _absolute(name, i, discover_layout(block)))
+    from .tracing import block_sites, cached_trace
+
+    blocks = [(name, i, f"{name}.{i}" if name else str(i))
+              for name, stack in stacks for i in range(len(stack))]
+    traces = cached_trace(model, [full for _, _, full in blocks], example_inputs)
+    for name, i, full in blocks:
+        yield block_sites(name, i, traces[full])
+
+
+def _width_of(module: nn.Module | None, side: int) -> int | None:
+    if module is None:
+        return None
+    if isinstance(module, nn.Linear):
+        return (module.in_features, module.out_features)[side]
+    if isinstance(module, nn.MultiheadAttention):
+        return module.embed_dim
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor):
+        return int(weight.shape[side])
+    return None
+
+
+def _table_sites(model: nn.Module, stack: str, i: int, block: nn.Module, layout: Layout
+                 ) -> BlockSites | None:
+    """A block's roles from the table, or ``None`` when the table does not fit it: a required
+    module is missing, or the sublayer outputs do not have the residual width (the input width
+    of the attention's entry projection)."""
+    rel = {r: _resolve(block, layout.role(r)) for r in ROLES}
+    if not (rel["mha_out"] and rel["ffn_out"]):
+        return None
+    subs = dict(block.named_modules())
+    width = _width_of(subs.get(rel["mha_in"] or rel["q"] or rel["mha_out"] or ""), 0)
+    outs = [_width_of(subs[rel[r] or ""], 1) for r in ("mha_out", "ffn_out")]
+    if width is None or any(w != width for w in outs):
+        return None
+    names = _absolute(stack, i, rel)
+    sublayers = tuple(
+        SublayerSites(kind, names[f"{kind}_in"] or names[f"{kind}_out"] or "",
+                      names[f"{kind}_out"] or "", (names[f"{kind}_in"] or "",))
+        for kind in ("mha", "ffn")
+    )
+    q = names["q"]
+    fused: tuple[str, ...] = ()
+    widths: tuple[int, ...] = ()
+    if q is not None and q == names["k"] == names["v"]:
+        fused = ("q", "k", "v")  # a table entry naming one module for all three: equal thirds
+        out = _width_of(subs[rel["q"] or ""], 1)
+        widths = (out // 3,) * 3 if out and out % 3 == 0 else ()
+    return BlockSites(stack, i, names, width, "layout table", sublayers, fused, widths)
 
 
 def _absolute(stack: str, i: int, rel: dict[str, str | None]) -> dict[str, str | None]:
@@ -248,3 +266,39 @@ def _absolute(stack: str, i: int, rel: dict[str, str | None]) -> dict[str, str |
 
 def layout_fields() -> list[str]:
     return [f.name for f in fields(Layout)]
+
+
+def _inner_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The outermost Hugging Face models inside a wrapper that is not one, when they hold every
+    block stack of the wrapper (so each can be run, or read from the table, on its own); else
+    ``[]``. A wrapper's own forward may take inputs a generated batch cannot imitate."""
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel):
+        return []
+    inner: list[tuple[str, nn.Module]] = []
+    for n, m in model.named_modules():
+        if n and isinstance(m, PreTrainedModel) and not any(
+            n.startswith(p + ".") for p, _ in inner
+        ):
+            inner.append((n, m))
+    stacks = [name for name, _ in block_stacks(model)]
+    if not inner or not stacks or not all(
+        any(s.startswith(p + ".") for p, _ in inner) for s in stacks
+    ):
+        return []
+    return inner
+
+
+def _prefixed(b: BlockSites, prefix: str) -> BlockSites:
+    """``b`` with every module name put under ``prefix``."""
+    def name(n: str | None) -> str | None:
+        return None if n is None else (f"{prefix}.{n}" if n else prefix)
+
+    subs = tuple(
+        SublayerSites(s.kind, name(s.entry) or "", name(s.exit) or "",
+                      tuple(name(e) or "" for e in s.entries))
+        for s in b.sublayers
+    )
+    return replace(b, stack=name(b.stack) or prefix,
+                   names={r: name(n) for r, n in b.names.items()}, sublayers=subs)

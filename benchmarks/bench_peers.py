@@ -52,8 +52,8 @@ def adarec_spec(case: str, args: argparse.Namespace) -> adarec.AdapterSpec:
     if case == "lora":
         return adarec.AdapterSpec.preset("lora", lora_r=8, lora_alpha=16.0, lora_dropout=0.0)
     act = {"houlsby": "swish", "pfeiffer": "relu", "compacter": "gelu"}[case]
-    return adarec.AdapterSpec.preset(case, bottleneck=args.bottleneck, activation=act,
-                                     phm_dim=4, phm_rank=1)
+    phm = {"phm_dim": 4, "phm_rank": 1} if case == "compacter" else {}
+    return adarec.AdapterSpec.preset(case, bottleneck=args.bottleneck, activation=act, **phm)
 
 
 def peer(case: str, model: BertModel, args: argparse.Namespace) -> tuple[nn.Module, str, str]:

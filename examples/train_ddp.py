@@ -13,6 +13,7 @@ writes the adapter checkpoint (atomically) once the others are done.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from adarec.rec.data import TrainCollator, TrainDataset, leave_one_out
 from adarec.rec.datasets import load_movielens_100k
 from adarec.rec.item_encoders import TextItemEncoder
 from adarec.rec.transrec import TransRec
+
+log = logging.getLogger("train_ddp")
 
 
 def parse_args() -> argparse.Namespace:
@@ -90,19 +93,21 @@ def main() -> None:
     if world > 1:
         ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if D.is_main_process():
-        print(f"{data.name}: {len(split.train)} users, {data.n_items} items; world size {world}")
-        print(summary)
+        adarec.setup_logging(args.out, "train_ddp.log")  # rank 0 reports, to console and file
+        log.info("%s: %d users, %d items; world size %d", data.name, len(split.train),
+                 data.n_items, world)
+        log.info("%s", summary)
         if world > 1:
             sync = D.ddp_sync_stats(ddp)
-            print(f"DDP all-reduces {sync['tensors']} tensors, {sync['bytes'] / 2**20:.2f} MiB "
-                  "per step (trainable only)")
+            log.info("DDP all-reduces %d tensors, %.2f MiB per step (trainable only)",
+                     sync["tensors"], sync["bytes"] / 2**20)
 
     dataset = TrainDataset(split.train, args.max_len)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                  seed=args.seed, drop_last=True)  # equal step counts per rank
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
                         collate_fn=TrainCollator(data.n_items, args.max_len,
-                                                 max(args.negatives, 1), args.seed + rank))
+                                                 args.negatives, args.seed + rank))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
 
@@ -121,17 +126,17 @@ def main() -> None:
             torch.distributed.all_reduce(total)
         if D.is_main_process():
             valid = evaluate(model, split.valid, args.max_len)
-            print(f"epoch {epoch}: loss {total[0] / total[1]:.4f} ({int(total[1])} rank-steps)  "
-                  f"valid HR@10 {valid['hr@10']:.4f} NDCG@10 {valid['ndcg@10']:.4f}  "
-                  f"({time.perf_counter() - start:.0f}s)")
+            log.info("epoch %d: loss %.4f (%d rank-steps)  valid HR@10 %.4f NDCG@10 %.4f  (%.0fs)",
+                     epoch, total[0] / total[1], int(total[1]), valid["hr@10"], valid["ndcg@10"],
+                     time.perf_counter() - start)
         if world > 1:
             torch.distributed.barrier()  # others wait while rank 0 evaluates
 
     if D.is_main_process():
         test = evaluate(model, split.test, args.max_len)
         saved = adarec.save_adapters(model, Path(args.out) / "adapters")  # atomic folder write
-        print(f"test HR@10 {test['hr@10']:.4f} NDCG@10 {test['ndcg@10']:.4f}")
-        print(f"checkpoint: {saved}\nwall time: {time.perf_counter() - start:.0f}s")
+        log.info("test HR@10 %.4f NDCG@10 %.4f", test["hr@10"], test["ndcg@10"])
+        log.info("checkpoint: %s\nwall time: %.0fs", saved, time.perf_counter() - start)
     D.cleanup()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -69,8 +70,8 @@ def out(model: nn.Module, arch: str = "bert") -> torch.Tensor:
 
 
 def rewrite(folder: Path, mutate) -> None:
-    """Change a checkpoint's tensors and JSON consistently (sha256 updated): a *valid* file
-    that no longer fits the model, as opposed to a corrupted one."""
+    """Change a checkpoint's tensors and JSON consistently (sha256 and config digest updated):
+    a *valid* file that no longer fits the model, as opposed to a corrupted or edited one."""
     config = json.loads((folder / ADAPTER_CONFIG).read_text())
     tensors = safetensors.torch.load_file(str(folder / ADAPTER_WEIGHTS))
     mutate(tensors, config)
@@ -79,9 +80,10 @@ def rewrite(folder: Path, mutate) -> None:
             "requires_grad": True, "kind": "adapter", "set": None}
         for n, t in tensors.items()
     }
-    safetensors.torch.save_file(tensors, str(folder / ADAPTER_WEIGHTS))
+    metadata = {ckpt.CONFIG_DIGEST: ckpt.config_digest(config)}  # a consistent (not edited) file
+    safetensors.torch.save_file(tensors, str(folder / ADAPTER_WEIGHTS), metadata=metadata)
     data = (folder / ADAPTER_WEIGHTS).read_bytes()
-    config["weights"]["sha256"] = hashlib.sha256(data).hexdigest()
+    config["weights"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     (folder / ADAPTER_CONFIG).write_text(json.dumps(config))
 
 
@@ -103,8 +105,8 @@ def test_round_trip_is_exact(tmp_path: Path, arch: str, method: str) -> None:
     model = trained(arch, method)
     path = save_adapters(model, tmp_path / "ckpt")
     fresh = tm.build(arch)
-    result = load_adapters(fresh, path)
-    assert result.ok and result.sets == ["default"]
+    result = load_adapters(fresh, path, restore_requires_grad=True)
+    assert result.ok and result.sets == ["default"] and result.active == ["default"]
     assert torch.equal(out(fresh, arch), out(model, arch))
     assert adapter_sets(fresh) == adapter_sets(model)
     assert {n: p.requires_grad for n, p in fresh.named_parameters()} == {
@@ -154,7 +156,7 @@ def test_json_records_spec_sites_fingerprint_and_hash(saved: tuple[Path, torch.T
 def test_multiple_named_sets_and_active_state(saved: tuple[Path, torch.Tensor], tmp_path: Path):
     path, expected = saved
     fresh = tm.build("bert")
-    load_adapters(fresh, path)
+    load_adapters(fresh, path, restore_requires_grad=True)  # saved stacked: both stay active
     assert set(adapter_sets(fresh)) == {"h", "l"} and set(active_adapters(fresh)) == {"h", "l"}
     stack = fresh.encoder.layer[0].output.dense.adarec_adapters  # order matters: h runs first
     assert list(stack) == ["h", "l"]
@@ -189,7 +191,7 @@ def test_extra_trainable_parameters_are_kept(tmp_path: Path) -> None:
     assert kinds["pooler.dense.weight"] == "trainable"
     assert kinds["encoder.layer.0.output.LayerNorm.weight"] == "trainable"
     fresh = tm.build("bert")
-    load_adapters(fresh, path)
+    load_adapters(fresh, path, restore_requires_grad=True)
     assert torch.equal(out(fresh), out(model))
     assert fresh.pooler.dense.weight.requires_grad
     assert not fresh.embeddings.word_embeddings.weight.requires_grad
@@ -353,12 +355,12 @@ def test_damaged_header_with_matching_hash_is_refused(saved, tmp_path: Path) -> 
     [
         (lambda s: s[: len(s) // 2], "not valid JSON"),
         (lambda s: "[]", "JSON object"),
-        (lambda s: s.replace('"format_version": 1', '"format_version": 2'), "upgrade adarec"),
-        (lambda s: s.replace('"format_version": 1', '"format_version": "1"'), "format_version"),
+        (lambda s: s.replace('"format_version": 2', '"format_version": 3'), "upgrade adarec"),
+        (lambda s: s.replace('"format_version": 2', '"format_version": "2"'), "format_version"),
         (lambda s: s.replace('"adarec-adapters"', '"something-else"'), "unknown checkpoint"),
         (lambda s: s.replace('"sha256"', '"sha"'), "sha256"),
-        (lambda s: s.replace("[2, 32]", "[3, 32]"), "JSON and weights disagree"),
-        (lambda s: s.replace('"bottleneck": 64', '"bottleneck": -1'), "invalid spec"),
+        (lambda s: s.replace("[2, 32]", "[3, 32]"), "edited"),  # the config digest
+        (lambda s: s.replace('"bottleneck": 64', '"bottleneck": -1'), "edited"),
     ],
 )
 def test_bad_json_is_refused(saved, tmp_path: Path, edit, match: str) -> None:
@@ -427,24 +429,18 @@ def _assert_intact(path: Path, before: dict[str, bytes], expected: torch.Tensor)
     assert _leftovers(path.parent) == []
 
 
-def _half_then_fail(real):
-    def broken(tensors, filename, metadata=None):
-        real(tensors, filename, metadata=metadata)
-        size = os.path.getsize(filename)
-        with open(filename, "r+b") as f:
-            f.truncate(size // 2)
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    return broken
+def _half_then_fail(file: Path, data: bytes) -> None:
+    file.write_bytes(data[: len(data) // 2])
+    raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def test_interrupted_weights_write_keeps_old_checkpoint(saved, tmp_path, monkeypatch) -> None:
     path = Path(shutil.copytree(saved[0], tmp_path / "c"))
     before = {p.name: p.read_bytes() for p in path.iterdir()}
-    broken = _half_then_fail(safetensors.torch.save_file)
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
-    with pytest.raises(OSError, match="No space"):
+    monkeypatch.setattr(ckpt, "_write_bytes", _half_then_fail)
+    with pytest.raises(CheckpointError, match=r"No space.*unchanged") as err:
         save_adapters(trained("bert", "lora"), path)
+    assert isinstance(err.value.__cause__, OSError)
     monkeypatch.undo()
     _assert_intact(path, before, saved[1])
 
@@ -477,8 +473,9 @@ def test_failed_swap_restores_old_checkpoint(saved, tmp_path, monkeypatch) -> No
         real(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(OSError, match="I/O"):
+    with pytest.raises(CheckpointError, match="I/O") as err:
         save_adapters(trained("bert", "lora"), path)
+    assert isinstance(err.value.__cause__, OSError)
     monkeypatch.undo()
     _assert_intact(path, before, saved[1])
 
@@ -516,7 +513,7 @@ def test_model_state_round_trip(tmp_path: Path) -> None:
     assert checkpoint_info(path)["format"] == "adarec-model-state"
     torch.manual_seed(123)
     fresh = tf.BertModel(tf.BertConfig(**tm.COMMON, **tm.TEXT)).eval()  # other random init
-    assert load_model_state(fresh, path).ok
+    assert load_model_state(fresh, path, restore_requires_grad=True).ok
     assert torch.equal(out(fresh), out(model))
     assert {n: p.requires_grad for n, p in fresh.named_parameters()} == {
         n: p.requires_grad for n, p in model.named_parameters()
@@ -561,12 +558,18 @@ def test_load_result_describe() -> None:
 
 
 # ------------------------------------------------------------------------ committed fixture
-def test_fixture_from_an_earlier_version_still_loads() -> None:
+@pytest.mark.parametrize("version", sorted(p.name for p in FIXTURES.glob("v*")))
+def test_fixture_from_an_earlier_version_still_loads(version: str) -> None:
     ref = json.loads((FIXTURES / "reference.json").read_text())
     model = tf.BertModel(tf.BertConfig(**ref["config"])).eval()
-    assert load_model_state(model, FIXTURES / "tiny_bert_base").ok
-    assert load_adapters(model, FIXTURES / "tiny_bert_adapters").ok
+    folder = FIXTURES / version
+    assert checkpoint_info(folder / "tiny_bert_adapters")["format_version"] == int(version[1:])
+    with pytest.warns(UserWarning, match="format_version 1") if version == "v1" else (
+            contextlib.nullcontext()):
+        assert load_model_state(model, folder / "tiny_bert_base").ok
+        assert load_adapters(model, folder / "tiny_bert_adapters").ok
     assert set(adapter_sets(model)) == {"houlsby", "lora"}
+    assert active_adapters(model) == ["lora"]  # the set active when saved; the other is off
     batch = {"input_ids": torch.tensor(ref["input_ids"]),
              "attention_mask": torch.tensor(ref["attention_mask"])}
     for key, names in ref["active"].items():
@@ -574,7 +577,7 @@ def test_fixture_from_an_earlier_version_still_loads() -> None:
         with torch.no_grad():
             got = model(**batch).last_hidden_state[:, :3, :4].flatten()
         torch.testing.assert_close(got, torch.tensor(ref["outputs"][key]), atol=1e-5, rtol=0)
-    size = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     assert size < 100_000
 
 

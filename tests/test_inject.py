@@ -295,7 +295,7 @@ def test_tune_layernorm_spec_unfreezes_norms() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(
-    layers=st.lists(st.integers(-2, 1), min_size=1, max_size=3),
+    layers=st.lists(st.integers(-2, 1), min_size=1, max_size=3, unique=True),
     positions=st.lists(st.sampled_from(["mha", "ffn"]), min_size=1, max_size=2, unique=True),
     bottleneck=st.integers(1, 40),
     method=st.sampled_from(["houlsby", "parallel", "pfeiffer"]),
@@ -314,3 +314,43 @@ def test_injection_invariants_property(layers, positions, bottleneck, method) ->
 
 
 _BERT_CACHE = (build("bert"), inputs("bert"))
+
+
+def test_save_pretrained_refuses_to_drop_adapters(tmp_path) -> None:
+    """from_pretrained would silently drop adapter weights written by save_pretrained."""
+    from transformers import AutoModel
+
+    model, batch = build("bert"), inputs("bert")
+    adarec.inject_adapters(model, "houlsby")
+    _perturb(model)
+    tuned = output(model, batch)
+    with pytest.raises(AdapterStateError, match=r"adarec\.save_adapters\(model, path\)"):
+        model.save_pretrained(tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    # the calls it names: the base without adapters, the adapters beside it
+    adarec.save_adapters(model, tmp_path / "adapters")
+    adarec.eject_adapters(model)
+    model.save_pretrained(tmp_path / "hf")
+    restored = AutoModel.from_pretrained(tmp_path / "hf").eval()
+    adarec.load_adapters(restored, tmp_path / "adapters")
+    adarec.set_active_adapters(restored, "default")
+    assert torch.equal(output(restored, batch), tuned)
+
+
+def test_adapters_and_upper_norms_is_one_core_rule() -> None:
+    model = build("bert")
+    adarec.inject_adapters(model, AdapterSpec(layers=(-1,)))
+    adarec.mark_adapters_and_upper_norms_trainable(model)
+    trainable = set(adarec.trainable_parameters(model))
+    norms = {n for n in trainable if "LayerNorm" in n}
+    assert norms and all(n.startswith("encoder.layer.1.") for n in norms)
+    assert trainable - norms == set(adarec.adapter_parameters(model))
+    adarec.eject_adapters(model)
+    assert all(p.requires_grad for p in model.parameters())  # the flags it had before
+
+
+def test_freeze_is_a_function_and_not_also_a_module() -> None:
+    from pathlib import Path
+
+    assert callable(adarec.freeze) and adarec.freeze is adarec.freezing.freeze
+    assert not (Path(adarec.__file__).parent / "freeze.py").exists()

@@ -15,7 +15,7 @@ from torch import nn
 
 import adarec
 from adarec import AdapterSpec, SpecError, TargetNotFoundError, UnsupportedModuleError
-from adarec.freeze import mark_only_biases_trainable, restore_requires_grad
+from adarec.freezing import mark_only_biases_trainable, restore_requires_grad
 from adarec.inject import count_forward_hooks
 
 ARCHS = ["bert", "roberta", "distilbert", "vit", "gpt2", "llama", "t5_encoder"]

@@ -1,37 +1,25 @@
-"""Adapter layers, one file per method, and the single registration point `ADAPTER_BUILDERS`."""
+"""Adapter methods, one file per method; importing a file registers its method.
+
+`bottleneck` holds the layer the bottleneck methods share; every other file is one method: its
+layer, its spec fields and one `adarec.registry.register_method` call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
+# registration order is the order of adarec.registry.method_names()
+# isort: off
+from . import houlsby, pfeiffer, parallel, compacter, lora, ia3, kadapter, prompt, side  # noqa: F401
+# isort: on
 from .base import AdapterLayer, is_adapter
-from .bottleneck import BottleneckAdapter, build_bottleneck
-from .compacter import PHMLinear, build_compacter
-from .ia3 import IA3Adapter, build_ia3
-from .kadapter import KAdapter, build_kadapter
-from .lora import LoRAAdapter, build_lora
-from .prompt import PromptAdapter, build_prompt
-
-Builder = Callable[[Any, int, int, dict[str, Any]], AdapterLayer]
-
-ADAPTER_BUILDERS: dict[str, Builder] = {
-    "houlsby": build_bottleneck,
-    "pfeiffer": build_bottleneck,
-    "parallel": build_bottleneck,
-    "compacter": build_compacter,
-    "lora": build_lora,
-    "ia3": build_ia3,
-    "kadapter": build_kadapter,
-    "prompt": build_prompt,
-}
-"""method name -> ``builder(spec, d_in, d_out, shared) -> AdapterLayer``; ``shared`` is one dict
-per injected set (Compacter keeps its shared rule matrices there) into which `inject_adapters`
-also writes what a builder needs about the current site (``position``; for the model-level
-methods the tapped blocks, causality and word embeddings)."""
+from .bottleneck import BottleneckAdapter
+from .compacter import PHMLinear
+from .ia3 import IA3Adapter
+from .kadapter import KAdapter
+from .lora import LoRAAdapter
+from .prompt import PromptAdapter
+from .side import SideNetwork
 
 __all__ = [
-    "ADAPTER_BUILDERS",
     "AdapterLayer",
     "BottleneckAdapter",
     "IA3Adapter",
@@ -39,5 +27,6 @@ __all__ = [
     "LoRAAdapter",
     "PHMLinear",
     "PromptAdapter",
+    "SideNetwork",
     "is_adapter",
 ]

@@ -16,7 +16,11 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from ..inject import Site
+    from ..sites import Site
+
+
+ADAPTERS_ATTR = "adarec_adapters"
+"""The child ``ModuleDict`` of an adapted module that holds its adapters, one per named set."""
 
 
 class AdapterLayer(nn.Module):
@@ -69,44 +73,3 @@ def hook_owner(fn: Any) -> Any:
     """The object a hook function is bound to (through ``functools.partial``), or ``None``."""
     fn = getattr(fn, "func", fn)
     return getattr(fn, "__self__", None)
-
-
-def arg_locator(module: nn.Module, names: tuple[str, ...]) -> tuple[str, int | None] | None:
-    """Where ``module.forward`` takes the first parameter called one of ``names``: its name and
-    positional index (``None`` when keyword-only), or ``None`` when it has no such parameter."""
-    import inspect
-
-    try:
-        params = list(inspect.signature(module.forward).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    for want in names:
-        for i, p in enumerate(params):
-            if p.name == want:
-                return want, (i if p.kind in positional else None)
-    return None
-
-
-def positional_names(module: nn.Module) -> tuple[str, ...]:
-    """The names ``module.forward`` binds positional arguments to, in order."""
-    import inspect
-
-    try:
-        params = inspect.signature(module.forward).parameters.values()
-    except (TypeError, ValueError):
-        return ()
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return tuple(p.name for p in params if p.kind in kinds)
-
-
-def read_arg(
-    loc: tuple[str, int | None] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """The value of the located parameter in one call, or ``None`` when it was not passed."""
-    if loc is None:
-        return None
-    name, index = loc
-    if name in kwargs:
-        return kwargs[name]
-    return args[index] if index is not None and index < len(args) else None

@@ -1,5 +1,5 @@
-"""Bottleneck adapters: Houlsby (serial, after MHA and FFN), Pfeiffer (serial, one per block) and
-the parallel adapter of He et al. 2022.
+"""The bottleneck adapter layer shared by Houlsby, Pfeiffer, the parallel adapter and Compacter
+(each registered in its own file), and the spec fields and checks they have in common.
 
 Serial:   y' = y + s * up(drop(act(down(y))))        (Houlsby et al. 2019; Pfeiffer et al. 2021)
 Parallel: y' = y + s * up(drop(act(down(x_in))))     (He et al. 2022, "scaled PA", s = 4)
@@ -16,7 +16,29 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
+from ..errors import SpecError
+from ..registry import BuildContext
+from ..spec import (
+    ACTIVATION,
+    BOTTLENECK,
+    DROPOUT,
+    LAYERS,
+    POSITIONS_FIELD,
+    REDUCTION_FACTOR,
+    SCALING,
+    TARGET_MODULES,
+    AdapterSpec,
+    exactly_one,
+)
 from .base import AdapterLayer
+
+FIELDS = (BOTTLENECK, REDUCTION_FACTOR, POSITIONS_FIELD, LAYERS, ACTIVATION, DROPOUT, SCALING,
+          TARGET_MODULES)
+"""The spec fields of a bottleneck method."""
+NONLINEAR = (
+    "it applies a non-linear activation between its projections, and a non-linear function of "
+    "the activations cannot be folded into a weight matrix"
+)
 
 
 def zero_linear(d_in: int, d_out: int) -> nn.Linear:
@@ -64,11 +86,20 @@ class BottleneckAdapter(AdapterLayer):
         return f"scaling={self.scaling}, parallel={self.parallel}"
 
 
-def build_bottleneck(spec: Any, d_in: int, d_out: int, shared: dict[str, Any]) -> BottleneckAdapter:
-    parallel = spec.method == "parallel"
-    d = d_in if parallel else d_out
-    k = spec.bottleneck_for(d_out)
+def validate(spec: AdapterSpec) -> None:
+    """One width (``bottleneck`` or ``reduction_factor``), and a sublayer to go to."""
+    exactly_one(spec, "bottleneck", "reduction_factor")
+    if spec.target_modules is None and not spec.positions:
+        raise SpecError(f"AdapterSpec.positions={spec.positions!r} is invalid: must name at "
+                        "least one position (or give target_modules)")
+
+
+def build(ctx: BuildContext, *, parallel: bool = False) -> BottleneckAdapter:
+    """A serial adapter reads the output it changes; a parallel one its sublayer's input."""
+    spec = ctx.spec
+    d = (ctx.sublayer_in or ctx.d_in) if parallel else ctx.d_out
+    k = spec.bottleneck_for(ctx.d_out)
     return BottleneckAdapter(
-        nn.Linear(d, k), zero_linear(k, d_out), spec.activation, spec.dropout, spec.scaling,
+        nn.Linear(d, k), zero_linear(k, ctx.d_out), spec.activation, spec.dropout, spec.scaling,
         parallel=parallel,
     )

@@ -10,7 +10,6 @@ the identity at initialisation.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from einops import rearrange
@@ -18,7 +17,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import SpecError
+from ..registry import BuildContext, MethodDef, Placement, register_method
+from ..spec import AdapterSpec, SpecField, int_in
+from . import bottleneck
 from .bottleneck import BottleneckAdapter
+
+PHM_DIM = SpecField("phm_dim", 4, int_in(1, 64), "must be an integer in [1, 64]",
+                    "n: the number of Kronecker terms (must divide the widths)")
+PHM_RANK = SpecField("phm_rank", 1, int_in(1, 1 << 16), f"must be an integer in [1, {1 << 16}]",
+                     "rank r of the per-layer factors")
+SHARED_PHM_RULE = SpecField("shared_phm_rule", True, lambda x: isinstance(x, bool),
+                            "must be a bool", "one set of rule matrices for the whole set")
 
 
 class PHMLinear(nn.Module):
@@ -65,14 +74,33 @@ def new_rule(n: int) -> nn.Parameter:
     return nn.Parameter(torch.randn(n, n, n) * (1.0 / n))
 
 
-def build_compacter(spec: Any, d_in: int, d_out: int, shared: dict[str, Any]) -> BottleneckAdapter:
+def validate(spec: AdapterSpec) -> None:
+    bottleneck.validate(spec)
+    if spec.bottleneck is not None and spec.bottleneck % spec.phm_dim:
+        raise SpecError(f"AdapterSpec.bottleneck={spec.bottleneck} is invalid: must be divisible "
+                        f"by phm_dim={spec.phm_dim} for Compacter")
+
+
+def build(ctx: BuildContext) -> BottleneckAdapter:
+    spec = ctx.spec
     n, r = spec.phm_dim, spec.phm_rank
-    k = spec.bottleneck_for(d_out)
+    k = spec.bottleneck_for(ctx.d_out)
     if k % n:
         raise SpecError(f"Compacter bottleneck {k} must be divisible by phm_dim={n}")
-    rule = None
-    if spec.shared_phm_rule:
-        rule = shared.setdefault("phm_rule", new_rule(n))
-    down = PHMLinear(d_out, k, n, r, rule)
-    up = PHMLinear(k, d_out, n, r, rule, zero_init=True)
+    rule = ctx.shared.once("phm_rule", lambda: new_rule(n)) if spec.shared_phm_rule else None
+    down = PHMLinear(ctx.d_out, k, n, r, rule)
+    up = PHMLinear(k, ctx.d_out, n, r, rule, zero_init=True)
     return BottleneckAdapter(down, up, spec.activation, spec.dropout, spec.scaling)
+
+
+COMPACTER = register_method(MethodDef(
+    name="compacter",
+    placement=Placement.SUBLAYER,
+    build=build,
+    fields=(*bottleneck.FIELDS, PHM_DIM, PHM_RANK, SHARED_PHM_RULE),
+    defaults={"bottleneck": 64, "positions": ("mha", "ffn")},
+    where=lambda spec: spec.positions,
+    validate=validate,
+    merge_note=bottleneck.NONLINEAR,
+    summary="Houlsby positions, PHM projections, shared rule matrices",
+))

@@ -8,6 +8,10 @@ applied by a forward pre-hook on the input of the projection: one elementwise pr
 output-side form ``y + W((l - 1) * a)`` would cost a second matmul. Scaling is linear in the
 weights, so `merge` folds the vectors into the base weights (rows for k/v, columns for the FFN).
 In a fused q/k/v projection (GPT-2's ``c_attn``) only the k and v thirds are scaled.
+
+`adarec.merge` keeps a copy of the weights it scales and restores them exactly (a learned scale of
+0 included); `unmerge` (dividing the scale out, exact to ``eps * |W|``) is the way back when no copy
+was kept, and refuses a zero or non-finite scale, which cannot be divided out.
 """
 
 from __future__ import annotations
@@ -17,8 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AdapterStateError
+from ..errors import AdapterStateError, UnsupportedModuleError
+from ..registry import AttachContext, BuildContext, MethodDef, Placement, register_method
+from ..spec import LAYERS, TARGET_MODULES, SpecField, distinct_from
 from .base import AdapterLayer, base_weight
+
+ROLES = ("k", "v", "ffn_out")
+"""(IA)^3 scales the key and value outputs and the input of the FFN output projection."""
+IA3_TARGETS = SpecField(
+    "ia3_targets", ROLES, distinct_from(ROLES), f"must be distinct roles from {list(ROLES)}",
+    "roles whose activations are rescaled", sequence=True,
+)
 
 
 class IA3Adapter(AdapterLayer):
@@ -29,6 +42,8 @@ class IA3Adapter(AdapterLayer):
         self.scale = nn.Parameter(torch.ones(stop - start))
         self.width, self.start, self.stop = width, start, stop
         self.scale_input = scale_input
+        self.folds_into_input = scale_input
+        """Merged, it scales the module's input, which other adapters on the module read too."""
         self.merged = False
 
     def full_scale(self) -> torch.Tensor:
@@ -72,30 +87,84 @@ class IA3Adapter(AdapterLayer):
 
     @torch.no_grad()
     def unmerge(self, base: nn.Module) -> None:
-        """Divide the scaling out again (exact up to rounding; a zero scale cannot be undone)."""
+        """Divide the scaling out again (to rounding); refused where that cannot work."""
         if not self.merged:
             raise AdapterStateError(f"(IA)^3 set {self.set_name!r} is not merged")
+        reason = self.irreversible_because(base)
+        if reason:
+            raise AdapterStateError(f"(IA)^3 set {self.set_name!r} cannot be unmerged: {reason}")
         base_weight(base).data.div_(self._oriented(base))
         bias = getattr(base, "bias", None)
         if not self.scale_input and bias is not None:
             bias.data.div_(self.full_scale().detach().to(bias.dtype))
         self.merged = False
 
+    @torch.no_grad()
+    def irreversible_because(self, base: nn.Module) -> str | None:
+        """Why dividing the scale out would not give the weights back within ``eps * |W|``
+        (``None``: it would): a zero or non-finite scale, or, checked before merging by doing the
+        round trip, a product that over- or underflows."""
+        s = self.scale.detach()
+        if not (torch.isfinite(s).all() and (s != 0).all()):
+            return "its scale has zero or non-finite entries, which cannot be divided out"
+        if self.merged:
+            return None
+        pairs = [(base_weight(base).detach(), self._oriented(base))]
+        bias = getattr(base, "bias", None)
+        if not self.scale_input and isinstance(bias, torch.Tensor):
+            pairs.append((bias.detach(), self.full_scale().detach().to(bias.dtype)))
+        for t, scale in pairs:
+            scaled = t * scale
+            back = scaled / scale
+            eps = torch.finfo(t.dtype).eps
+            if not (torch.isfinite(scaled).all() and ((back - t).abs() <= eps * t.abs()).all()):
+                return "scaling the weights by it over- or underflows, losing their bits"
+        return None
+
     def extra_repr(self) -> str:
         side = "input" if self.scale_input else "output"
         return f"{side} channels {self.start}:{self.stop} of {self.width}"
 
 
-def build_ia3(spec: Any, d_in: int, d_out: int, shared: dict[str, Any]) -> IA3Adapter:
-    """``shared["position"]`` is the site's role: ``k``, ``v``, ``ffn_out``, ``module`` (a
-    ``target_modules`` match: scale the whole output) or ``qkv:k+v`` style for fused q/k/v."""
-    position = shared.get("position", "module")
-    if position == "ffn_out":
+def build(ctx: BuildContext) -> IA3Adapter:
+    """``ffn_out``: scale the projection's input; a fused q/k/v projection: scale the thirds of
+    the roles this site serves; anything else (k, v, a ``target_modules`` match): the output."""
+    site, d_in, d_out = ctx.site, ctx.d_in, ctx.d_out
+    if site.role == "ffn_out":
         return IA3Adapter(d_in, 0, d_in, scale_input=True)
-    if position.startswith("qkv:"):
-        third = d_out // 3
-        roles = position[4:].split("+")
-        start = third if "k" in roles else 2 * third
-        stop = 3 * third if "v" in roles else 2 * third
-        return IA3Adapter(d_out, start, stop, scale_input=False)
+    if site.fused:
+        widths = site.fused_widths
+        if not widths or sum(widths) != d_out:
+            raise UnsupportedModuleError(
+                f"{site.target} computes {'/'.join(site.fused)} in one projection, and how its "
+                f"{d_out} outputs split into them is not known (the dry run could not verify a "
+                "contiguous split; interleaved heads?), so (IA)^3 cannot tell which channels are "
+                "keys and values. Pass target_modules to scale its whole output"
+            )
+        index = sorted(site.fused.index(r) for r in site.roles)
+        if index != list(range(index[0], index[-1] + 1)):
+            raise UnsupportedModuleError(f"(IA)^3 roles {site.roles} are not adjacent in "
+                                         f"{site.target}'s fused output {site.fused}")
+        start = sum(widths[: index[0]])
+        return IA3Adapter(d_out, start, start + sum(widths[index[0]: index[-1] + 1]),
+                          scale_input=False)
     return IA3Adapter(d_out, 0, d_out, scale_input=False)
+
+
+def attach(adapter: AdapterLayer, ctx: AttachContext) -> None:
+    if isinstance(adapter, IA3Adapter) and adapter.scale_input:
+        ctx.pre_hook(ctx.module, adapter.scale_args, with_kwargs=True)
+
+
+IA3 = register_method(MethodDef(
+    name="ia3",
+    placement=Placement.PROJECTION,
+    build=build,
+    fields=(IA3_TARGETS, LAYERS, TARGET_MODULES),
+    where=lambda spec: spec.ia3_targets,
+    attach=attach,
+    hints={"positions": "ia3_targets"},
+    merges=True,
+    merge_note="its scaling is linear: rows of W_k, W_v and columns of W_out are scaled",
+    summary="learned rescaling of keys, values and the FFN activation",
+))

@@ -21,8 +21,26 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from ..errors import AdapterStateError
+from ..calls import arg_locator, positional_names
+from ..errors import AdapterStateError, UnsupportedModuleError
+from ..registry import (
+    AttachContext,
+    BuildContext,
+    MethodDef,
+    PlaceContext,
+    Placement,
+    register_method,
+)
+from ..sites import Site
+from ..spec import MAX_WIDTH, SpecField, int_in
+from ..stacks import StackInfo, ancestors, input_embeddings
 from .base import AdapterLayer
+
+INITS = ("random", "vocab")
+PROMPT_LENGTH = SpecField("prompt_length", 10, int_in(1, MAX_WIDTH),
+                          f"must be an integer in [1, {MAX_WIDTH}]", "number of soft tokens")
+PROMPT_INIT = SpecField("prompt_init", "random", lambda x: x in INITS,
+                        f"must be one of {list(INITS)}", "initialisation of the soft tokens")
 
 
 class PromptAdapter(AdapterLayer):
@@ -128,6 +146,87 @@ def prompt_init(spec: Any, hidden: int, embedding: nn.Module | None) -> torch.Te
     return noise
 
 
-def build_prompt(spec: Any, d_in: int, d_out: int, shared: dict[str, Any]) -> PromptAdapter:
-    """``shared["word_embeddings"]`` is the model's input embedding (for the init statistics)."""
-    return PromptAdapter(prompt_init(spec, d_out, shared.get("word_embeddings")))
+def place(ctx: PlaceContext) -> list[Site]:
+    """Through ``inputs_embeds`` when the model takes them and has a word embedding (the host is
+    that embedding), else on the output of the embeddings module."""
+    if len(ctx.stacks) != 1:
+        raise UnsupportedModuleError(
+            f"prompt tuning needs a model with one block stack; {type(ctx.model).__name__} has "
+            f"{[s.name for s in ctx.stacks]}: inject into the submodel that encodes the input"
+        )
+    stack = ctx.stacks[0]
+    block = ctx.model.get_submodule(stack.blocks[-1])
+    if arg_locator(block, ("src_key_padding_mask",)) is not None or not stack.batch_first:
+        raise UnsupportedModuleError(
+            f"prompt tuning extends a model's [batch, length] attention_mask and prepends along "
+            f"dim 1; the blocks of {type(ctx.model).__name__} ({type(block).__name__}) take "
+            "torch's src_mask/src_key_padding_mask, sized to the input, which it does not rewrite"
+            + ("" if stack.batch_first else ", and are not batch first")
+        )
+    root = ctx.model.get_submodule(stack.root)
+    emb = input_embeddings(root)
+    takes = all(arg_locator(root, (a,)) for a in ("input_ids", "inputs_embeds"))
+    if isinstance(emb, nn.Embedding) and takes:
+        host = next(n for n, m in ctx.model.named_modules() if m is emb)
+        return [Site(host, stack.root, "input_embeddings", stack=stack.name)]
+    host = _embeddings_module(ctx.model, stack, emb)
+    return [Site(host, stack.root, "embeddings_output", stack=stack.name)]
+
+
+def _embeddings_module(model: nn.Module, stack: StackInfo, emb: nn.Module | None) -> str:
+    """The module whose output enters the block stack: the outermost module around the input
+    (word or patch) embedding that does not also contain the blocks (ViT's ``embeddings``)."""
+    root = stack.root
+    name = next((n for n, m in model.named_modules() if m is emb), None) if emb else None
+    if name is None:  # no get_input_embeddings(): a child of the model called "*embed*"
+        prefix = f"{root}." if root else ""
+        kids = [f"{prefix}{n}" for n, _ in model.get_submodule(root).named_children()
+                if "embed" in n.lower()]
+        name = kids[0] if len(kids) == 1 else None
+    if name is None:
+        raise UnsupportedModuleError(
+            f"prompt tuning cannot find the embeddings of "
+            f"{type(model.get_submodule(root)).__name__}: it has no get_input_embeddings() and "
+            "no single child module named '*embed*'"
+        )
+    while True:
+        parent = ancestors(name)[0]
+        if parent == root or stack.name.startswith(parent + ".") or parent == "":
+            return name
+        name = parent
+
+
+def build(ctx: BuildContext) -> PromptAdapter:
+    assert ctx.model is not None and ctx.stack is not None
+    host = ctx.model.get_submodule(ctx.site.target)
+    embeds_input = ctx.site.role == "input_embeddings"
+    width = cast(nn.Embedding, host).embedding_dim if embeds_input else ctx.d_out
+    emb = input_embeddings(ctx.model.get_submodule(ctx.stack.root))
+    adapter = PromptAdapter(prompt_init(ctx.spec, width, emb))
+    adapter.embeds_input = embeds_input
+    return adapter
+
+
+def attach(adapter: AdapterLayer, ctx: AttachContext) -> None:
+    """Rewrite the call (first, so other pre-hooks on the model, K-Adapter's, see the extended
+    mask); strip the prompt positions from the stack's and the model's outputs."""
+    assert isinstance(adapter, PromptAdapter) and ctx.stack is not None
+    root = ctx.submodule(ctx.stack.root)
+    adapter.arg_names = positional_names(root)
+    ctx.pre_hook(root, adapter.prepare, with_kwargs=True, prepend=True)
+    owner = ctx.submodule(ctx.stack.owner)
+    if owner is not root:
+        ctx.forward_hook(owner, adapter.strip)
+    ctx.forward_hook(root, adapter.finish)
+
+
+PROMPT = register_method(MethodDef(
+    name="prompt",
+    placement=Placement.MODEL,
+    build=build,
+    fields=(PROMPT_LENGTH, PROMPT_INIT),
+    place=place,
+    attach=attach,
+    merge_note="it adds input positions, which no weight change reproduces",
+    summary="trainable soft tokens before the input",
+))

@@ -13,12 +13,12 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..adapters.lora import LoRAAdapter
+from ..adapters.base import ADAPTERS_ATTR
 from ..checkpoint import (
     PathLike,
     atomic_folder,
@@ -29,7 +29,8 @@ from ..checkpoint import (
     write_weights,
 )
 from ..errors import AdapterStateError, CheckpointError
-from ..inject import ADAPTERS_ATTR, adapter_sets, eject_adapters, inject_adapters, iter_adapters
+from ..inject import adapter_sets, eject_adapters, inject_adapters, iter_adapters
+from ..registry import MethodDef, method_info, methods_for_peft
 from ..spec import AdapterSpec
 
 CONFIG = "adapter_config.json"
@@ -81,8 +82,12 @@ def export_peft_lora(model: nn.Module, path: PathLike, name: str = "default") ->
         raise AdapterStateError(
             f"no adapter set named {name!r}; sets present: {list(adapter_sets(model))}"
         )
-    if spec.method != "lora":
-        raise AdapterStateError(f"peft LoRA export needs a LoRA set; {name!r} is {spec.method}")
+    if method_info(spec.method).peft_type != "LORA":
+        exportable = [m.name for m in methods_for_peft("LORA")]
+        raise AdapterStateError(
+            f"peft LoRA export needs a set of a method peft can load as LoRA ({exportable}); "
+            f"{name!r} is {spec.method}"
+        )
     if spec.tune_layernorm:
         warnings.warn(
             f"set {name!r} tunes LayerNorms, which a peft LoRA folder cannot carry; they are not "
@@ -96,9 +101,8 @@ def export_peft_lora(model: nn.Module, path: PathLike, name: str = "default") ->
             continue
         modules.append(mname)
         conv1d.add(type(module).__name__ == "Conv1D")
-        lora = cast(LoRAAdapter, adapter)  # spec.method == "lora"
-        tensors[f"{PREFIX}{mname}.lora_A.weight"] = lora.lora_A.weight
-        tensors[f"{PREFIX}{mname}.lora_B.weight"] = lora.lora_B.weight
+        tensors[f"{PREFIX}{mname}.lora_A.weight"] = _lora_weight(adapter, "lora_A")
+        tensors[f"{PREFIX}{mname}.lora_B.weight"] = _lora_weight(adapter, "lora_B")
     if len(conv1d) > 1:
         raise AdapterStateError(
             f"set {name!r} mixes Conv1D and nn.Linear targets; peft has one fan_in_fan_out flag"
@@ -126,6 +130,24 @@ def export_peft_lora(model: nn.Module, path: PathLike, name: str = "default") ->
         write_weights(tmp, WEIGHTS, tensors)
         write_json(tmp / CONFIG, config)
     return Path(path)
+
+
+def _lora_weight(adapter: nn.Module, part: str) -> torch.Tensor:
+    """A LoRA factor's weight; a method registered with ``peft_type="LORA"`` promises its layers
+    hold ``lora_A``/``lora_B`` linear maps in peft's orientation."""
+    weight = getattr(getattr(adapter, part, None), "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise AdapterStateError(
+            f"{type(adapter).__name__} has no {part}.weight, so it cannot be written as peft LoRA"
+        )
+    return weight
+
+
+def _lora_method() -> MethodDef:
+    found = methods_for_peft("LORA")
+    if not found:
+        raise CheckpointError("no registered adarec method reads peft LoRA folders")
+    return found[0]
 
 
 def _check_config(config: dict[str, Any], where: Path) -> None:
@@ -195,8 +217,8 @@ def import_peft_lora(model: nn.Module, path: PathLike, name: str = "default") ->
         )
     modules = sorted(weights)
     spec = AdapterSpec(
-        method="lora", bottleneck=None, positions=(), lora_r=config["r"],
-        lora_alpha=float(config["lora_alpha"]), lora_dropout=float(config["lora_dropout"]),
+        _lora_method().name, lora_r=config["r"], lora_alpha=float(config["lora_alpha"]),
+        lora_dropout=float(config["lora_dropout"]),
         target_modules="|".join(re.escape(m) for m in modules),
     )
     inject_adapters(model, spec, name)
@@ -218,7 +240,7 @@ def _load_lora(
         if adapter.set_name != name:
             continue
         for part in ("lora_A", "lora_B"):
-            param = getattr(adapter, part).weight
+            param = _lora_weight(adapter, part)
             tensor = weights[mname][part]
             if tensor.shape != param.shape:
                 wrong.append(f"{mname}.{part}: file {list(tensor.shape)}, "

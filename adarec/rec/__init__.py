@@ -18,27 +18,39 @@ from adarec.rec.data import (
     sample_negatives,
     tokenize_item_texts,
 )
-from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
+from adarec.rec.datasets import load_atomic, load_movielens_100k, load_movielens_latest_small
 from adarec.rec.early_stopping import EarlyStopping
 from adarec.rec.item_adaptors import IDFusion, WhiteningMoEAdaptor
 from adarec.rec.item_encoders import (
     IDItemEncoder,
     ImageItemEncoder,
+    InterModalSide,
     MultimodalItemEncoder,
     PrecomputedItemEncoder,
     TextItemEncoder,
 )
-from adarec.rec.losses import LOSSES, bce_loss, full_softmax_loss, sampled_softmax_loss
+from adarec.rec.losses import (
+    LOSSES,
+    Candidates,
+    bce_loss,
+    full_softmax_loss,
+    in_batch_candidates,
+    sampled_softmax_loss,
+)
 from adarec.rec.metrics import (
+    TIES,
     PopularityRecommender,
     evaluate_full_ranking,
+    full_ranking_counts,
     full_ranking_ranks,
     ranking_metrics,
     target_ranks,
+    tie_counts,
     topk_chunked,
 )
 from adarec.rec.splits import ColdItemSplit, cold_item_split, subsample_users
-from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, TransRec
+from adarec.rec.state_cache import HiddenStateCache, state_cache_bytes
+from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, Recommendations, TransRec
 from adarec.rec.user_encoders import SASRec, SASRecBlock
 
 __all__ = [
@@ -47,19 +59,24 @@ __all__ = [
     "OBJECTIVES",
     "PAD",
     "POLICIES",
+    "TIES",
+    "Candidates",
     "ColdItemSplit",
     "EarlyStopping",
     "EvalCollator",
     "EvalDataset",
     "EvalExample",
+    "HiddenStateCache",
     "IDFusion",
     "IDItemEncoder",
     "ImageItemEncoder",
+    "InterModalSide",
     "InteractionData",
     "LeaveOneOutSplit",
     "MultimodalItemEncoder",
     "PopularityRecommender",
     "PrecomputedItemEncoder",
+    "Recommendations",
     "SASRec",
     "SASRecBlock",
     "TextItemEncoder",
@@ -71,9 +88,12 @@ __all__ = [
     "bce_loss",
     "cold_item_split",
     "evaluate_full_ranking",
+    "full_ranking_counts",
     "full_ranking_ranks",
     "full_softmax_loss",
+    "in_batch_candidates",
     "leave_one_out",
+    "load_atomic",
     "load_movielens_100k",
     "load_movielens_latest_small",
     "pad_left",
@@ -81,8 +101,10 @@ __all__ = [
     "ranking_metrics",
     "sample_negatives",
     "sampled_softmax_loss",
+    "state_cache_bytes",
     "subsample_users",
     "target_ranks",
+    "tie_counts",
     "tokenize_item_texts",
     "topk_chunked",
 ]

@@ -7,9 +7,12 @@ ignored by ranking or negative sampling.
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -18,28 +21,40 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset, get_worker_info
 
+from adarec.errors import ConfigError, DataError
+from adarec.rec.timestamps import TimestampParser, is_missing
+
 PAD = 0
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class InteractionData:
-    """Each user's chronological item sequence plus index-aligned raw item ids and item texts."""
+    """Each user's chronological item sequence plus index-aligned raw item ids and item texts.
+
+    ``dropped`` counts what a loader left out, by reason (e.g. rows of users below
+    ``min_user_interactions``), so nothing disappears unreported. ``split`` is a train/valid/test
+    split that came with the data (RecBole's pre-split ``*.train/valid/test.inter`` files):
+    `leave_one_out` then returns it as given instead of deriving one.
+    """
 
     sequences: dict[Hashable, list[int]]
     n_items: int
     item_ids: list[Hashable | None]
     item_texts: list[str]
     name: str = ""
+    dropped: dict[str, int] = field(default_factory=dict)
+    split: LeaveOneOutSplit | None = None
 
     def __post_init__(self) -> None:
         if len(self.item_ids) != self.n_items + 1 or len(self.item_texts) != self.n_items + 1:
-            raise ValueError(
+            raise DataError(
                 f"item_ids ({len(self.item_ids)}) and item_texts ({len(self.item_texts)}) need "
                 f"n_items + 1 = {self.n_items + 1} entries (index 0 is the padding item)"
             )
         for user, seq in self.sequences.items():
             if seq and not 1 <= min(seq) <= max(seq) <= self.n_items:
-                raise ValueError(f"user {user!r} has an item index outside 1..{self.n_items}")
+                raise DataError(f"user {user!r} has an item index outside 1..{self.n_items}")
 
     @property
     def n_users(self) -> int:
@@ -49,68 +64,209 @@ class InteractionData:
     def n_interactions(self) -> int:
         return sum(map(len, self.sequences.values()))
 
+    def item_index(self) -> dict[Hashable, int]:
+        """Raw item id -> index 1..n_items."""
+        return {item: i for i, item in enumerate(self.item_ids) if i != PAD}
+
     @classmethod
     def from_interactions(
         cls,
-        rows: Iterable[tuple[Hashable, Hashable, Any]],
+        rows: Iterable[tuple[Hashable, Hashable, Any] | tuple[Hashable, Hashable]],
         item_texts: Mapping[Any, str | None] | None = None,
         min_user_interactions: int = 5,
         name: str = "",
     ) -> InteractionData:
-        """Build sequences from ``(user, item, timestamp)`` rows.
+        """Build sequences from ``(user, item, timestamp)`` rows, or ``(user, item)`` rows that
+        are already in chronological order.
 
         Choices, so that results do not depend on hidden state:
+        - timestamps are numbers, numeric strings or dates (``datetime`` or ISO 8601 strings;
+          naive ones read as UTC) and are compared as numbers: ``"9"`` sorts before ``"10"``.
+          A missing (``None``, ``NaN``, ``""``) or unparsable timestamp, or a mix of numbers
+          and dates, is a `DataError` naming the row: never a silently wrong order;
         - each user's items are sorted by timestamp with a stable sort, so ties keep file order;
-        - users with fewer than ``min_user_interactions`` rows are dropped (one pass, no
-          iterative k-core filtering: dropping users never removes items from kept users);
+        - rows without a user or item id are dropped, and so are users with fewer than
+          ``min_user_interactions`` rows (one pass, no iterative k-core filtering: dropping
+          users never removes items from kept users); both counts land in ``dropped`` and the
+          log;
         - only items that occur in a kept sequence get an index, numbered 1..n_items in order
           of their first appearance in ``rows`` (as RecBole numbers tokens);
         - repeated (user, item) pairs are kept as separate interactions;
-        - an item without text (missing or ``None`` in ``item_texts``) gets ``""``.
+        - an item without text (missing, ``None`` or empty in ``item_texts``) gets ``""``, with
+          a warning that counts them (no warning when ``item_texts`` is ``None``).
         """
-        by_user: dict[Hashable, list[tuple[Any, Hashable]]] = {}
+        parser = TimestampParser()
+        by_user: dict[Hashable, list[tuple[float, Hashable]]] = {}
         first_seen: dict[Hashable, int] = {}
-        for user, item, timestamp in rows:
-            by_user.setdefault(user, []).append((timestamp, item))
+        timed: bool | None = None
+        no_id = 0
+        for n, row in enumerate(rows, 1):
+            if len(row) not in (2, 3):
+                raise DataError(f"row {n}: expected (user, item[, timestamp]), got {row!r}")
+            if timed is None:
+                timed = len(row) == 3
+            elif timed != (len(row) == 3):
+                raise DataError(f"row {n}: rows mix (user, item) pairs and (user, item, "
+                                "timestamp) triples")
+            user, item = row[0], row[1]
+            if is_missing(user) or is_missing(item):
+                no_id += 1
+                continue
+            key = parser.parse(row[2], f"row {n}") if len(row) == 3 else 0.0
+            by_user.setdefault(user, []).append((key, item))
             first_seen.setdefault(item, len(first_seen))
+        parser.check()
         kept = {u: ev for u, ev in by_user.items() if len(ev) >= min_user_interactions}
+        dropped = {}
+        if no_id:
+            dropped["rows without a user or item id"] = no_id
+        short = sum(len(ev) for u, ev in by_user.items() if u not in kept)
+        if short:
+            dropped[f"rows of users with < {min_user_interactions} interactions"] = short
+            dropped[f"users with < {min_user_interactions} interactions"] = len(by_user) - len(kept)
         for events in kept.values():
             events.sort(key=lambda event: event[0])  # list.sort is stable
         items = sorted({item for ev in kept.values() for _, item in ev}, key=first_seen.__getitem__)
         index = {item: i for i, item in enumerate(items, start=1)}
-        texts = item_texts or {}
-        return cls(
+        texts = [""] * (len(items) + 1)
+        if item_texts is not None:
+            texts[1:] = [_text(item_texts.get(item)) for item in items]
+            warn_missing_texts(texts, items, name)
+        data = cls(
             sequences={u: [index[item] for _, item in ev] for u, ev in kept.items()},
             n_items=len(items),
             item_ids=[None, *items],
-            item_texts=["", *(texts.get(item) or "" for item in items)],
+            item_texts=texts,
             name=name,
+            dropped=dropped,
         )
+        log_loaded(data)
+        return data
+
+    @classmethod
+    def from_csv(
+        cls,
+        path: str | Path,
+        user: str = "user_id",
+        item: str = "item_id",
+        time: str | None = "timestamp",
+        *,
+        items: str | Path | None = None,
+        item_key: str | None = None,
+        text: str | None = None,
+        delimiter: str = ",",
+        min_user_interactions: int = 5,
+        name: str | None = None,
+    ) -> InteractionData:
+        """Interactions from a CSV file with a header row (no pandas needed).
+
+        ``user``, ``item`` and ``time`` name its columns (``time=None``: the file is already in
+        chronological order per user). Item text comes from the column or template ``text``
+        (``"title"`` or ``"{title} ({year}). {genres}"``), read from the items CSV ``items``
+        (keyed by its column ``item_key``, default ``item``) or, without ``items``, from the
+        interactions file itself. Ids stay strings, as in the file. See `from_interactions`
+        for the ordering, filtering and error rules.
+        """
+        from adarec.rec.readers import read_csv_interactions
+
+        return read_csv_interactions(
+            cls, Path(path), user, item, time, items, item_key, text, delimiter,
+            min_user_interactions, name,
+        )
+
+    @classmethod
+    def from_dataframe(
+        cls,
+        df: Any,
+        user: str = "user_id",
+        item: str = "item_id",
+        time: str | None = "timestamp",
+        *,
+        items: Any = None,
+        item_key: str | None = None,
+        text: str | None = None,
+        min_user_interactions: int = 5,
+        name: str = "",
+    ) -> InteractionData:
+        """Interactions from a pandas DataFrame (``pip install adarec[pandas]``).
+
+        Like `from_csv`, with ``items`` a DataFrame or a CSV path; ids keep their dtype (ints
+        stay ints), and a ``datetime64`` time column is compared as dates.
+        """
+        from adarec.rec.readers import read_dataframe_interactions
+
+        return read_dataframe_interactions(
+            cls, df, user, item, time, items, item_key, text, min_user_interactions, name
+        )
+
+
+def _text(value: Any) -> str:
+    return "" if is_missing(value) else str(value)
+
+
+def warn_missing_texts(texts: Sequence[str], items: Sequence[Hashable], name: str = "") -> int:
+    """Warn (once, with a count and examples) when items 1..n have an empty text; returns the
+    count. An empty text is a valid input for a text encoder, but rarely what was meant."""
+    empty = [items[i - 1] for i in range(1, len(texts)) if not texts[i].strip()]
+    if empty:
+        where = f"{name}: " if name else ""
+        warnings.warn(
+            f"{where}{len(empty)} of {len(texts) - 1} items have no text and get '' "
+            f"(e.g. {empty[:3]}); check the item table and its id column",
+            UserWarning, stacklevel=3,
+        )
+    return len(empty)
+
+
+def log_loaded(data: InteractionData) -> None:
+    logger.info("%s: %d users, %d items, %d interactions", data.name or "data", data.n_users,
+                data.n_items, data.n_interactions)
+    for reason, count in data.dropped.items():
+        logger.info("%s: dropped %d %s", data.name or "data", count, reason)
 
 
 @dataclass
 class LeaveOneOutSplit:
-    """Per-user leave-one-out split: ``users[i]`` owns ``train[i]``, ``valid[i]``, ``test[i]``."""
+    """Per-user leave-one-out split: ``users[i]`` owns ``train[i]``, ``valid[i]``, ``test[i]``.
+
+    A split given with the data (``given=True``, from RecBole's pre-split files) is kept
+    exactly as written: ``valid`` and ``test`` are the files' ``(history, target)`` rows in file
+    order (their users in ``valid_users``/``test_users``), ``train_pairs`` the training file's
+    rows (each one example, its loss at the target only; users in ``train_pair_users``), and
+    ``train[i]`` user ``users[i]``'s
+    longest training history, for statistics and baselines.
+    """
 
     users: list[Hashable]
     train: list[list[int]]
     valid: list[tuple[list[int], int]]
     test: list[tuple[list[int], int]]
+    given: bool = False
+    train_pairs: list[tuple[list[int], int]] | None = None
+    train_pair_users: list[Hashable] | None = None
+    valid_users: list[Hashable] | None = None
+    test_users: list[Hashable] | None = None
 
 
 def leave_one_out(data: InteractionData, skip_short: bool = False) -> LeaveOneOutSplit:
     """Last item is the test target, the one before it the validation target (RecBole LOO).
 
     Validation and test histories are the whole preceding sequence, so the test history
-    contains the validation target. Users with fewer than 3 items raise ``ValueError`` unless
-    ``skip_short`` drops them.
+    contains the validation target. Users with fewer than 3 items raise `DataError` unless
+    ``skip_short`` drops them. Data that came with its own split (``data.split``) gets that
+    split back unchanged: a split the user brings is used as is, never re-derived.
     """
+    if data.split is not None:
+        logger.info("%s: using the train/valid/test split given with the data",
+                    data.name or "data")
+        return data.split
     split = LeaveOneOutSplit([], [], [], [])
     for user, seq in data.sequences.items():
         if len(seq) < 3:
             if skip_short:
                 continue
-            raise ValueError(f"user {user!r} has {len(seq)} items; leave-one-out needs >= 3")
+            raise DataError(f"user {user!r} has {len(seq)} items; leave-one-out needs >= 3 "
+                            "(pass skip_short=True to leave such users out)")
         split.users.append(user)
         split.train.append(seq[:-2])
         split.valid.append((seq[:-2], seq[-2]))
@@ -152,13 +308,28 @@ def sample_negatives(
     ``searchsorted`` on the sorted history, so memory is O(B * (H + draws)) instead of
     O(B * n_items). Rows still rejected after ``max_rounds`` (users who cover most of the
     catalog) draw directly from their complement, so the result stays exactly uniform.
-    Negatives are drawn with replacement; 0 in ``history`` is padding.
+    Negatives are drawn with replacement; 0 in ``history`` is padding. An id outside
+    ``0..n_items`` in ``history`` is a `DataError` (it would otherwise corrupt the count of
+    items left to sample from).
     """
     batch = history.size(0)
+    if n_items < 1:
+        raise ConfigError(f"n_items must be >= 1, got {n_items}")
+    if history.numel() and (int(history.min()) < 0 or int(history.max()) > n_items):
+        bad = history[(history < 0) | (history > n_items)]
+        raise DataError(
+            f"history holds item id(s) {sorted(set(bad.tolist()))[:5]} outside 0..{n_items} "
+            f"(n_items={n_items}, 0 = padding): the ids and n_items disagree (another data set, "
+            "raw ids instead of indices, or a stale n_items)"
+        )
     hist = history.sort(dim=1).values
     distinct = (hist != PAD).sum(1) - ((hist[:, 1:] == hist[:, :-1]) & (hist[:, 1:] != PAD)).sum(1)
     if batch and int(distinct.max()) >= n_items:
-        raise ValueError("a user's history covers every item; no negative can be sampled")
+        row = int(distinct.argmax())
+        raise DataError(
+            f"row {row}'s history covers all {n_items} items, so no negative can be sampled "
+            "for it; drop such users or use in-batch negatives (num_negatives=0)"
+        )
     neg = torch.randint(1, n_items + 1, (batch, math.prod(shape)), generator=generator)
     if hist.size(1) == 0:
         return neg.view(batch, *shape)
@@ -224,27 +395,49 @@ class TrainDataset(Dataset[TrainExample]):
         sampling: str = "windows",
     ) -> None:
         if max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {max_len}")
+            raise ConfigError(f"max_len must be >= 1, got {max_len}")
         if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling={sampling!r} is not one of {list(SAMPLINGS)}")
+            raise ConfigError(f"sampling={sampling!r} is not one of {list(SAMPLINGS)}")
         if stride is not None and (stride < 1 or sampling != "windows"):
-            raise ValueError(f"stride must be >= 1 and needs sampling='windows', got stride="
-                             f"{stride} with sampling={sampling!r}")
+            raise ConfigError(f"stride must be >= 1 and needs sampling='windows', got stride="
+                              f"{stride} with sampling={sampling!r}")
         if max_windows is not None and max_windows < 1:
-            raise ValueError(f"max_windows must be >= 1 or None, got {max_windows}")
+            raise ConfigError(f"max_windows must be >= 1 or None, got {max_windows}")
         self.sequences = [list(s) for s in train_sequences if len(s) >= 2]
         self.max_len = max_len
         self.sampling = sampling
         step = {"windows": stride or max_len, "prefixes": 1}.get(sampling)
         self.windows: list[tuple[int, int]] = []  # (sequence index, end position, exclusive)
+        self.pairs: list[tuple[list[int], int]] | None = None
         for i, seq in enumerate(self.sequences):
             ends = range(len(seq), 1, -step) if step else [len(seq)]
             self.windows.extend((i, end) for end in list(ends)[:max_windows])
 
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[tuple[Sequence[int], int]], max_len: int) -> TrainDataset:
+        """One example per given ``(history, target)`` row, its loss at the target only (the
+        other positions get target 0, which the collator masks): a pre-split training file used
+        exactly as written, as RecBole trains on it."""
+        dataset = cls([], max_len)
+        dataset.pairs = [(list(h), int(t)) for h, t in pairs if len(h) >= 1]
+        return dataset
+
+    @classmethod
+    def for_split(cls, split: LeaveOneOutSplit, max_len: int, **kwargs: Any) -> TrainDataset:
+        """`from_pairs` for a split given with the data (``split.train_pairs``), else windows
+        of ``split.train`` (``kwargs``: ``sampling``, ``stride``, ``max_windows``)."""
+        if split.train_pairs is not None:
+            return cls.from_pairs(split.train_pairs, max_len)
+        return cls(split.train, max_len, **kwargs)
+
     def __len__(self) -> int:
-        return len(self.windows)
+        return len(self.pairs) if self.pairs is not None else len(self.windows)
 
     def __getitem__(self, index: int) -> TrainExample:
+        if self.pairs is not None:
+            history, target = self.pairs[index]
+            window = history[-self.max_len :]
+            return TrainExample(window, [PAD] * (len(window) - 1) + [target], [*history, target])
         i, end = self.windows[index]
         seq = self.sequences[i]
         window = seq[max(0, end - self.max_len - 1) : end]
@@ -263,7 +456,8 @@ class TrainCollator:
     ``seed`` and the worker's own seed, so workers and epochs draw different negatives while
     staying reproducible under ``torch.manual_seed`` (or a DataLoader ``generator``).
     ``exclude_items`` are never drawn as negatives for anyone (e.g. cold items held out of
-    training).
+    training). ``num_negatives=0`` (what `TransRec` takes for in-batch sampled softmax) samples
+    nothing: ``negative_ids`` is then ``[B, L, 0]``.
     """
 
     def __init__(
@@ -274,11 +468,11 @@ class TrainCollator:
         seed: int = 0,
         exclude_items: Iterable[int] = (),
     ) -> None:
-        if num_negatives < 1:
-            raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+        if num_negatives < 0:
+            raise ConfigError(f"num_negatives must be >= 0, got {num_negatives}")
         self.exclude_items = sorted(set(exclude_items))
         if any(not 1 <= i <= n_items for i in self.exclude_items[:1] + self.exclude_items[-1:]):
-            raise ValueError(f"exclude_items must be item indices in 1..{n_items}")
+            raise ConfigError(f"exclude_items must be item indices in 1..{n_items}")
         self.n_items = n_items
         self.max_len = max_len
         self.num_negatives = num_negatives
@@ -294,11 +488,14 @@ class TrainCollator:
         input_ids = pad_left([ex.input_ids for ex in batch], self.max_len)
         target_ids = pad_left([ex.target_ids for ex in batch], self.max_len)
         mask = target_ids != PAD
-        history = pad_right([[*ex.history, *self.exclude_items] for ex in batch])
-        negatives = sample_negatives(
-            history, self.n_items, (self.max_len, self.num_negatives), self.generator
-        )
-        negatives.masked_fill_(~mask.unsqueeze(-1), PAD)
+        if self.num_negatives:
+            history = pad_right([[*ex.history, *self.exclude_items] for ex in batch])
+            negatives = sample_negatives(
+                history, self.n_items, (self.max_len, self.num_negatives), self.generator
+            )
+            negatives.masked_fill_(~mask.unsqueeze(-1), PAD)
+        else:
+            negatives = torch.zeros(len(batch), self.max_len, 0, dtype=torch.long)
         return {
             "input_ids": input_ids,
             "target_ids": target_ids,
@@ -320,7 +517,7 @@ class EvalDataset(Dataset[EvalExample]):
 
     def __init__(self, pairs: Iterable[tuple[Sequence[int], int]], max_len: int) -> None:
         if max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {max_len}")
+            raise ConfigError(f"max_len must be >= 1, got {max_len}")
         self.pairs = [(list(h), int(t)) for h, t in pairs]
         self.max_len = max_len
 
@@ -358,7 +555,7 @@ def tokenize_item_texts(
     gets a non-empty attention mask for it; its embedding is never ranked.
     """
     if not texts or texts[0] != "":
-        raise ValueError("texts[0] must be '' (the padding item); pass data.item_texts")
+        raise DataError("texts[0] must be '' (the padding item); pass data.item_texts")
     encoded = tokenizer(
         list(texts),
         padding="max_length",

@@ -1,17 +1,19 @@
 """Loaders for the MovieLens data sets used in the examples, read in place (never copied).
 
 Every rating counts as one implicit interaction (no rating threshold), as in the paper's
-sequential setting. Item texts feed the pre-trained text encoder.
+sequential setting. Item texts feed the pre-trained text encoder. Both go through the same
+readers as the user's own data (`adarec.rec.readers`), so the same checks apply.
 """
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from adarec.errors import DataError, DataFileNotFoundError
 from adarec.rec.data import InteractionData
+from adarec.rec.readers import Row, atomic_rows, csv_rows, interaction_rows, load_atomic
 
 _ML100K_HINT = (
     "install the data files with `pip install --no-deps recbole==1.2.1` "
@@ -19,19 +21,11 @@ _ML100K_HINT = (
 )
 
 
-def _require_file(folder: Path, name: str) -> Path:
+def _require_folder(folder: Path, hint: str = "") -> Path:
     if not folder.is_dir():
-        raise FileNotFoundError(f"data folder not found: {folder}")
-    file = folder / name
-    if not file.is_file():
-        raise FileNotFoundError(f"{name} not found in {folder}")
-    return file
-
-
-def _check_columns(file: Path, found: Sequence[str], needed: Sequence[str]) -> None:
-    missing = [c for c in needed if c not in found]
-    if missing:
-        raise ValueError(f"{file}: missing column(s) {missing}; found {list(found)}")
+        raise DataFileNotFoundError(f"data folder not found: {folder}" + (f"; {hint}" if hint
+                                                                          else ""))
+    return folder
 
 
 def _item_text(title: str, year: str, genres: Sequence[str]) -> str:
@@ -44,14 +38,6 @@ def _item_text(title: str, year: str, genres: Sequence[str]) -> str:
     return text
 
 
-def _read_csv(file: Path, needed: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    with file.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        _check_columns(file, reader.fieldnames or [], needed)
-        for row in reader:
-            yield reader.line_num, row
-
-
 def load_movielens_latest_small(
     path: str | Path, min_user_interactions: int = 5
 ) -> InteractionData:
@@ -62,28 +48,29 @@ def load_movielens_latest_small(
     ``"Toy Story (1995). Genres: Adventure, Animation, Children, Comedy, Fantasy"``; movies
     with ``(no genres listed)`` get the title only. Movies never rated are not indexed.
     """
-    folder = Path(path)
-    ratings = _require_file(folder, "ratings.csv")
-    movies = _require_file(folder, "movies.csv")
+    folder = _require_folder(Path(path))
     texts: dict[int, str] = {}
-    for line, row in _read_csv(movies, ("movieId", "title", "genres")):
+    for where, row in csv_rows(folder / "movies.csv", needed=("movieId", "title", "genres"))[1]:
         try:
             movie = int(row["movieId"])
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{movies}:{line}: bad movieId {row['movieId']!r}") from err
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: bad movieId {row['movieId']!r}") from None
         genres = [g for g in (row["genres"] or "").split("|") if g and g != "(no genres listed)"]
         texts[movie] = _item_text(row["title"] or "", "", genres)
 
-    def interactions() -> Iterator[tuple[int, int, float]]:
-        for line, row in _read_csv(ratings, ("userId", "movieId", "timestamp")):
-            try:
-                yield int(row["userId"]), int(row["movieId"]), float(row["timestamp"])
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{ratings}:{line}: bad row {row}") from err
-
+    rows = csv_rows(folder / "ratings.csv", needed=("userId", "movieId", "timestamp"))[1]
+    interactions = interaction_rows(_as_int_ids(rows), "userId", "movieId", "timestamp")
     return InteractionData.from_interactions(
-        interactions(), texts, min_user_interactions, name="ml-latest-small"
+        interactions, texts, min_user_interactions, name="ml-latest-small"
     )
+
+
+def _as_int_ids(rows: Iterator[tuple[str, Row]]) -> Iterator[tuple[str, Row]]:
+    for where, row in rows:
+        try:
+            yield where, {**row, "userId": int(row["userId"]), "movieId": int(row["movieId"])}
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: bad row {row}") from None
 
 
 def _recbole_ml100k() -> Path:
@@ -98,27 +85,7 @@ def _recbole_ml100k() -> Path:
         folder = Path(root) / "dataset_example" / "ml-100k"
         if folder.is_dir():
             return folder
-    raise FileNotFoundError(f"RecBole's ml-100k example data was not found: {_ML100K_HINT}")
-
-
-def _read_atomic(file: Path, needed: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """Rows of a RecBole atomic file keyed by field name (header ``name:type``, tab-separated).
-
-    Quoting is off: titles contain literal quote characters.
-    """
-    with file.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{file}: empty file, expected a `name:type` header")
-        names = [field.split(":", 1)[0] for field in header]
-        _check_columns(file, names, needed)
-        for row in reader:
-            if len(row) != len(names):
-                raise ValueError(
-                    f"{file}:{reader.line_num}: {len(row)} fields, expected {len(names)}"
-                )
-            yield reader.line_num, dict(zip(names, row, strict=True))
+    raise DataFileNotFoundError(f"RecBole's ml-100k example data was not found: {_ML100K_HINT}")
 
 
 def load_movielens_100k(
@@ -130,23 +97,17 @@ def load_movielens_100k(
     files' tokens (strings). Item text: ``"Title (year). Genres: a, b"``; the year is left
     out when it is not a number and the genre part when the class is ``unknown``.
     """
-    folder = _recbole_ml100k() if path is None else Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"data folder not found: {folder}; {_ML100K_HINT}")
-    inter = _require_file(folder, "ml-100k.inter")
-    item = _require_file(folder, "ml-100k.item")
+    folder = _recbole_ml100k() if path is None else _require_folder(Path(path), _ML100K_HINT)
     texts: dict[str, str] = {}
-    for _, row in _read_atomic(item, ("item_id", "movie_title", "release_year", "class")):
+    needed = ("item_id", "movie_title", "release_year", "class")
+    for _, row in atomic_rows(folder / "ml-100k.item", needed)[1]:
         genres = [g for g in row["class"].split() if g != "unknown"]
         texts[row["item_id"]] = _item_text(row["movie_title"], row["release_year"], genres)
-
-    def interactions() -> Iterator[tuple[str, str, float]]:
-        for line, row in _read_atomic(inter, ("user_id", "item_id", "timestamp")):
-            try:
-                yield row["user_id"], row["item_id"], float(row["timestamp"])
-            except ValueError as err:
-                raise ValueError(f"{inter}:{line}: bad timestamp {row['timestamp']!r}") from err
-
+    rows = atomic_rows(folder / "ml-100k.inter", ("user_id", "item_id", "timestamp"))[1]
     return InteractionData.from_interactions(
-        interactions(), texts, min_user_interactions, name="ml-100k"
+        interaction_rows(rows, "user_id", "item_id", "timestamp"), texts,
+        min_user_interactions, name="ml-100k",
     )
+
+
+__all__ = ["load_atomic", "load_movielens_100k", "load_movielens_latest_small"]

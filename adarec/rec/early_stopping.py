@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from adarec.errors import AdapterStateError, ConfigError, StateMismatchError
+
 
 class EarlyStopping:
     """Keeps the best-scoring weights seen so far and says when to stop.
@@ -34,11 +36,11 @@ class EarlyStopping:
         self, patience: int | None = 3, mode: str = "max", min_delta: float = 0.0
     ) -> None:
         if patience is not None and patience < 1:
-            raise ValueError(f"patience must be >= 1 or None, got {patience}")
+            raise ConfigError(f"patience must be >= 1 or None, got {patience}")
         if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+            raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
         if min_delta < 0:
-            raise ValueError(f"min_delta must be >= 0, got {min_delta}")
+            raise ConfigError(f"min_delta must be >= 0, got {min_delta}")
         self.patience, self.mode, self.min_delta = patience, mode, min_delta
         self.best = -math.inf if mode == "max" else math.inf
         self.best_step: int | None = None
@@ -73,12 +75,13 @@ class EarlyStopping:
     def restore(self, model: nn.Module) -> None:
         """Copy the best snapshot back into ``model`` (in place); an error before any step."""
         if self.best_step is None:
-            raise RuntimeError("EarlyStopping.restore: no validation value was recorded yet")
+            raise AdapterStateError("EarlyStopping.restore: no validation value was recorded yet")
         current = dict(model.named_parameters()) | dict(model.named_buffers())
         missing = [name for name in self._state if name not in current]
         if missing:
-            raise KeyError(f"the model has no tensor(s) {missing[:5]} from the snapshot: was it "
-                           "changed (adapters ejected, modules replaced) after the best step?")
+            raise StateMismatchError(
+                f"the model has no tensor(s) {missing[:5]} from the snapshot: was it changed "
+                "(adapters ejected, modules replaced) after the best step?")
         for name, value in self._state.items():
             current[name].copy_(value)
         invalidate = getattr(model, "invalidate_cache", None)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adarec.errors import ConfigError, DataError
+
 ADAPTORS = ("linear", "moe", "none")
 FUSIONS = ("add", "gate")
 
@@ -47,7 +49,7 @@ class WhiteningMoEAdaptor(nn.Module):
     ) -> None:
         super().__init__()
         if n_experts < 1:
-            raise ValueError(f"n_experts must be >= 1, got {n_experts}")
+            raise ConfigError(f"n_experts must be >= 1, got {n_experts}")
         self.n_experts = n_experts
         self.noisy_gating = noisy_gating
         self.dropout = nn.Dropout(dropout)
@@ -88,7 +90,7 @@ class IDFusion(nn.Module):
     def __init__(self, n_items: int, dim: int, mode: str = "add") -> None:
         super().__init__()
         if mode not in FUSIONS:
-            raise ValueError(f"id fusion mode={mode!r} is not one of {list(FUSIONS)}")
+            raise ConfigError(f"id fusion mode={mode!r} is not one of {list(FUSIONS)}")
         self.mode = mode
         self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=0.02)
@@ -107,7 +109,7 @@ class IDFusion(nn.Module):
         """Switch the ID part off for ``item_ids`` (e.g. items never seen in training)."""
         ids = torch.as_tensor(item_ids, dtype=torch.long, device=self.known.device).reshape(-1)
         if ids.numel() and not 1 <= int(ids.min()) <= int(ids.max()) <= self.n_items:
-            raise ValueError(f"item ids must be in 1..{self.n_items}")
+            raise DataError(f"item ids must be in 1..{self.n_items}")
         self.known[ids] = False
 
     def forward(self, item_ids: Tensor, content: Tensor) -> Tensor:
@@ -125,10 +127,10 @@ def build_adaptor(kind: str | bool | nn.Module, in_dim: int, out_dim: int) -> nn
         return kind
     name = {True: "linear", False: "none"}.get(kind, kind) if isinstance(kind, bool) else kind
     if name not in ADAPTORS:
-        raise ValueError(f"dtl={kind!r} is not one of {[True, False, *ADAPTORS]} or a module")
+        raise ConfigError(f"dtl={kind!r} is not one of {[True, False, *ADAPTORS]} or a module")
     if name == "none":
         if in_dim != out_dim:
-            raise ValueError(f"dtl=False needs item width {in_dim} == user_dim {out_dim}")
+            raise ConfigError(f"dtl=False needs item width {in_dim} == user_dim {out_dim}")
         return nn.Identity()
     return dtl(in_dim, out_dim) if name == "linear" else WhiteningMoEAdaptor(in_dim, out_dim)
 

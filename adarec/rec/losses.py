@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adarec.errors import DataError
 from adarec.rec.data import PAD
+
+GatherCandidates = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, int]]
+"""``(ids, emb) -> (all ids, all emb, offset of the local rows)``: other processes' candidates
+as extra negatives (`adarec.distributed.enable_cross_rank_negatives`)."""
 
 
 def bce_loss(user_repr: Tensor, pos_emb: Tensor, neg_emb: Tensor, mask: Tensor) -> Tensor:
@@ -72,13 +78,55 @@ def full_softmax_loss(
     softmax to the items marked True (e.g. all but held-out cold items); targets must be
     among them."""
     if targets.numel() and int(targets.min()) < 1:
-        raise ValueError("targets must be item indices >= 1 (0 is the padding item)")
+        raise DataError("targets must be item indices >= 1 (0 is the padding item)")
     logits = user_repr @ item_table[1:].T
     if items is not None:
         if targets.numel() and not bool(items[targets].all()):
-            raise ValueError("a target is outside the items allowed in the softmax")
+            raise DataError("a target is outside the items allowed in the softmax")
         logits = logits.masked_fill(~items[1:], float("-inf"))
     return F.cross_entropy(logits, targets - 1)
+
+
+class Candidates(NamedTuple):
+    """Deduplicated sampled-softmax candidates: ``ids`` ``[C]``, ``embeddings`` ``[C, d]``,
+    each positive's column ``pos_index`` ``[M]`` and the logQ term ``logq`` ``[C]`` (or None)."""
+
+    ids: Tensor
+    embeddings: Tensor
+    pos_index: Tensor
+    logq: Tensor | None
+
+
+def in_batch_candidates(
+    pos_ids: Tensor,
+    pos_emb: Tensor,
+    neg_ids: Tensor,
+    neg_emb: Tensor,
+    logq_correction: bool = True,
+    gather: GatherCandidates | None = None,
+) -> Candidates:
+    """The candidate set of an in-batch sampled softmax: the batch's positives ``[M]`` plus any
+    sampled negatives ``[K]`` (with their embeddings), each distinct id once.
+
+    With ``gather`` (several processes) every process's candidates join, and this process's
+    positives are found at the offset it returns. ``logq_correction`` estimates each
+    candidate's sampling probability by its frequency among the (gathered) candidates before
+    deduplication (Yi et al. 2019); duplicates of one id share one column, so a popular item
+    appearing as another row's positive is never a negative against itself.
+    """
+    ids = torch.cat([pos_ids, neg_ids.reshape(-1)])
+    emb = torch.cat([pos_emb, neg_emb.reshape(-1, pos_emb.size(-1))])
+    offset = 0  # where this process's positives start among the (gathered) candidates
+    if gather is not None:
+        ids, emb, offset = gather(ids, emb)
+    cand_ids, cand_index = torch.unique(ids, return_inverse=True)
+    first = torch.full((cand_ids.numel(),), -1, dtype=torch.long, device=ids.device)
+    first.scatter_reduce_(0, cand_index, torch.arange(cand_index.numel(), device=ids.device),
+                          reduce="amin", include_self=False)
+    logq = None
+    if logq_correction:
+        logq = torch.bincount(cand_index, minlength=cand_ids.numel()).float().log()
+    return Candidates(cand_ids, emb[first], cand_index[offset : offset + pos_ids.numel()], logq)
 
 
 LOSSES: dict[str, Callable[..., Tensor]] = {
@@ -86,3 +134,13 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
     "sampled_softmax": sampled_softmax_loss,
     "full_softmax": full_softmax_loss,
 }
+
+__all__ = [
+    "LOSSES",
+    "Candidates",
+    "GatherCandidates",
+    "bce_loss",
+    "full_softmax_loss",
+    "in_batch_candidates",
+    "sampled_softmax_loss",
+]

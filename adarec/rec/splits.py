@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from adarec.errors import ConfigError, DataError
 from adarec.rec.data import LeaveOneOutSplit
 
 Pairs = list[tuple[list[int], int]]
@@ -58,9 +59,9 @@ def cold_item_split(
     next-item pair.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+        raise ConfigError(f"fraction must be in (0, 1), got {fraction}")
     if n_items < 2:
-        raise ValueError(f"n_items must be >= 2, got {n_items}")
+        raise ConfigError(f"n_items must be >= 2, got {n_items}")
     n_cold = max(1, round(fraction * n_items))
     g = torch.Generator().manual_seed(seed)
     cold = sorted((torch.randperm(n_items, generator=g)[:n_cold] + 1).tolist())
@@ -68,7 +69,7 @@ def cold_item_split(
     for pairs in (split.valid, split.test):
         for _, target in pairs:
             if not 1 <= target <= n_items:
-                raise ValueError(f"target {target} is outside 1..{n_items}: wrong n_items?")
+                raise DataError(f"target {target} is outside 1..{n_items}: wrong n_items?")
     train = [[i for i in seq if i not in cold_set] for seq in split.train]
 
     def divide(pairs: Sequence[tuple[Sequence[int], int]]) -> tuple[Pairs, Pairs, list[int]]:
@@ -90,10 +91,10 @@ def subsample_users(split: LeaveOneOutSplit, fraction: float, seed: int = 0) -> 
     """A seeded ``fraction`` of the users (at least one), with all of their data: the
     "small target data" setting. Users keep their order in ``split``."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
     n = len(split.users)
     if n == 0:
-        raise ValueError("the split has no users")
+        raise DataError("the split has no users")
     g = torch.Generator().manual_seed(seed)
     keep = sorted(torch.randperm(n, generator=g)[: max(1, round(fraction * n))].tolist())
     return _select(split, keep)

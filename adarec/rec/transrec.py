@@ -1,6 +1,10 @@
 """TransRec (Fu et al., WSDM 2024): a pre-trained item modality encoder, a dimension-transformation
 layer (DTL: Linear + GELU) and a sequential user encoder, scored by dot product.
 
+Serving: `TransRec.recommend` (top-k per user, raw ids in and out), `TransRec.add_items`
+(text-only items the model never trained on), `TransRec.save_pretrained` /
+`TransRec.from_pretrained` (a folder that rebuilds the model; see `adarec.rec.pretrained`).
+
 Transfer recipe (source domain -> target domain, same base HF encoder):
 
     src = TransRec(TextItemEncoder.from_texts(bert, tok, source_texts), user_dim=64)
@@ -17,31 +21,63 @@ Item features (token ids, pixels) are data, not weights, so they are never in a 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import logging
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from numbers import Integral
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adarec.errors import TargetNotFoundError
-from adarec.freeze import ParameterSummary, adapter_parameters, is_norm, parameter_summary
-from adarec.inject import ADAPTERS_ATTR
+from adarec.errors import (
+    ConfigError,
+    DataError,
+    StateMismatchError,
+    UnknownItemError,
+)
+from adarec.freezing import (
+    ParameterSummary,
+    adapter_parameters,
+    mark_adapters_and_upper_norms_trainable,
+    parameter_summary,
+)
 from adarec.inject import inject_adapters as _inject
 from adarec.layouts import iter_blocks
-from adarec.rec.data import PAD, pad_left
+from adarec.rec.data import PAD, pad_left, pad_right
 from adarec.rec.item_adaptors import IDFusion, build_adaptor
 from adarec.rec.item_encoders import ItemEncoder
-from adarec.rec.losses import bce_loss, full_softmax_loss, sampled_softmax_loss
-from adarec.rec.metrics import METRICS, evaluate_full_ranking
+from adarec.rec.losses import (
+    GatherCandidates,
+    bce_loss,
+    full_softmax_loss,
+    in_batch_candidates,
+    sampled_softmax_loss,
+)
+from adarec.rec.metrics import METRICS, Ties, evaluate_full_ranking, topk_chunked
 from adarec.rec.user_encoders import SASRec
 from adarec.spec import AdapterSpec
+from adarec.state_key import StateKey, autocast_state
 
 OBJECTIVES = ("sasrec", "cpc")
 LOSS_NAMES = ("bce", "sampled_softmax", "full_softmax")
-POLICIES = ("full", "adapters", "item_adapters", "user_adapters", "frozen")
+POLICIES = ("full", "adapters", "item_adapters", "user_adapters", "frozen", "top_blocks")
 SIMILARITIES = ("dot", "cosine")
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Recommendations:
+    """Top-k of each history, best first: ``items`` as raw ids when the model has an item map
+    (else indices), ``scores`` ``[B, k]`` and ``indices`` ``[B, k]``. A row with fewer than k
+    rankable items is shorter in ``items`` and padded with index 0 / score ``-inf``."""
+
+    items: list[list[Hashable]]
+    scores: Tensor
+    indices: Tensor
 
 
 def _set_trainable(module: nn.Module, flag: bool) -> None:
@@ -49,33 +85,8 @@ def _set_trainable(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def _adapters_and_norms(module: nn.Module, layernorm: bool) -> None:
-    """Adapters, plus the LayerNorms from the lowest adapted block upwards (with ``layernorm``).
-
-    Norms below the lowest adapter stay frozen, so everything under it is a fixed function
-    (and `TextItemEncoder` can cache it); with adapters in every block this is the paper's
-    "adapters + LayerNorms" (all block norms, the embedding norm excepted).
-    """
-    _set_trainable(module, False)
-    adapters = adapter_parameters(module)
-    for p in adapters.values():
-        p.requires_grad_(True)
-    if not layernorm or not adapters:
-        return
-    order = {n: i for i, (n, _) in enumerate(module.named_modules())}
-    try:
-        blocks = [f"{b.stack}.{b.index}" for b in iter_blocks(module)]
-    except TargetNotFoundError:
-        blocks = []
-    start = len(order)
-    for pname in adapters:
-        site = pname.split(f".{ADAPTERS_ATTR}.", 1)[0]
-        owner = next((b for b in blocks if site.startswith(b + ".")), site)
-        start = min(start, order.get(owner, start))
-    for n, m in module.named_modules():
-        if is_norm(m) and order[n] >= start:
-            for p in m.parameters(recurse=False):
-                p.requires_grad_(True)
+def _has_decoupled(module: nn.Module) -> bool:
+    return any(getattr(m, "decoupled", False) is True for m in module.modules())
 
 
 class TransRec(nn.Module):
@@ -125,15 +136,16 @@ class TransRec(nn.Module):
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
-            raise ValueError(f"objective={objective!r} is not one of {list(OBJECTIVES)}")
+            raise ConfigError(f"objective={objective!r} is not one of {list(OBJECTIVES)}")
         if loss not in LOSS_NAMES:
-            raise ValueError(f"loss={loss!r} is not one of {list(LOSS_NAMES)}")
+            raise ConfigError(f"loss={loss!r} is not one of {list(LOSS_NAMES)}")
         if num_negatives < (0 if loss == "sampled_softmax" else 1):
-            raise ValueError(f"num_negatives={num_negatives} is too small for loss={loss!r}")
+            raise ConfigError(f"num_negatives={num_negatives} is too small for loss={loss!r} "
+                              "(0, in-batch negatives only, needs loss='sampled_softmax')")
         if similarity not in SIMILARITIES:
-            raise ValueError(f"similarity={similarity!r} is not one of {list(SIMILARITIES)}")
+            raise ConfigError(f"similarity={similarity!r} is not one of {list(SIMILARITIES)}")
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
         if user_encoder is not None:
             user_dim = int(cast(Any, user_encoder).dim)
         item_dim = int(cast(ItemEncoder, item_encoder).dim)
@@ -154,13 +166,19 @@ class TransRec(nn.Module):
         self.logq_correction = logq_correction
         self.dedup = True
         """Encode each distinct item of a batch once (False: once per occurrence, for tests)."""
-        self.gather_candidates: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, int]] | None = None
+        self.gather_candidates: GatherCandidates | None = None
         """Sampled softmax: ``(ids, emb) -> (all ids, all emb, offset of the local rows)``, e.g.
         `adarec.distributed.enable_cross_rank_negatives` (other ranks' candidates as negatives)."""
         self.policy: str | None = None
+        self.policy_args: dict[str, Any] = {}
+        self.item_ids: list[Hashable | None] | None = None
+        """Raw item id of each index (``item_ids[0]`` is the padding item's ``None``), set by
+        `set_item_map`; with it `recommend` takes and returns raw ids."""
+        self.item_texts: list[str] | None = None
+        self._index: dict[Hashable, int] = {}
         self._version = 0
         self._table: Tensor | None = None
-        self._table_key: Any = None
+        self._table_key: StateKey | None = None
 
     @property
     def n_items(self) -> int:
@@ -185,29 +203,35 @@ class TransRec(nn.Module):
     def item_embeddings(self, ids: Tensor) -> Tensor:
         """``ids`` of any shape -> ``[*ids.shape, dim]`` (from the cached table when it is
         valid and no gradient is needed)."""
-        if self._cache_valid() and not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and self._cache_valid():
             assert self._table is not None
             return self._table[ids.to(self._table.device)]
         return self._encode(ids.reshape(-1)).view(*ids.shape, self.dim)
 
     # ------------------------------------------------------------------------ the cache
-    def _state_key(self) -> tuple[int, ...]:
-        # In-place updates (optimizer steps, load_state_dict) bump a tensor's _version.
-        tensors = itertools.chain(self.parameters(), self.buffers())
-        return (self._version, *(t._version for t in tensors))
+    def _state_key(self) -> StateKey:
+        """The item table is ``dtl(item_encoder(ids))`` in eval mode: it is valid while those
+        two modules are in the same state (weights, active/merged adapter sets, hooks, modes,
+        item features; see `adarec.state_key`) and autocast is as it was."""
+        device = self._device().type
+        return StateKey.of(self.item_encoder, self.dtl, extra=(autocast_state(device),))
 
     def _cache_valid(self) -> bool:
-        return self._table is not None and not self.training and self._table_key == (
-            self._state_key()
-        )
+        return self._table is not None and self._table_key == self._state_key()
 
     def invalidate_cache(self) -> None:
-        """Drop the cached item table (also done by ``train()`` and by any in-place update)."""
-        self._version += 1
+        """Drop the cached item table and any cache of the item encoder. Never needed for
+        adarec operations, optimizer steps, loads or mode switches (the caches key on the
+        model's state); needed after writes no version counter sees (``p.data.copy_(...)``)."""
         self._table, self._table_key = None, None
+        for m in self.item_encoder.modules():
+            drop = getattr(m, "invalidate_cache", None)
+            if callable(drop):
+                drop()
 
     def train(self, mode: bool = True) -> TransRec:
-        self.invalidate_cache()
+        if mode:  # free the memory while training (the key would not match anyway)
+            self._table, self._table_key = None, None
         return super().train(mode)
 
     @contextmanager
@@ -225,14 +249,14 @@ class TransRec(nn.Module):
 
     def item_table(self, batch_size: int = 512) -> Tensor:
         """Every item's embedding ``[n_items + 1, dim]`` in eval mode without grad, cached
-        until the model changes or ``train()``/`invalidate_cache` is called."""
+        while the item encoder and DTL stay in the same state (see `_state_key`)."""
         with self._inference():
-            if self._cache_valid():
-                assert self._table is not None
+            key = self._state_key()
+            if self._table is not None and self._table_key == key:
                 return self._table
             ids = torch.arange(self.n_items + 1, device=self._device())
             table = torch.cat([self._encode(c) for c in ids.split(batch_size)])
-            self._table, self._table_key = table, self._state_key()
+            self._table, self._table_key = table, key
             return table
 
     def _device(self) -> torch.device:
@@ -265,11 +289,14 @@ class TransRec(nn.Module):
     ) -> Tensor:
         """Scores of every item ``[B, n_items + 1]`` (inference: eval mode, no grad); the
         padding item, and with ``exclude_history`` the history ids (plus ``exclude_ids``,
-        e.g. the untruncated history), get ``-inf``."""
+        e.g. the untruncated history), get ``-inf``. Under autocast the encoders run in its
+        dtype but the scores are computed in float32 (bf16 scores tie far too often to rank)."""
         table = self.item_table(batch_size)
         with self._inference():
-            user = self._scoring(self.user_embeddings(history_ids.to(table.device)))
-            scores = user @ self._scoring(table).T / self.temperature
+            users = self._scoring(self.user_embeddings(history_ids.to(table.device)))
+            dtype = torch.promote_types(table.dtype, torch.float32)
+            with torch.autocast(table.device.type, enabled=False):
+                scores = users.to(dtype) @ self._scoring(table.to(dtype)).T / self.temperature
             scores[:, PAD] = float("-inf")
             if exclude_history:
                 scores.scatter_(1, history_ids.to(table.device), float("-inf"))
@@ -285,6 +312,8 @@ class TransRec(nn.Module):
         max_len: int | None = None,
         batch_size: int = 256,
         exclude_history: bool = True,
+        ties: Ties = "pessimistic",
+        seed: int = 0,
     ) -> dict[str, float]:
         """Full-ranking metrics of ``(history, target)`` pairs (e.g. a leave-one-out split's
         ``valid`` or ``test``): every item is scored with the cached item table, the padding
@@ -294,7 +323,9 @@ class TransRec(nn.Module):
         whole history; ``False`` ("history unmasked", RecBole's sequential full sort and most
         SASRec papers) ranks it against every item, so numbers are lower (about half on
         MovieLens-100k): say which one a number is. Eval mode and no grad for the call; run it
-        under ``torch.autocast`` to encode in bf16 (scores are compared in float32)."""
+        under ``torch.autocast`` to encode in bf16 (scores are computed and compared in float32
+        all the same). ``ties``/``seed``: the tie rule (`adarec.rec.metrics`; default: a target
+        ranks below every item it ties with)."""
         length = max_len or cast(int, self.user_encoder.max_len)
         table = self.item_table().float()
         histories = pad_left([h for h, _ in pairs], length).to(table.device)
@@ -305,8 +336,174 @@ class TransRec(nn.Module):
 
         return evaluate_full_ranking(
             users, self._scoring(table), [t for _, t in pairs], [list(h) for h, _ in pairs], ks=ks,
-            batch_size=batch_size, metrics=metrics, exclude_history=exclude_history,
+            batch_size=batch_size, metrics=metrics, exclude_history=exclude_history, ties=ties,
+            seed=seed,
         )
+
+    # ------------------------------------------------------------------------ serving
+    def set_item_map(
+        self, item_ids: Sequence[Hashable | None], item_texts: Sequence[str] | None = None
+    ) -> None:
+        """Tell the model each index's raw item id (``item_ids[0]`` is the padding item, as in
+        ``InteractionData.item_ids``), and optionally each item's text; both travel with
+        `save_pretrained`, and `recommend` then speaks raw ids."""
+        ids = list(item_ids)
+        if len(ids) != self.n_items + 1:
+            raise ConfigError(f"item_ids has {len(ids)} entries; the model has n_items + 1 = "
+                              f"{self.n_items + 1} (index 0 is the padding item)")
+        index: dict[Hashable, int] = {}
+        for i, raw in enumerate(ids[1:], 1):
+            if raw in index:
+                raise DataError(f"raw item id {raw!r} appears twice (indices {index[raw]}, {i})")
+            index[raw] = i
+        if item_texts is not None and len(item_texts) != len(ids):
+            raise ConfigError(f"item_texts has {len(item_texts)} entries, item_ids {len(ids)}")
+        self.item_ids, self._index = [None, *ids[1:]], index
+        self.item_texts = None if item_texts is None else list(item_texts)
+
+    def item_index(self, items: Sequence[Hashable], unknown: str = "raise") -> list[int]:
+        """Indices of raw ids (with an item map) or checked indices (without one).
+
+        ``unknown="raise"`` refuses ids the model does not know with `UnknownItemError` naming
+        them; ``"skip"`` leaves them out (counted in the log).
+        """
+        if unknown not in ("raise", "skip"):
+            raise ConfigError(f"unknown={unknown!r} is not 'raise' or 'skip'")
+        if self.item_ids is not None:
+            out = [self._index.get(raw, -1) for raw in items]
+        else:
+            out = [int(i) if isinstance(i, Integral) and not isinstance(i, bool)
+                   and 1 <= int(i) <= self.n_items else -1 for i in items]
+        bad = [raw for raw, i in zip(items, out, strict=True) if i < 0]
+        if bad and unknown == "raise":
+            what = "raw item ids" if self.item_ids is not None else (
+                f"item indices (no item map: expected ints in 1..{self.n_items}; "
+                "call set_item_map to use raw ids)")
+            raise UnknownItemError(f"{len(bad)} unknown {what}: {bad[:5]} (pass unknown='skip' "
+                                   "to leave them out, or add_items to add new ones)")
+        if bad:
+            logger.info("skipped %d unknown item(s), e.g. %s", len(bad), bad[:3])
+        return [i for i in out if i >= 0]
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        histories: Sequence[Sequence[Hashable]] | Tensor,
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude: Sequence[Sequence[Hashable]] | None = None,
+        candidates: Sequence[Sequence[Hashable]] | None = None,
+        unknown: str = "raise",
+        batch_size: int = 256,
+        item_chunk: int = 65536,
+    ) -> Recommendations:
+        """Top-``k`` items for each history (oldest item first), in eval mode without grad.
+
+        Ids are raw ids when the model has an item map (`set_item_map`, or a model loaded with
+        `from_pretrained`), else indices 1..n_items (a LongTensor of padded index histories
+        works too; its zeros are padding). The user encoder reads the most recent
+        ``max_len`` items, while ``exclude_seen`` removes the **whole** history from the
+        results (plus ``exclude``, e.g. items in a basket). Over the full catalogue the top-k is
+        merged chunk by chunk (`topk_chunked`), so memory stays ``batch_size * item_chunk``
+        scores however many items there are; with ``candidates`` (one list per history, e.g.
+        from a retrieval stage) only those are ranked (re-ranking). Items added with
+        `add_items` are ranked like any other.
+        """
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        if isinstance(histories, Tensor):
+            if self.item_ids is not None:
+                raise ConfigError("a tensor of indices cannot be read as raw ids; pass lists of "
+                                  "raw ids (the model has an item map)")
+            histories = [[i for i in row if i != PAD] for row in histories.tolist()]
+        if candidates is not None and len(candidates) != len(histories):
+            raise ConfigError(f"{len(candidates)} candidate lists for {len(histories)} histories")
+        if exclude is not None and len(exclude) != len(histories):
+            raise ConfigError(f"{len(exclude)} exclude lists for {len(histories)} histories")
+        seqs = [self.item_index(h, unknown) for h in histories]
+        empty = [i for i, h in enumerate(seqs) if not h]
+        if empty:
+            raise DataError(f"histories {empty[:5]} hold no known item; a sequential model needs "
+                            "at least one (serve such users from a fallback, e.g. popularity)")
+        extra = [self.item_index(e, "skip") for e in exclude] if exclude is not None else None
+        cands = ([list(dict.fromkeys(self.item_index(c, unknown))) for c in candidates]
+                 if candidates is not None else None)  # a candidate listed twice counts once
+        length = cast(int, self.user_encoder.max_len)
+        table = self._scoring(self.item_table().float())
+        scores_out, index_out = [], []
+        for start in range(0, len(seqs), batch_size):
+            rows = range(start, min(start + batch_size, len(seqs)))
+            with self._inference():
+                user = self._scoring(self.user_embeddings(
+                    pad_left([seqs[r] for r in rows], length).to(table.device)).float())
+            drop = [[PAD, *(seqs[r] if exclude_seen else []), *(extra[r] if extra else [])]
+                    for r in rows]
+            excluded = pad_right(drop).to(table.device)
+            if cands is None:
+                values, idx = topk_chunked(user, table, min(k, table.size(0)), item_chunk,
+                                           exclude=excluded)
+            else:
+                values, idx = _topk_of(user, table, [cands[r] for r in rows], excluded, k)
+            idx = idx.masked_fill(values == float("-inf"), PAD)
+            scores_out.append(values.cpu())
+            index_out.append(idx.cpu())
+        scores, indices = torch.cat(scores_out), torch.cat(index_out)
+        if scores.size(1) < k:  # fewer items than k in the catalogue or the candidate lists
+            pad = k - scores.size(1)
+            scores = torch.cat([scores, scores.new_full((scores.size(0), pad), float("-inf"))], 1)
+            indices = torch.cat([indices, indices.new_zeros(indices.size(0), pad)], 1)
+        names = self.item_ids
+        items = [[names[i] if names is not None else i for i in row if i != PAD]
+                 for row in indices.tolist()]
+        return Recommendations(items, scores, indices)
+
+    def add_items(
+        self, item_ids: Sequence[Hashable], texts: Sequence[str], tokenizer: Any = None
+    ) -> list[int]:
+        """Add items the model never trained on, from their text alone: the item encoder
+        encodes them like any other item, so `recommend` can rank them at once. Returns their
+        new indices. Needs a `TextItemEncoder` (``tokenizer``: the one it was built with; by
+        default the one `TextItemEncoder.from_texts` or `from_pretrained` kept)."""
+        encoder = self.item_encoder
+        if not hasattr(encoder, "add_texts"):
+            raise ConfigError(f"{type(encoder).__name__} cannot encode items it has not seen; "
+                              "new items need a text item encoder (TextItemEncoder)")
+        if len(item_ids) != len(texts):
+            raise ConfigError(f"{len(item_ids)} item ids for {len(texts)} texts")
+        if self.item_ids is not None:
+            known = [raw for raw in item_ids if raw in self._index]
+            if known or len(set(item_ids)) != len(item_ids):
+                raise DataError(f"item ids already present or repeated: {known[:5] or item_ids}")
+        first = self.n_items + 1
+        cast(Any, encoder).add_texts(list(texts), tokenizer)
+        new = list(range(first, self.n_items + 1))
+        if self.item_ids is not None:
+            item_texts = None
+            if self.item_texts is not None:
+                item_texts = [*self.item_texts, *texts]
+            self.set_item_map([*self.item_ids, *item_ids], item_texts)
+        elif any(raw != i for raw, i in zip(item_ids, new, strict=True)):
+            raise ConfigError(f"without an item map new items get the next indices {new[:3]}...; "
+                              "call set_item_map first to use raw ids")
+        self.invalidate_cache()
+        logger.info("added %d item(s): indices %d..%d", len(new), first, self.n_items)
+        return new
+
+    def save_pretrained(self, folder: str | Path, include_base: bool = False,
+                        tokenizer: Any = None) -> Path:
+        """Write a folder that rebuilds this model (see `adarec.rec.pretrained.save_pretrained`)."""
+        from adarec.rec.pretrained import save_pretrained
+
+        return save_pretrained(self, folder, include_base=include_base, tokenizer=tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, base: Any = None, **kwargs: Any) -> TransRec:
+        """Rebuild a model written by `save_pretrained` (see
+        `adarec.rec.pretrained.from_pretrained`): ``base`` is the base encoder (a model or a
+        local path / hub id), by default the reference recorded in the folder."""
+        from adarec.rec.pretrained import from_pretrained
+
+        return from_pretrained(folder, base=base, **kwargs)
 
     # ------------------------------------------------------------------------ training
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -329,7 +526,7 @@ class TransRec(nn.Module):
             neg = batch["negative_ids"]
             neg = (neg.unsqueeze(-1) if neg.dim() == 2 else neg)[mask]
             if neg.size(-1) < self.num_negatives:
-                raise ValueError(f"the batch has {neg.size(-1)} negatives per position, the "
+                raise ConfigError(f"the batch has {neg.size(-1)} negatives per position, the "
                                  f"model uses num_negatives={self.num_negatives}")
             neg = neg[:, : self.num_negatives]  # [M, k]
         else:
@@ -346,20 +543,10 @@ class TransRec(nn.Module):
         if self.loss_name == "bce":
             return bce_loss(user, pos_emb, neg_emb, torch.ones(m, dtype=torch.bool,
                                                                 device=user.device))
-        all_ids = torch.cat([pos, neg.reshape(-1)])
-        cand_emb = torch.cat([pos_emb, neg_emb.reshape(-1, self.dim)])
-        offset = 0  # where this batch's positives start among the (gathered) candidates
-        if self.gather_candidates is not None:
-            all_ids, cand_emb, offset = self.gather_candidates(all_ids, cand_emb)
-        cand_ids, cand_index = torch.unique(all_ids, return_inverse=True)
-        first = torch.full((cand_ids.numel(),), -1, dtype=torch.long, device=pos.device)
-        first.scatter_reduce_(0, cand_index, torch.arange(cand_index.numel(), device=pos.device),
-                              reduce="amin", include_self=False)
-        logq = None
-        if self.logq_correction:  # in-batch frequency estimates each candidate's sampling rate
-            logq = torch.bincount(cand_index, minlength=cand_ids.numel()).float().log()
-        return sampled_softmax_loss(user, cand_emb[first], cand_index[offset : offset + m],
-                                    logq=logq, candidate_ids=cand_ids)
+        cands = in_batch_candidates(pos, pos_emb, neg, neg_emb, self.logq_correction,
+                                    self.gather_candidates)
+        return sampled_softmax_loss(user, cands.embeddings, cands.pos_index, logq=cands.logq,
+                                    candidate_ids=cands.ids)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         return self.loss(batch)
@@ -369,7 +556,7 @@ class TransRec(nn.Module):
         hit = self.held_out.to(candidates.device)[candidates]
         if bool(hit.any()):
             items = sorted(set(candidates[hit].tolist()))[:5]
-            raise ValueError(
+            raise DataError(
                 f"the batch scores held-out item(s) {items} as targets or negatives: training "
                 "must not see them (remove them from the training sequences and draw negatives "
                 "with TrainCollator(..., exclude_items=...))"
@@ -389,7 +576,8 @@ class TransRec(nn.Module):
             encoder = cast(ItemEncoder, self.item_encoder)
             models = encoder.hf_models() if hasattr(encoder, "hf_models") else []
             if not models:
-                raise ValueError(f"{type(self.item_encoder).__name__} has no transformer to adapt")
+                raise ConfigError(f"{type(self.item_encoder).__name__} has no transformer to "
+                                  "adapt")
             for model in models:
                 _inject(model, item, name, freeze=False)
         if user is not None:
@@ -398,7 +586,7 @@ class TransRec(nn.Module):
         return self.set_policy(policy) if policy is not None else None
 
     def set_policy(
-        self, name: str, layernorm: bool = True, verbose: bool = False
+        self, name: str, layernorm: bool = True, verbose: bool = False, top: int | None = None
     ) -> ParameterSummary:
         """Choose what trains; the DTL trains under every policy.
 
@@ -412,36 +600,67 @@ class TransRec(nn.Module):
         - ``"user_adapters"``: item encoder frozen; user-encoder adapters + LayerNorms.
         - ``"frozen"`` (linear probe): item encoder frozen (its adapters too); user encoder
           fully.
+        - ``"top_blocks"`` with ``top=k``: fine-tune the top ``k`` transformer blocks of the item
+          encoder (whatever they hold, adapters included); its embeddings and lower blocks stay
+          frozen (so `TextItemEncoder` can cache them); user encoder fully.
 
-        Returns the `adarec.parameter_summary` table (printed with ``verbose``).
+        Returns the `adarec.parameter_summary` table (logged with ``verbose``).
         """
         if name not in POLICIES:
-            raise ValueError(f"policy={name!r} is not one of {list(POLICIES)}")
+            raise ConfigError(f"policy={name!r} is not one of {list(POLICIES)}")
+        if (top is not None) != (name == "top_blocks"):
+            raise ConfigError("top=k goes with policy 'top_blocks' (and only with it)")
         item, user = self.item_encoder, self.user_encoder
-        has_item, has_user = bool(adapter_parameters(item)), bool(adapter_parameters(user))
+        has_item = bool(adapter_parameters(item)) or _has_decoupled(item)
+        has_user = bool(adapter_parameters(user)) or _has_decoupled(user)
         if name == "adapters" and not (has_item or has_user):
-            raise ValueError("policy 'adapters' needs adapters; call inject_adapters first")
+            raise ConfigError("policy 'adapters' needs adapters; call inject_adapters first")
         if name == "item_adapters" and not has_item:
-            raise ValueError("policy 'item_adapters' needs adapters in the item encoder")
+            raise ConfigError("policy 'item_adapters' needs adapters in the item encoder")
         if name == "user_adapters" and not has_user:
-            raise ValueError("policy 'user_adapters' needs adapters in the user encoder")
+            raise ConfigError("policy 'user_adapters' needs adapters in the user encoder")
+        keep: list[str] = []
+        if name == "top_blocks":
+            keep = self._top_block_prefixes(cast(int, top))
         _set_trainable(self, True)
         if name == "adapters":
             for module, has in ((item, has_item), (user, has_user)):
                 if has:
-                    _adapters_and_norms(module, layernorm)
+                    mark_adapters_and_upper_norms_trainable(module, layernorm)
         elif name == "item_adapters":
-            _adapters_and_norms(item, layernorm)
+            mark_adapters_and_upper_norms_trainable(item, layernorm)
         elif name == "user_adapters":
             _set_trainable(item, False)
-            _adapters_and_norms(user, layernorm)
+            mark_adapters_and_upper_norms_trainable(user, layernorm)
         elif name == "frozen":
             _set_trainable(item, False)
+        elif name == "top_blocks":
+            for pname, p in item.named_parameters():
+                p.requires_grad_(any(pname.startswith(k) for k in keep))
         self.policy = name
+        self.policy_args = {"top": top} if top is not None else {}
         summary = parameter_summary(self)
         if verbose:
-            print(summary)
+            logger.info("policy %r:\n%s", name, summary)
         return summary
+
+    def _top_block_prefixes(self, top: int) -> list[str]:
+        """Parameter-name prefixes (relative to the item encoder) of its top ``top`` blocks."""
+        encoder = cast(ItemEncoder, self.item_encoder)
+        models = encoder.hf_models() if hasattr(encoder, "hf_models") else []
+        if not models:
+            raise ConfigError(f"policy 'top_blocks' needs a transformer item encoder; "
+                              f"{type(self.item_encoder).__name__} has none")
+        names = {id(m): n for n, m in self.item_encoder.named_modules()}
+        prefixes = []
+        for model in models:
+            blocks = list(iter_blocks(model))
+            if not 1 <= top <= len(blocks):
+                raise ConfigError(f"top={top}: {type(model).__name__} has {len(blocks)} blocks")
+            root = names[id(model)]
+            prefixes += [f"{root}.{b.stack}.{b.index}." if root else f"{b.stack}.{b.index}."
+                         for b in blocks[-top:]]
+        return prefixes
 
     # ------------------------------------------------------------------------ transfer
     def _item_specific_prefixes(self) -> list[str]:
@@ -465,11 +684,23 @@ class TransRec(nn.Module):
         expected = set(self.transferable_state_dict())
         missing = [k for k in result.missing_keys if k in expected]
         if strict and (missing or result.unexpected_keys):
-            raise KeyError(f"transferable state mismatch: missing {missing}, unexpected "
+            raise StateMismatchError(f"transferable state mismatch: missing {missing}, unexpected "
                            f"{result.unexpected_keys} (inject the same adapter sets before "
                            "loading a state that has adapters)")
         self.invalidate_cache()
         return list(result.missing_keys)
 
 
-__all__ = ["LOSS_NAMES", "OBJECTIVES", "POLICIES", "TransRec"]
+def _topk_of(user: Tensor, table: Tensor, candidates: list[list[int]], excluded: Tensor,
+             k: int) -> tuple[Tensor, Tensor]:
+    """Top-k among each row's own candidates (padding and ``excluded`` ids at ``-inf``)."""
+    cand = pad_right(candidates).to(table.device)  # [B, C], 0-padded
+    scores = torch.einsum("bd,bcd->bc", user, table[cand])
+    ordered = excluded.sort(dim=1).values
+    where = torch.searchsorted(ordered, cand).clamp_(max=ordered.size(1) - 1)
+    scores = scores.masked_fill((ordered.gather(1, where) == cand) | (cand == PAD), float("-inf"))
+    values, pos = scores.topk(min(k, scores.size(1)), dim=1)
+    return values, cand.gather(1, pos)
+
+
+__all__ = ["LOSS_NAMES", "OBJECTIVES", "POLICIES", "Recommendations", "TransRec"]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adarec.errors import ConfigError
 from adarec.layouts import Layout, register_layout
 
 
@@ -25,7 +26,7 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
         if dim % n_heads:
-            raise ValueError(f"dim={dim} is not divisible by n_heads={n_heads}")
+            raise ConfigError(f"dim={dim} is not divisible by n_heads={n_heads}")
         self.n_heads = n_heads
         self.dropout = dropout
         self.q_proj = nn.Linear(dim, dim)
@@ -111,7 +112,7 @@ class SASRec(nn.Module):
         """``item_emb`` [B, L, d] and ``mask`` [B, L] (True on real items, left padding)."""
         n = item_emb.size(1)
         if n > self.max_len:
-            raise ValueError(f"sequence length {n} exceeds SASRec max_len={self.max_len}")
+            raise ConfigError(f"sequence length {n} exceeds SASRec max_len={self.max_len}")
         mask = mask.bool()
         keep = mask.unsqueeze(-1).to(item_emb.dtype)
         pos = self.position.weight[self.max_len - n :]

@@ -9,7 +9,7 @@ scored under both protocols, full ranking of every item with the user's history 
 (adarec's default) and unmasked (RecBole's and most papers'); tables say which. Tables:
 
     methods   full fine-tuning, frozen encoder, Houlsby, Pfeiffer, parallel, Compacter, LoRA,
-              (IA)^3, BitFit, K-Adapter, prompt tuning
+              (IA)^3, BitFit, K-Adapter, prompt tuning, side network (cached / uncached)
     position  Houlsby at MHA only / FFN only / both; serial vs parallel
     capacity  Houlsby bottleneck 4 .. 256: accuracy against trainable parameters
     where     after pre-training on ml-latest-small: adapt the item encoder, the user encoder, both
@@ -41,8 +41,10 @@ from __future__ import annotations
 import argparse
 import csv
 import ctypes
+import dataclasses
 import hashlib
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -61,6 +63,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import adarec
+import adarec.precision
 from adarec.layouts import iter_blocks
 from adarec.rec.data import InteractionData, TrainCollator, TrainDataset, leave_one_out
 from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
@@ -70,6 +73,8 @@ from adarec.rec.metrics import PopularityRecommender
 from adarec.rec.splits import cold_item_split, subsample_users
 from adarec.rec.transrec import TransRec
 from adarec.spec import METHODS, MODEL_METHODS
+
+log = logging.getLogger("study")
 
 BLOCKWISE = tuple(m for m in METHODS if m not in MODEL_METHODS)
 """Adapter methods placed per block (the rest, MODEL_METHODS, act on the whole encoder)."""
@@ -92,6 +97,7 @@ class Run:
     setting: str = "warm"  # warm | cold | users10 | users25 | users50 | ...
     opts: tuple[tuple[str, Any], ...] = ()  # overrides of the global settings (OPTIONS)
     label: str = field(default="", compare=False)
+    cache: bool = True  # side networks: cache the frozen encoder's hidden states
 
     @property
     def slug(self) -> str:
@@ -105,6 +111,8 @@ class Run:
         if self.setting != "warm":
             parts.append(self.setting)
         parts += [f"{k}={v}" for k, v in self.opts]
+        if not self.cache:
+            parts.append("uncached")
         return "-".join(parts)
 
 
@@ -131,6 +139,8 @@ TABLES: dict[str, list[Run]] = {
         _r("bitfit", "BitFit (biases)"),
         _r("kadapter", "K-Adapter (side network)", top=None),
         _r("prompt", "prompt tuning (10 tokens)", top=None),
+        _r("side", "side network (cached hidden states)", top=None),
+        _r("side", "side network, uncached", top=None, cache=False),
     ],
     "position": [
         HOULSBY,
@@ -238,7 +248,7 @@ def build(run: Run, texts: list[str], args: argparse.Namespace) -> TransRec:
     path = args.encoder or default_encoder()
     item = TextItemEncoder.from_texts(
         AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), texts,
-        max_length=args.text_len, cache_frozen_layers=True,
+        max_length=args.text_len, cache_frozen_layers=True, cache_states=run.cache,
     )
     model = TransRec(item, dtl=cfg["dtl"], id_fusion=cfg["fusion"], **common)
     if run.source:
@@ -308,18 +318,20 @@ def optimizer(model: TransRec, run: Run, args: argparse.Namespace) -> torch.opti
 
 
 def bf16(model: TransRec, args: argparse.Namespace) -> bool:
-    """bf16 autocast where it pays: a transformer runs in the step and (``auto``) the CPU has
-    native bf16 (AVX512-BF16 or AMX; elsewhere bf16 is many times slower than fp32)."""
+    """bf16 autocast where it pays: a transformer runs in the step and the precision says so
+    (``auto``: only with native bf16, `adarec.precision`; elsewhere bf16 is many times slower
+    than fp32)."""
     if args.precision != "auto":
         return bool(args.precision == "bf16")
     if not isinstance(model.item_encoder, TextItemEncoder):
         return False
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return adarec.precision.resolve_precision("auto", "cpu") == torch.bfloat16
 
 
 def evaluate(model: TransRec, pairs: list[tuple[list[int], int]], args: argparse.Namespace
              ) -> dict[str, dict[str, float]]:
-    """Both protocols (history masked and unmasked) on one pass of encoding."""
+    """Both protocols (history masked and unmasked) on one pass of encoding; a target ranks
+    below every item it ties with (adarec's default)."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16(model, args)):
         return {p: model.evaluate_ranking(pairs, ks=(10, 20), metrics=("hr", "ndcg", "mrr"),
                                           max_len=args.max_len, exclude_history=p == "masked")
@@ -393,9 +405,8 @@ def train(model: TransRec, run: Run, setting: Prepared, n_items: int, args: argp
         curve.append(valid)
         stopper.step(valid[args.select]["ndcg@10"], model, epoch)
         if verbose:
-            print(f"  epoch {epoch}: {seconds[-1]:.0f}s, valid NDCG@10 "
-                  f"{valid['masked']['ndcg@10']:.4f} masked, "
-                  f"{valid['unmasked']['ndcg@10']:.4f} unmasked", flush=True)
+            log.info("  epoch %d: %.0fs, valid NDCG@10 %.4f masked, %.4f unmasked", epoch,
+                     seconds[-1], valid["masked"]["ndcg@10"], valid["unmasked"]["ndcg@10"])
         if stopper.should_stop:
             break
     stopper.restore(model)
@@ -461,7 +472,8 @@ def run_one(run: Run, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         result = train(model, run, setting, data.n_items, args, seed, args.epochs, args.patience)
     result.update(run=asdict(run), slug=run.slug, seed=seed, wall_seconds=time.perf_counter()
                   - start, settings=_settings(args), threads=torch.get_num_threads(),
-                  jobs=args.jobs, torch=torch.__version__, cpu=_cpu())
+                  jobs=args.jobs, torch=torch.__version__, cpu=_cpu(),
+                  compute_dtype=str(adarec.precision.resolve_precision(args.precision)))
     return result
 
 
@@ -499,14 +511,14 @@ def pretrain_source(args: argparse.Namespace) -> None:
     data = load_data("ml-latest-small", args)
     run = Run("full", top=args.top)
     model = build(run, data.item_texts, args)
-    print(f"pre-training on {data.name}: {data.n_users} users, {data.n_items} items", flush=True)
+    log.info("pre-training on %s: %d users, %d items", data.name, data.n_users, data.n_items)
     result = train(model, run, prepare("warm", data, 0), data.n_items, args, 0,
                    args.source_epochs, None, verbose=True)
     adarec.save_model_state(model, folder / "model")
     result.update(settings=_settings(args), data=data.name)
     (folder / "result.json").write_text(json.dumps(result, indent=1))
-    print(f"source model: test HR@10 {result['test']['hr@10']:.4f} "
-          f"NDCG@10 {result['test']['ndcg@10']:.4f}", flush=True)
+    log.info("source model: test HR@10 %.4f NDCG@10 %.4f", result["test"]["hr@10"],
+             result["test"]["ndcg@10"])
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -559,8 +571,7 @@ def _job(run: Run, seed: int, args: argparse.Namespace) -> str:
 
 
 def _with_top(run: Run, top: int) -> Run:
-    return run if run.top is None else Run(run.method, top, run.spec, run.where, run.source,
-                                           run.setting, run.opts, run.label)
+    return run if run.top is None else dataclasses.replace(run, top=top)
 
 
 def execute(tables: Iterable[str], args: argparse.Namespace) -> None:
@@ -576,19 +587,19 @@ def execute(tables: Iterable[str], args: argparse.Namespace) -> None:
                     _check_settings(file, args)
                 elif (run, seed) not in todo:
                     todo.append((run, seed))
-    print(f"{len(todo)} runs to do", flush=True)
+    log.info("%d runs to do", len(todo))
     if args.max_runs is not None:
         todo = todo[: args.max_runs]
     if any(run.source is True for run, _ in todo):
         pretrain_source(args)
     if args.jobs == 1:
         for run, seed in todo:
-            print(_job(run, seed, args), flush=True)
+            log.info("%s", _job(run, seed, args))
         return
     spawn = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
     with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
         for line in pool.map(_job, *zip(*todo, strict=True), [args] * len(todo)):
-            print(line, flush=True)
+            log.info("%s", line)
 
 
 # ------------------------------------------------------------------------------ reporting
@@ -745,9 +756,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fusion", default=None, choices=(None, "add", "gate"))
     p.add_argument("--similarity", default="dot", choices=("dot", "cosine"))
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
-                   help="auto: bf16 autocast only when a transformer runs and the CPU has "
-                        "native bf16")
+    p.add_argument("--precision", default="auto", choices=adarec.precision.PRECISIONS,
+                   help="auto: bf16 autocast only when a transformer runs and the hardware "
+                        "computes bf16 natively")
     p.add_argument("--data", default=None, help="ml-100k folder (default: RecBole's copy)")
     p.add_argument("--source-data", default=None,
                    help="ml-latest-small folder (default: $ADAREC_ML_LATEST_SMALL, else "
@@ -767,12 +778,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    adarec.setup_logging(args.out, "study.log")
     tables = args.tables or ([] if args.report else list(TABLES))
     if not args.report:
         execute(tables, args)
     text = _header(args) + "\n" + "\n".join(report(t, args) for t in (args.tables or TABLES))
     (Path(args.out) / "results.md").write_text(text)
-    print(text)
+    log.info("%s", text)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adarec.errors import ConfigError, DataError
 from adarec.rec.data import (
     EvalCollator,
     EvalDataset,
@@ -246,8 +247,18 @@ def test_sampler_dense_history_falls_back_exactly() -> None:
     gen = torch.Generator().manual_seed(0)
     neg = sample_negatives(history, 1000, (50, 2), gen, max_rounds=2)
     assert (neg == 1000).all()
-    with pytest.raises(ValueError, match="covers every item"):
+    with pytest.raises(DataError, match="covers all 10 items"):
         sample_negatives(torch.arange(1, 11).unsqueeze(0), 10, (3,), gen)
+
+
+def test_sampler_names_ids_above_n_items() -> None:
+    """Regression (issue 15): ids above n_items were reported as "covers every item"."""
+    history = torch.tensor([[1, 2, 0], [3, 15, 12]])
+    with pytest.raises(DataError, match=r"\[12, 15\] outside 0..10") as err:
+        sample_negatives(history, 10, (2,))
+    assert "covers" not in str(err.value)
+    with pytest.raises(DataError, match="outside"):
+        sample_negatives(torch.tensor([[-1, 2]]), 10, (2,))
 
 
 def test_eval_dataset_and_collator() -> None:
@@ -277,3 +288,16 @@ def test_tokenize_item_texts() -> None:
     assert out["input_ids"][1, :3].tolist() == [2, 5, 6]
     with pytest.raises(ValueError, match="padding item"):
         tokenize_item_texts(texts[1:], tok)
+
+
+def test_collator_and_transrec_agree_on_zero_negatives() -> None:
+    """TransRec takes num_negatives=0 (in-batch sampled softmax); the collator must too."""
+    import tiny_transrec as helpers
+
+    ds = TrainDataset(helpers.SEQS, helpers.L)
+    batch = TrainCollator(helpers.N_ITEMS, helpers.L, 0)([ds[i] for i in range(len(ds))])
+    assert batch["negative_ids"].shape == (len(ds), helpers.L, 0)
+    model = helpers.text_model(loss="sampled_softmax", num_negatives=0)
+    assert torch.isfinite(model.loss(batch))
+    with pytest.raises(ConfigError, match="num_negatives must be >= 0"):
+        TrainCollator(helpers.N_ITEMS, helpers.L, -1)

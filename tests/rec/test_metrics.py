@@ -26,8 +26,8 @@ TARGETS = torch.tensor([2, 3])
 
 
 def test_ranks_by_hand() -> None:
-    assert target_ranks(SCORES, TARGETS).tolist() == [1, 5]
-    assert target_ranks(SCORES, TARGETS, ties="pessimistic").tolist() == [2, 5]
+    assert target_ranks(SCORES, TARGETS, ties="optimistic").tolist() == [1, 5]
+    assert target_ranks(SCORES, TARGETS).tolist() == [2, 5]  # ties count against the target
 
 
 def test_history_masked_but_target_stays_rankable() -> None:
@@ -45,7 +45,7 @@ def test_ranks_reject_bad_input() -> None:
     with pytest.raises(ValueError, match="NaN"):
         target_ranks(torch.full((1, 3), float("nan")), torch.tensor([1]))
     with pytest.raises(ValueError, match="ties"):
-        target_ranks(SCORES, TARGETS, ties="random")  # type: ignore[arg-type]
+        target_ranks(SCORES, TARGETS, ties="first")  # type: ignore[arg-type]
 
 
 def test_metrics_by_hand() -> None:
@@ -103,9 +103,14 @@ def test_popularity_recommender() -> None:
     pop = PopularityRecommender(n_items=5).fit([[1, 2, 2], [2, 3, 3, 3], [0, 4]])
     assert pop.counts.tolist() == [0, 1, 3, 3, 1, 0]
     assert pop.scores(2).shape == (2, 6)
-    # targets: 3 (tie with 2 -> optimistic 1), 1 (behind 2, 3; tied with 4), 2 with 3 in history
+    # targets: 3 (tie with 2 -> pessimistic 2), 1 (behind 2, 3; tied with 4), 2 with 3 in history
     targets, histories = [3, 1, 2], [[1], [5], [3, 3]]
     ranks = full_ranking_ranks(torch.ones(3, 1), pop.item_embeddings, targets, histories)
-    assert ranks.tolist() == [1, 3, 1]
-    out = pop.evaluate(targets, histories, ks=(1,), ties="pessimistic", metrics=("hr",))
+    assert ranks.tolist() == [2, 4, 1]
+    optimistic = full_ranking_ranks(torch.ones(3, 1), pop.item_embeddings, targets, histories,
+                                    ties="optimistic")
+    assert optimistic.tolist() == [1, 3, 1]
+    out = pop.evaluate(targets, histories, ks=(1,), metrics=("hr",))
     assert out == {"hr@1": pytest.approx(1 / 3)}  # pessimistic ranks [2, 4, 1]
+    out = pop.evaluate(targets, histories, ks=(1,), ties="expected", metrics=("hr",))
+    assert out == {"hr@1": pytest.approx((1 / 2 + 0 + 1) / 3)}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adarec.rec import metrics
-from adarec.rec.metrics import full_ranking_ranks, target_ranks
+from adarec.rec.metrics import full_ranking_counts, full_ranking_ranks, target_ranks, tie_counts
 
 
 def _reference(scores: torch.Tensor, targets: torch.Tensor, history: list[list[int]],
@@ -41,6 +41,13 @@ def test_matches_reference_with_ties_duplicates_and_target_in_history(ties: str,
     got = full_ranking_ranks(users, scores.T.contiguous(), targets, history, batch_size=4,
                              ties=ties)  # type: ignore[arg-type]
     assert got.tolist() == expected
+    # both counts of the two-pass rules, through the public function and the buffered path
+    higher = _reference(scores, targets, history, "optimistic")
+    level = _reference(scores, targets, history, "pessimistic")
+    tied = [b - a for a, b in zip(higher, level, strict=True)]
+    for h, t in (tie_counts(scores, targets, history),
+                 full_ranking_counts(users, scores.T.contiguous(), targets, history, batch_size=4)):
+        assert (h + 1).tolist() == higher and t.tolist() == tied
 
 
 def test_counts_stay_exact_across_float32_slices(monkeypatch: pytest.MonkeyPatch) -> None:

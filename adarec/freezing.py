@@ -1,21 +1,33 @@
-"""Freezing utilities and the trainable-parameter summary.
+"""Freezing policies and the trainable-parameter summary: one vocabulary for the core and `rec`.
 
-Adapter parameters are found through the layer protocol (``adapter_params()``), never by guessing
-from names, so a parameter called ``adapter`` in a user's head is not mistaken for one.
+- `freeze`: nothing trains;
+- `mark_only_adapters_trainable`: the adapters (and every norm when a set asks for it);
+- `mark_adapters_and_upper_norms_trainable`: the adapters and the norms from the lowest adapted
+  block upwards (what TransRec's adapter policies train);
+- `mark_only_biases_trainable`: BitFit.
+
+Each one remembers the flags the model had before adarec first froze it, so `eject_adapters`
+(or `restore_requires_grad`) gives them back. Adapter parameters are found through the layer
+protocol (``adapter_params()``), never by guessing from names, so a parameter called ``adapter``
+in a user's head is not mistaken for one.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from .adapters.base import is_adapter
+from .adapters.base import ADAPTERS_ATTR, is_adapter
 from .errors import TargetNotFoundError
 
 _ORIG_FLAGS = "_adarec_requires_grad"
+_ORIG_ORDER = "_adarec_requires_grad_order"
+"""When the flags were remembered: ejecting restores the latest records first."""
+_remembered = itertools.count()
 
 
 def adapter_parameters(model: nn.Module, name: str | None = None) -> dict[str, nn.Parameter]:
@@ -78,6 +90,47 @@ def mark_only_adapters_trainable(
     return model
 
 
+def mark_adapters_and_upper_norms_trainable(model: nn.Module, norms: bool = True) -> nn.Module:
+    """Freeze everything, then unfreeze the adapters and (with ``norms``) the norm layers from the
+    lowest adapted block upwards.
+
+    Norms below the lowest adapter stay frozen, so everything under it is a fixed function (a
+    frozen-prefix cache can skip it); with adapters in every block this is the paper's
+    "adapters + LayerNorms" (every block's norms, the embedding norm excepted). Unlike
+    ``AdapterSpec.tune_layernorm`` (every norm of the model), it follows where the adapters are.
+    """
+    freeze(model)
+    adapters = adapter_parameters(model)
+    for p in adapters.values():
+        p.requires_grad_(True)
+    # decoupled modules (``decoupled = True``: networks running beside a frozen backbone, e.g. a
+    # side network or a multimodal inter-modal stream) train whole and unfreeze no backbone norm
+    decoupled = [n for n, m in model.named_modules() if getattr(m, "decoupled", False) is True]
+    for n in decoupled:
+        model.get_submodule(n).requires_grad_(True)
+    adapters = {k: p for k, p in adapters.items()
+                if not any(k == d or k.startswith(d + ".") for d in decoupled)}
+    if not norms or not adapters:
+        return model
+    from .layouts import iter_blocks
+
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    try:
+        blocks = [b.name for b in iter_blocks(model)]
+    except TargetNotFoundError:
+        blocks = []
+    start = len(order)
+    for pname in adapters:
+        site = pname.split(f".{ADAPTERS_ATTR}.", 1)[0]
+        owner = next((b for b in blocks if site.startswith(b + ".")), site)
+        start = min(start, order.get(owner, start))
+    for n, m in model.named_modules():
+        if is_norm(m) and order[n] >= start:
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(True)
+    return model
+
+
 def mark_only_biases_trainable(
     model: nn.Module, also: str | Iterable[str] = (), adapters: bool = False
 ) -> nn.Module:
@@ -115,6 +168,7 @@ def _remember_flags(model: nn.Module) -> None:
         adapters = adapter_parameters(model)  # once, not once per parameter
         flags = {n: p.requires_grad for n, p in model.named_parameters() if n not in adapters}
         object.__setattr__(model, _ORIG_FLAGS, flags)
+        object.__setattr__(model, _ORIG_ORDER, next(_remembered))
 
 
 def restore_requires_grad(model: nn.Module) -> None:
@@ -126,6 +180,19 @@ def restore_requires_grad(model: nn.Module) -> None:
         if n in flags:
             p.requires_grad_(flags[n])
     object.__delattr__(model, _ORIG_FLAGS)
+    model.__dict__.pop(_ORIG_ORDER, None)
+
+
+def restore_requires_grad_below(model: nn.Module) -> None:
+    """`restore_requires_grad` for ``model`` and every submodule that adarec froze and that holds
+    no adapter set any more, latest first (a later record saw the flags an earlier freeze set)."""
+    from .inject import adapter_sets
+
+    held = [m for m in model.modules() if getattr(m, _ORIG_FLAGS, None) is not None]
+    held.sort(key=lambda m: m.__dict__.get(_ORIG_ORDER, -1), reverse=True)
+    for m in held:
+        if not adapter_sets(m):
+            restore_requires_grad(m)
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -187,8 +254,10 @@ def _glob(name: str) -> str:
 
 
 def parameter_summary(model: nn.Module, base_depth: int = 2) -> ParameterSummary:
-    """Group adapter parameters by set and adapted module, the rest ("base") by the first
-    ``base_depth`` name components; each parameter is counted once."""
+    """Group adapter parameters by set and adapted module, the rest by the first ``base_depth``
+    name components; each parameter is counted once. A non-adapter row is labelled with its
+    top-level module's name when any of it trains (e.g. ``dtl``, ``user_encoder``, tuned norms
+    of ``item_encoder``), and ``base`` when it is entirely frozen."""
     owner: dict[int, tuple[str, str]] = {}
     for mname, module in model.named_modules():
         if is_adapter(module):
@@ -201,13 +270,21 @@ def parameter_summary(model: nn.Module, base_depth: int = 2) -> ParameterSummary
         row = table.setdefault(key, [0, 0])
         row[0] += p.numel() if p.requires_grad else 0
         row[1] += p.numel()
-    rows = [SummaryRow(g, m, t, a) for (g, m), (t, a) in table.items()]
-    rows.sort(key=lambda r: (r.group == "base", r.group, r.module))
+    adapter_groups = {g for g, _ in owner.values()}
+    rows = [SummaryRow(m.split(".", 1)[0] if g == "base" and t else g, m, t, a)
+            for (g, m), (t, a) in table.items()]
+    rows.sort(key=lambda r: (r.group == "base", r.group not in adapter_groups, r.group,
+                             r.module))
     return ParameterSummary(rows)
 
 
 def print_trainable_parameters(model: nn.Module) -> ParameterSummary:
-    """Print (and return) the `parameter_summary` table."""
+    """Print (and return) the `parameter_summary` table.
+
+    Printing is this function's whole job (like peft's method of the same name), so it prints
+    to stdout rather than logging; everything else in adarec reports through the ``adarec``
+    logger. Use `parameter_summary` to get the table without printing it.
+    """
     summary = parameter_summary(model)
     print(summary)
     return summary

