@@ -8,6 +8,11 @@ on validation NDCG@10 (history unmasked, as RecBole scores it), fp32. RecBole ke
 recipe (every prefix a training example, batch 2048, post-LN blocks); adarec uses its
 quickstart's recipe (`examples/quickstart.py --method id`, given `--adarec-args`).
 
+RecBole reads the interactions adarec loaded, written to ``--out/data`` with each timestamp
+replaced by the item's position in its user's sequence: reading ML-100k itself, RecBole keeps
+timestamps as float32 (64-second steps at these values), which ties interactions a few seconds
+apart, and its split then differs from adarec's in 9 of the 1,886 validation and test targets.
+
 RecBole pins old numpy/pandas, so its side runs in the venv of `benchmarks/recbole_env.sh`:
 
     bash benchmarks/recbole_env.sh
@@ -73,15 +78,18 @@ def run_recbole(seed: int, args: argparse.Namespace) -> None:
     from adarec.rec.data import leave_one_out
     from adarec.rec.datasets import load_movielens_100k
 
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # RecBole's trainer runs inside it (see below)
     result_file = out / f"recbole-seed{seed}.json"
     if result_file.exists():
         print(f"recbole seed {seed}: done already ({result_file})")
         return
     torch.set_num_threads(args.threads)
-    out = out.resolve()
+    data = load_movielens_100k()
+    split = leave_one_out(data)
+    folder = _write_atomic(out / "data", data)
     os.chdir(out)  # RecBole's trainer writes ./log_tensorboard wherever it runs
-    config = Config(model="SASRec", dataset="ml-100k", config_dict=recbole_config(seed, args))
+    config = Config(model="SASRec", dataset=DATASET,
+                    config_dict={**recbole_config(seed, args), "data_path": str(folder.parent)})
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
@@ -123,8 +131,6 @@ def run_recbole(seed: int, args: argparse.Namespace) -> None:
 
     model.load_state_dict(torch.load(best_file, weights_only=True))
     recbole_test = dict(trainer.evaluate(test_data, load_best_model=False))
-    data = load_movielens_100k()
-    split = leave_one_out(data)
     ours = _queries(split, data, "test")
     scores, targets, users = _recbole_scores(model, test_data, dataset)
     histories, mismatches = [], 0
@@ -153,6 +159,24 @@ def run_recbole(seed: int, args: argparse.Namespace) -> None:
     print(f"recbole seed {seed}: test NDCG@10 {result['test']['unmasked']['ndcg@10']:.4f} "
           f"unmasked (RecBole's own evaluator: {recbole_test['ndcg@10']:.4f}), "
           f"{result['test']['masked']['ndcg@10']:.4f} masked; split mismatches {mismatches}")
+
+
+DATASET = "ml-100k-adarec"
+
+
+def _write_atomic(root: Path, data: Any) -> Path:
+    """MovieLens-100k as adarec orders it, for RecBole: one row per interaction with the
+    timestamp replaced by its position in the user's sequence (exact in float32), so both
+    libraries order every user's items identically."""
+    folder = root / DATASET
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for user, seq in data.sequences.items():
+        lines += [f"{user}\t{data.item_ids[i]}\t{pos}" for pos, i in enumerate(seq)]
+    tmp = folder / f"{DATASET}.inter.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, folder / f"{DATASET}.inter")
+    return folder
 
 
 def _queries(split: Any, data: Any, which: str) -> dict[str, tuple[list[str], str]]:
@@ -269,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--epochs", type=int, default=200, help="at most this many epochs")
-    p.add_argument("--patience", type=int, default=5,
+    p.add_argument("--patience", type=int, default=10,
                    help="epochs without a better validation NDCG@10 before stopping")
     p.add_argument("--batch-size", type=int, default=2048, help="RecBole's training batch")
     p.add_argument("--max-minutes", type=float, default=18.0,

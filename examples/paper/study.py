@@ -81,7 +81,7 @@ BLOCKWISE = tuple(m for m in METHODS if m not in MODEL_METHODS)
 PROTOCOLS = ("masked", "unmasked")
 """History masked (adarec's default) and unmasked (RecBole's sequential full sort)."""
 OPTIONS = ("sampling", "loss", "negatives", "batch_size", "lr", "dropout", "dtl", "fusion",
-           "similarity", "temperature")
+           "similarity", "temperature", "pooling")
 """Settings a row may override (``Run.opts``)."""
 
 
@@ -96,6 +96,8 @@ class Run:
     source: bool | str = False  # start from a pre-trained source (True: the paper study's)
     setting: str = "warm"  # warm | cold | users10 | users25 | users50 | ...
     opts: tuple[tuple[str, Any], ...] = ()  # overrides of the global settings (OPTIONS)
+    target: str = "ml-100k"  # the data set trained and tested on
+    freeze_user: bool = False  # transfer: keep the source's user encoder fixed
     label: str = field(default="", compare=False)
     cache: bool = True  # side networks: cache the frozen encoder's hidden states
 
@@ -113,6 +115,10 @@ class Run:
         parts += [f"{k}={v}" for k, v in self.opts]
         if not self.cache:
             parts.append("uncached")
+        if self.freeze_user:
+            parts.append("user=frozen")
+        if self.target != "ml-100k":
+            parts.append(f"on={self.target}")
         return "-".join(parts)
 
 
@@ -184,6 +190,7 @@ TABLES: dict[str, list[Run]] = {
            opts=_o(similarity="cosine", temperature=0.07)),
         _r("frozen", "text + MoE, cosine / 0.07", top=None,
            opts=_o(dtl="moe", similarity="cosine", temperature=0.07)),
+        _r("frozen", "text (mean pooling) + DTL", top=None, opts=_o(pooling="mean")),
         _r("frozen", "text + DTL + ID (add)", top=None, opts=_o(fusion="add")),
         _r("frozen", "text + DTL + ID (gate)", top=None, opts=_o(fusion="gate")),
         _r("frozen", "text + MoE + ID (add)", top=None, opts=_o(dtl="moe", fusion="add")),
@@ -198,10 +205,23 @@ TABLES: dict[str, list[Run]] = {
            opts=_o(fusion="add")),
     ],
     "small": [
-        _r(method, f"{name}, {pct}% of the users", top=None, setting=f"users{pct}")
+        _r(method, f"{name}, {pct}% of the users", top=None, setting=f"users{pct}", **kw)
         for pct in (10, 25, 50)
-        for method, name in (("pop", "popularity"), ("id", "ID-SASRec"),
-                             ("frozen", "text + DTL, from scratch"))
+        for method, name, kw in (
+            ("pop", "popularity", {}), ("id", "ID-SASRec", {}),
+            ("frozen", "text + DTL, from scratch", {}),
+            ("frozen", "text + DTL, pre-trained on ml-latest-small", {"source": "mls-text"}))
+    ],
+    "pretrained": [  # transfer from a source trained until validation stopped improving
+        _r("frozen", "text + DTL, from scratch", top=None),
+        _r("frozen", "text + DTL, pre-trained on ml-latest-small", top=None, source="mls-text"),
+        _r("frozen", "text + DTL, pre-trained, SASRec kept fixed (DTL trains)", top=None,
+           source="mls-text", freeze_user=True),
+        _r("id", "ml-latest-small: ID-SASRec", top=None, target="ml-latest-small"),
+        _r("frozen", "ml-latest-small: text + DTL, from scratch", top=None,
+           target="ml-latest-small"),
+        _r("frozen", "ml-latest-small: text + DTL, pre-trained on ML-100k", top=None,
+           target="ml-latest-small", source="ml100k-text"),
     ],
 }
 
@@ -248,10 +268,11 @@ def build(run: Run, texts: list[str], args: argparse.Namespace) -> TransRec:
     path = args.encoder or default_encoder()
     item = TextItemEncoder.from_texts(
         AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), texts,
-        max_length=args.text_len, cache_frozen_layers=True, cache_states=run.cache,
+        max_length=args.text_len, pooling=cfg["pooling"], cache_frozen_layers=True,
+        cache_states=run.cache,
     )
     model = TransRec(item, dtl=cfg["dtl"], id_fusion=cfg["fusion"], **common)
-    if run.source:
+    if run.source is True:  # the paper study's source: a whole model, fine-tuned MiniLM blocks
         adarec.load_model_state(model, _source_folder(run.source, args) / "model")
     hf = item.model
     if run.method == "full":
@@ -289,9 +310,30 @@ def build(run: Run, texts: list[str], args: argparse.Namespace) -> TransRec:
     model.full_size = sum(p.numel() for p in model.parameters())  # type: ignore[assignment]
     if not any(p.requires_grad for p in model.item_encoder.parameters()):  # a fixed table
         digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
-        model.item_encoder = _frozen_table(item, f"{path}|{args.text_len}|{digest}")
+        key = f"{path}|{args.text_len}|{cfg['pooling']}|{digest}"
+        model.item_encoder = _frozen_table(item, key)
         model.invalidate_cache()
+    if isinstance(run.source, str) and run.source:
+        load_source(model, run.source, args)
+        if run.freeze_user:
+            adarec.freeze(model.user_encoder)
     return model
+
+
+def load_source(model: TransRec, name: str, args: argparse.Namespace) -> None:
+    """Start from a named source model: its transferable weights (DTL / adaptor, user encoder,
+    side network or adapters; never item tables or ID embeddings) must all find a home."""
+    from safetensors.torch import load_file
+
+    file = _source_folder(name, args) / "transferable.safetensors"
+    if not file.exists():
+        raise SystemExit(f"source model {name!r} not found at {file}: pre-train it first")
+    state = load_file(str(file))
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise SystemExit(f"source {name!r} does not fit this model: unexpected "
+                         f"{result.unexpected_keys[:5]}")
+    model.invalidate_cache()
 
 
 def _freeze_below(hf: nn.Module, top: int | None) -> None:
@@ -462,7 +504,7 @@ def run_one(run: Run, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     random.seed(seed)
     torch.manual_seed(seed)
-    data = load_data("ml-100k", args)
+    data = load_data(run.target, args)
     start = time.perf_counter()
     setting = prepare(run.setting, data, seed)
     if run.method == "pop":
@@ -491,9 +533,42 @@ def _cpu() -> str:
     return f"{name}, {os.cpu_count()} cores, native bf16: {'yes' if native else 'no'}"
 
 
-SOURCES: dict[str, Run] = {}
-"""Named source models beyond the paper study's (``source=True``), added with the transfer
-tables."""
+SOURCES: dict[str, Run] = {
+    "mls-text": Run("frozen", top=None, target="ml-latest-small"),
+    "ml100k-text": Run("frozen", top=None),
+}
+"""Named source models (``Run(source=name)``), trained on their ``target`` data set until
+validation stops improving, beyond the paper study's 3-epoch source (``source=True``)."""
+
+
+def pretrain_named_source(name: str, args: argparse.Namespace) -> None:
+    """Train ``SOURCES[name]`` with early stopping and save its transferable weights."""
+    folder = _source_folder(name, args)
+    if (folder / "result.json").exists():
+        return
+    from safetensors.torch import save_file
+
+    fixed_mmap_threshold()
+    torch.set_num_threads(args.threads * max(1, args.jobs))
+    torch.manual_seed(0)
+    run = SOURCES[name]
+    data = load_data(run.target, args)
+    model = build(run, data.item_texts, args)
+    print(f"pre-training source {name!r} on {data.name}: {data.n_users} users, "
+          f"{data.n_items} items", flush=True)
+    start = time.perf_counter()
+    result = train(model, run, prepare("warm", data, 0), data.n_items, args, 0, args.epochs,
+                   args.patience, verbose=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.transferable_state_dict().items()}
+    save_file(state, str(folder / "transferable.safetensors"))
+    result.update(settings=_settings(args), data=data.name, run=asdict(run), cpu=_cpu(),
+                  wall_seconds=time.perf_counter() - start)
+    (folder / "result.json").write_text(json.dumps(result, indent=1))
+    test = result["eval"]["test"]
+    print(f"source {name!r}: test NDCG@10 {test['masked']['ndcg@10']:.4f} masked, "
+          f"{test['unmasked']['ndcg@10']:.4f} unmasked, best epoch {result['best_epoch']}",
+          flush=True)
 
 
 def _source_folder(source: bool | str, args: argparse.Namespace) -> Path:
@@ -524,7 +599,7 @@ def pretrain_source(args: argparse.Namespace) -> None:
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("epochs", "patience", "select", "top", "max_len", "text_len", "batch_size", "lr",
             "encoder_lr", "dim", "source_epochs", "sampling", "loss", "negatives", "dropout",
-            "dtl", "fusion", "similarity", "temperature", "precision")
+            "dtl", "fusion", "similarity", "temperature", "precision", "pooling")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -546,7 +621,8 @@ def _header(args: argparse.Namespace) -> str:
 
 def _check_settings(file: Path, args: argparse.Namespace) -> None:
     """Resuming must not mix runs made with other settings into one table."""
-    saved = json.loads(file.read_text())["settings"]
+    defaults = _settings(parse_args([]))  # settings added later: saved runs used the default
+    saved = defaults | json.loads(file.read_text())["settings"]
     if saved != _settings(args):
         diff = {k: (saved.get(k), v) for k, v in _settings(args).items() if saved.get(k) != v}
         raise SystemExit(f"{file} was made with other settings {diff} (saved, now): use another "
@@ -592,6 +668,8 @@ def execute(tables: Iterable[str], args: argparse.Namespace) -> None:
         todo = todo[: args.max_runs]
     if any(run.source is True for run, _ in todo):
         pretrain_source(args)
+    for name in dict.fromkeys(run.source for run, _ in todo if isinstance(run.source, str)):
+        pretrain_named_source(name, args)
     if args.jobs == 1:
         for run, seed in todo:
             log.info("%s", _job(run, seed, args))
@@ -756,6 +834,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fusion", default=None, choices=(None, "add", "gate"))
     p.add_argument("--similarity", default="dot", choices=("dot", "cosine"))
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--pooling", default="cls", choices=("cls", "mean"),
+                   help="text encoder read-out (the paper: CLS; MiniLM was trained with mean)")
     p.add_argument("--precision", default="auto", choices=adarec.precision.PRECISIONS,
                    help="auto: bf16 autocast only when a transformer runs and the hardware "
                         "computes bf16 natively")
