@@ -104,9 +104,9 @@ def test_adapters_disabled_is_refused_while_a_set_is_merged() -> None:
     perturb(model)
     merge_adapters(model)
     w = weights(model)
-    with pytest.raises(AdapterStateError, match="part of the base weights; unmerge_adapters"):
-        with adarec.adapters_disabled(model):
-            pass
+    with (pytest.raises(AdapterStateError, match="part of the base weights; unmerge_adapters"),
+          adarec.adapters_disabled(model)):
+        pass
     assert same_weights(model, w) and adarec.active_adapters(model) == ["default"]
 
 
