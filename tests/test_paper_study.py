@@ -198,4 +198,4 @@ def test_a_named_side_source_carries_its_side_network(study: ModuleType,
         source_params = dict(source.named_parameters())
         for name, p in trained.items():
             torch.testing.assert_close(p, source_params[name], msg=f"{run.slug}: {name}")
-        assert model.similarity == "cosine"
+        assert model.similarity == study.config(run, source_args)["similarity"]
