@@ -215,8 +215,8 @@ def _undo_problem(module: nn.Module, merged: list[AdapterLayer], discard_changes
         if changed:
             return (f"{name}.{changed[0]} changed while sets {sorted({a.set_name for a in merged})}"
                     " were merged into it (training? loading?); restoring the copy kept at merge "
-                    "time would discard that change. Pass discard_changes=True to restore it "
-                    "anyway")
+                    "time would discard that change. Call unmerge_adapters(model, "
+                    "discard_changes=True) to restore it anyway")
         return None
     for a in merged:
         why = getattr(a, "irreversible_because", None)

@@ -97,6 +97,19 @@ def test_switching_away_from_a_merged_set_is_refused() -> None:
         out(model)
 
 
+def test_adapters_disabled_is_refused_while_a_set_is_merged() -> None:
+    """Disabling cannot take a merged update out of the weights: refused, nothing changes."""
+    model = tm.build("bert")
+    adarec.inject_adapters(model, LORA)
+    perturb(model)
+    merge_adapters(model)
+    w = weights(model)
+    with (pytest.raises(AdapterStateError, match="part of the base weights; unmerge_adapters"),
+          adarec.adapters_disabled(model)):
+        pass
+    assert same_weights(model, w) and adarec.active_adapters(model) == ["default"]
+
+
 # ------------------------------------------------------------------------- tied weights
 class Tied(nn.Module):
     """Two projections reading one weight tensor (as tied encoder/decoder weights do)."""
@@ -134,6 +147,43 @@ def test_ia3_zero_scale_merge_then_eject_gives_the_original_back() -> None:
     merge_adapters(model)
     adarec.eject_adapters(model)
     assert_original(model, before)
+
+
+def test_ia3_zero_scale_without_a_copy_is_refused_at_merge() -> None:
+    """keep_original=False would have to divide a scale of 0 out again: refused up front."""
+    model = tm.build("bert")
+    adarec.inject_adapters(model, IA3)
+    with torch.no_grad():
+        for p in adarec.adapter_parameters(model).values():
+            p.zero_()
+    w = weights(model)
+    with pytest.raises(AdapterStateError, match=r"zero or non-finite entries.*keep_original=True"):
+        merge_adapters(model, keep_original=False)
+    assert same_weights(model, w)
+
+
+@pytest.mark.parametrize("undo", ["unmerge", "eject"])
+def test_base_weights_changed_while_merged_are_not_silently_replaced(undo: str) -> None:
+    """Restoring the copy kept at merge time would discard a change made while merged (training,
+    loading): refused, and the message names the call that restores anyway (eject_adapters
+    has no discard_changes: regression, its message used to point there)."""
+    model = tm.build("bert")
+    adarec.inject_adapters(model, LORA)
+    perturb(model)
+    w0 = weights(model)
+    merge_adapters(model)
+    with torch.no_grad():
+        model.encoder.layer[0].attention.self.query.weight.add_(0.1)
+    changed = weights(model)
+    with pytest.raises(AdapterStateError, match=r"query\.weight changed while sets \['default'\] "
+                       r"were merged.*unmerge_adapters\(model, discard_changes=True\)"):
+        if undo == "unmerge":
+            unmerge_adapters(model)
+        else:
+            adarec.eject_adapters(model)
+    assert same_weights(model, changed)
+    unmerge_adapters(model, discard_changes=True)
+    assert same_weights(model, w0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -231,3 +231,22 @@ def test_kadapter_refuses_masks_it_cannot_follow() -> None:
     with pytest.raises(AdapterStateError, match="per-head"):
         model(x, mask=torch.zeros(2 * 4, 4, 4))  # [batch * heads, L, L]
     assert model(x).shape == x.shape  # a refused call leaves nothing behind
+
+
+@torch.no_grad()
+def test_kadapter_refuses_torchs_nested_fast_path() -> None:
+    """Injection holds torch's nested-tensor path off; switched back on by hand, the ragged
+    tensors the blocks then return are refused rather than misread."""
+    model = _kadapter_torch(True)
+    model.use_nested_tensor = True
+    x = torch.randn(2, 4, H)
+    pad = torch.zeros(2, 4, dtype=torch.bool)
+    pad[0, -1] = True
+    with pytest.raises(AdapterStateError, match=r"nested \(ragged\) tensor"):
+        model(x, src_key_padding_mask=pad)
+
+
+def test_prompt_tuning_refuses_sasrec_with_the_reason() -> None:
+    with pytest.raises(adarec.UnsupportedModuleError,
+                       match=r"prompt tuning cannot find the embeddings of SASRec"):
+        adarec.inject_adapters(_sasrec(), "prompt")

@@ -98,6 +98,14 @@ def test_without_example_inputs_a_plain_module_gets_a_float_batch_or_a_clear_ref
         adarec.plan_sites(Decoder(), "houlsby")
 
 
+def test_a_meta_device_model_outside_the_table_is_told_to_materialise() -> None:
+    with torch.device("meta"):
+        model = Decoder()
+    with pytest.raises(TraceError, match=r"meta device, where data-dependent code cannot run: "
+                                         r"materialise it first"):
+        adarec.plan_sites(model, "houlsby")
+
+
 # --------------------------------------------------------------- agreement with the table
 def _plans(model: nn.Module, spec: AdapterSpec) -> list[tuple]:
     return [(s.target, s.role, s.roles, s.fused, s.fused_widths, s.block, s.stack)

@@ -36,7 +36,8 @@ def test_iso_dates_sort_chronologically_and_mixed_kinds_are_refused() -> None:
         InteractionData.from_interactions([("u", "a", "5"), ("u", "b", "2024-01-01")], None, 1)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), None, "", "  ", "yesterday", True, [1]])
+@pytest.mark.parametrize("bad", [float("nan"), None, "", "  ", "yesterday", True, [1],
+                                 "inf", math.inf])
 def test_missing_or_unparsable_timestamps_are_refused(bad: object) -> None:
     """Regression: a NaN timestamp silently scrambled the order."""
     rows = [("u", "a", 3.0), ("u", "b", bad), ("u", "c", 1.0)]
