@@ -23,7 +23,7 @@ def test_quickstart_help_imports_nothing_heavy() -> None:
     done = subprocess.run([sys.executable, "-c", code, str(EXAMPLES)], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "(default: houlsby)" in done.stdout and "--interactions CSV" in done.stdout
+    assert "(default: side)" in done.stdout and "--interactions CSV" in done.stdout
 
 
 @pytest.mark.slow

@@ -311,11 +311,14 @@ class TextItemEncoder(SideEncoding, nn.Module):
         handle = stack[k].register_forward_pre_hook(grab, with_kwargs=True)
         was = self.model.training
         self.model.eval()
+        device = self.input_ids.device.type
         try:
             prefix: Tensor | None = None
             for ids in torch.arange(n, device=self.input_ids.device).split(self.chunk_size or n):
                 w = int(self.lengths[ids].max())
-                with contextlib.suppress(_Stop):
+                # full precision whatever the caller's autocast: the states are exact (and the
+                # check below can compare at float32 tolerance); cache_dtype rounds them if asked
+                with contextlib.suppress(_Stop), torch.autocast(device, enabled=False):
                     self.model(input_ids=self.input_ids[ids, :w],
                                attention_mask=self.attention_mask[ids, :w])
                 h = store.pop()
@@ -334,8 +337,11 @@ class TextItemEncoder(SideEncoding, nn.Module):
         self.model.eval()
         try:
             ids = self.lengths.argsort(descending=True)[:4]
-            return torch.allclose(self._encode(ids), self._encode(ids, (stack, k)), atol=1e-4,
-                                  rtol=1e-3)
+            # in float32: under bf16 autocast two correct paths differ by bf16 rounding (1e-2),
+            # which would hide nothing and fail the check (the cache then silently went unused)
+            with torch.autocast(self.input_ids.device.type, enabled=False):
+                plain, cached = self._encode(ids), self._encode(ids, (stack, k))
+            return torch.allclose(plain, cached, atol=1e-4, rtol=1e-3)
         except Exception:
             return False
         finally:

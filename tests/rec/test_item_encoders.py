@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import transformers as tf
@@ -124,6 +126,25 @@ def test_frozen_layer_cache_rebuilt_when_frozen_weights_change() -> None:
         enc.model.encoder.layer[0].output.dense.weight.requires_grad_(True)
     torch.testing.assert_close(plain(items), cached(items), atol=1e-5, rtol=1e-4)
     assert cached._split() is None
+
+
+def test_frozen_layer_cache_is_used_under_bf16_autocast() -> None:
+    """Regression: the cache was built under the caller's bf16 autocast and its self-check
+    compared two bf16 paths at float32 tolerance; on MiniLM the check failed and switched the
+    cache off with a warning, so top-block adapters silently ran the whole encoder. The cache is
+    now built and checked in float32 whatever the autocast: the same states as without it."""
+    plain, under_autocast = _cached_pair()
+    _, without = _cached_pair()
+    items = torch.tensor([3, 5, 1, 8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "does not reproduce the plain forward pass" would raise
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, want = under_autocast(items), plain(items)
+        without(items)
+    assert under_autocast.cache_frozen_layers and under_autocast._prefix is not None
+    assert under_autocast._prefix.dtype == torch.float32
+    assert torch.equal(under_autocast._prefix, without._prefix)
+    torch.testing.assert_close(got.float(), want.float(), atol=5e-2, rtol=5e-2)
 
 
 def test_frozen_layer_cache_in_bf16_halves_memory_and_stays_close() -> None:
