@@ -171,3 +171,31 @@ def test_prepare_settings(study: ModuleType) -> None:
     assert len(small.extra["test_subset"]) == 10
     with pytest.raises(ValueError, match="setting"):
         study.prepare("lukewarm", data, 0)
+
+
+def test_a_named_side_source_carries_its_side_network(study: ModuleType,
+                                                      source_args: object) -> None:
+    """The side network pre-trained on the source ("mls-side") is what the target row starts
+    from: every trained side/DTL/SASRec weight arrives, nothing item-specific is needed."""
+    from safetensors.torch import save_file
+
+    source = study.build(study.SOURCES["mls-side"], TEXTS, source_args)
+    with torch.no_grad():
+        for p in source.parameters():
+            if p.requires_grad:
+                p.normal_()  # something a fresh model would not have
+    state = {k: v.detach().contiguous() for k, v in source.transferable_state_dict().items()}
+    folder = study._source_folder("mls-side", source_args)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / "transferable.safetensors"))
+    rows = [r for table in ("small", "pretrained") for r in study.TABLES[table]
+            if r.source == "mls-side"]
+    assert rows and all(r.method == "side" for r in rows)
+    for run in rows[:1] + rows[-1:]:
+        model = study.build(run, TEXTS, source_args)
+        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        assert any(".adarec_adapters." in n for n in trained), run.slug
+        source_params = dict(source.named_parameters())
+        for name, p in trained.items():
+            torch.testing.assert_close(p, source_params[name], msg=f"{run.slug}: {name}")
+        assert model.similarity == study.config(run, source_args)["similarity"]
