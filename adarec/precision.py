@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import platform
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,4 +117,19 @@ def autocast(precision: str = "auto", device: torch.device | str = "cpu") -> Ite
         yield
 
 
-__all__ = ["PRECISIONS", "autocast", "native_bf16", "resolve_precision"]
+def cpu_description() -> str:
+    """The CPU model, its core count and whether it computes bf16 natively: what every reported
+    number should be stated next to (speeds and the precision "auto" picks depend on both)."""
+    name = platform.processor() or platform.machine() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ok, why = native_bf16("cpu")
+    return f"{name}, {os.cpu_count()} cores, native bf16: {'yes' if ok else 'no'} ({why})"
+
+
+__all__ = ["PRECISIONS", "autocast", "cpu_description", "native_bf16", "resolve_precision"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import platform
 import statistics
 import sys
 import time
@@ -121,18 +120,9 @@ def worker(argv: list[str], conn: Connection) -> None:
 def cpu_line() -> str:
     import torch
 
-    from adarec.precision import native_bf16
+    from adarec.precision import cpu_description
 
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ok, why = native_bf16("cpu")
-    return (f"CPU: {name}; native bf16: {'yes' if ok else 'no'} ({why}); ATen capability "
+    return (f"CPU: {cpu_description()}; ATen capability "
             f"{torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}")
 
 

@@ -533,16 +533,7 @@ def run_one(run: Run, seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
 def _cpu() -> str:
     """The CPU model and whether it has native bf16 (numbers depend on both)."""
-    name = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return f"{name}, {os.cpu_count()} cores, native bf16: {'yes' if native else 'no'}"
+    return adarec.precision.cpu_description()
 
 
 SOURCES: dict[str, Run] = {
