@@ -560,8 +560,8 @@ def pretrain_named_source(name: str, args: argparse.Namespace) -> None:
     run = SOURCES[name]
     data = load_data(run.target, args)
     model = build(run, data.item_texts, args)
-    print(f"pre-training source {name!r} on {data.name}: {data.n_users} users, "
-          f"{data.n_items} items", flush=True)
+    log.info("pre-training source %r on %s: %d users, %d items", name, data.name, data.n_users,
+             data.n_items)
     start = time.perf_counter()
     result = train(model, run, prepare("warm", data, 0), data.n_items, args, 0, args.epochs,
                    args.patience, verbose=True)
@@ -572,9 +572,8 @@ def pretrain_named_source(name: str, args: argparse.Namespace) -> None:
                   wall_seconds=time.perf_counter() - start)
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     test = result["eval"]["test"]
-    print(f"source {name!r}: test NDCG@10 {test['masked']['ndcg@10']:.4f} masked, "
-          f"{test['unmasked']['ndcg@10']:.4f} unmasked, best epoch {result['best_epoch']}",
-          flush=True)
+    log.info("source %r: test NDCG@10 %.4f masked, %.4f unmasked, best epoch %s", name,
+             test["masked"]["ndcg@10"], test["unmasked"]["ndcg@10"], result["best_epoch"])
 
 
 def _source_folder(source: bool | str, args: argparse.Namespace) -> Path:
