@@ -200,6 +200,13 @@ TABLES: dict[str, list[Run]] = {
         _r("frozen", "text + MoE + ID (add)", top=None, opts=_o(dtl="moe", fusion="add")),
         _r("side", "text + side network (cached) + DTL", top=None),
         _r("side", "text + side network + DTL, cosine / 0.07", top=None, opts=COSINE),
+        _r("frozen", "text + DTL + ID (add), cosine / 0.07", top=None,
+           opts=_o(fusion="add", similarity="cosine", temperature=0.07)),
+        _r("frozen", "text + MoE + ID (add), cosine / 0.07", top=None,
+           opts=_o(dtl="moe", fusion="add", similarity="cosine", temperature=0.07)),
+        _r("side", "text + side network + DTL + ID (add)", top=None, opts=_o(fusion="add")),
+        _r("side", "text + side network + DTL + ID (add), cosine / 0.07", top=None,
+           opts=_o(fusion="add", similarity="cosine", temperature=0.07)),
     ],
     "cold": [
         _r("pop", "popularity", top=None, setting="cold"),
@@ -229,11 +236,23 @@ TABLES: dict[str, list[Run]] = {
         _r("side", "side network (cached) + DTL, from scratch", top=None),
         _r("side", "side network (cached) + DTL, pre-trained on ml-latest-small", top=None,
            source="mls-side"),
+        _r("frozen", "text + DTL + ID (add), pre-trained on ml-latest-small", top=None,
+           source="mls-text", opts=_o(fusion="add")),
+        _r("side", "side network + DTL + ID (add), from scratch", top=None,
+           opts=_o(fusion="add")),
+        _r("side", "side network + DTL + ID (add), pre-trained on ml-latest-small", top=None,
+           source="mls-side", opts=_o(fusion="add")),
         _r("id", "ml-latest-small: ID-SASRec", top=None, target="ml-latest-small"),
         _r("frozen", "ml-latest-small: text + DTL, from scratch", top=None,
            target="ml-latest-small"),
         _r("frozen", "ml-latest-small: text + DTL, pre-trained on ML-100k", top=None,
            target="ml-latest-small", source="ml100k-text"),
+        _r("frozen", "ml-latest-small: text + DTL + ID (add), from scratch", top=None,
+           target="ml-latest-small", opts=_o(fusion="add")),
+        _r("side", "ml-latest-small: side network + DTL, from scratch", top=None,
+           target="ml-latest-small"),
+        _r("side", "ml-latest-small: side network + DTL, pre-trained on ML-100k", top=None,
+           target="ml-latest-small", source="ml100k-side"),
     ],
 }
 
@@ -540,6 +559,7 @@ SOURCES: dict[str, Run] = {
     "mls-text": Run("frozen", top=None, target="ml-latest-small"),
     "ml100k-text": Run("frozen", top=None),
     "mls-side": Run("side", top=None, target="ml-latest-small"),
+    "ml100k-side": Run("side", top=None),
 }
 """Named source models (``Run(source=name)``), trained on their ``target`` data set until
 validation stops improving, beyond the paper study's 3-epoch source (``source=True``). The side
@@ -725,6 +745,7 @@ def _rows(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             "s_per_epoch": statistics.median(
                 statistics.median(r["train_seconds_per_epoch"]) for r in results),
             "best_epochs": " ".join(str(r["best_epoch"]) for r in results),
+            "setting": run.setting,
         }
         for protocol in PROTOCOLS:
             for metric in ("hr@10", "ndcg@10"):
@@ -784,6 +805,9 @@ def _plot(name: str, rows: list[dict[str, Any]], file: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # the "examples" extra is not installed: tables only
         return
+    if name == "small":
+        _plot_small(rows, file, plt)
+        return
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5) if name != "capacity" else (6, 4))
     if name == "capacity":
         xs = [r["trainable"] for r in rows]
@@ -803,6 +827,35 @@ def _plot(name: str, rows: list[dict[str, Any]], file: Path) -> None:
                 xerr=[r["ndcg10_masked_se"] for r in rows][::-1], capsize=3, color="#4c72b0")
         ax.set_xlabel("test NDCG@10, history masked (mean ± s.e. over seeds)")
     ax.set_title(f"{name} (MovieLens-100k, MiniLM TransRec)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(file, dpi=120)
+    plt.close(fig)
+
+
+def _plot_small(rows: list[dict[str, Any]], file: Path, plt: Any) -> None:
+    """NDCG@10 against the share of the target's users, one line per model (all users: the
+    same configuration's warm runs, where they exist)."""
+    out = file.parent
+    lines: dict[str, dict[int, tuple[float, float]]] = {}
+    for r in rows:
+        model = r["configuration"].rsplit(", ", 1)[0]
+        lines.setdefault(model, {})[int(r["setting"][5:])] = (r["ndcg10_masked_mean"],
+                                                              r["ndcg10_masked_se"])
+        warm = [json.loads(f.read_text()) for f in sorted(
+            (out / "runs" / r["slug"].rsplit("-", 1)[0]).glob("seed*.json"))]
+        if warm:
+            lines[model][100] = _mean_se([_metric(w, "masked", "ndcg@10") for w in warm])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for model, points in lines.items():
+        xs = sorted(points)
+        ax.errorbar(xs, [points[x][0] for x in xs], yerr=[points[x][1] for x in xs],
+                    marker="o", capsize=3, label=model)
+    ax.set_xscale("log")
+    ax.set_xticks([10, 25, 50, 100], ["10 %", "25 %", "50 %", "100 %"])
+    ax.set_xlabel("share of the target's users that train (MovieLens-100k)")
+    ax.set_ylabel("test NDCG@10, history masked (mean ± s.e.)")
+    ax.legend(fontsize=8)
+    ax.set_title("small target data: from scratch vs pre-trained on ml-latest-small", fontsize=10)
     fig.tight_layout()
     fig.savefig(file, dpi=120)
     plt.close(fig)
