@@ -242,6 +242,11 @@ TABLES: dict[str, list[Run]] = {
            opts=_o(fusion="add")),
         _r("side", "side network + DTL + ID (add), pre-trained on ml-latest-small", top=None,
            source="mls-side", opts=_o(fusion="add")),
+        _r("frozen", "text + MoE, cosine / 0.07, pre-trained on ml-latest-small", top=None,
+           source="mls-text-moe-cos", opts=_o(dtl="moe", similarity="cosine", temperature=0.07)),
+        _r("frozen", "text + MoE + ID (add), cosine / 0.07, pre-trained on ml-latest-small",
+           top=None, source="mls-text-moe-cos",
+           opts=_o(dtl="moe", fusion="add", similarity="cosine", temperature=0.07)),
         _r("id", "ml-latest-small: ID-SASRec", top=None, target="ml-latest-small"),
         _r("frozen", "ml-latest-small: text + DTL, from scratch", top=None,
            target="ml-latest-small"),
@@ -561,6 +566,8 @@ SOURCES: dict[str, Run] = {
     "ml100k-text": Run("frozen", top=None),
     "mls-side": Run("side", top=None, target="ml-latest-small"),
     "ml100k-side": Run("side", top=None),
+    "mls-text-moe-cos": Run("frozen", top=None, target="ml-latest-small",
+                            opts=_o(dtl="moe", similarity="cosine", temperature=0.07)),
 }
 """Named source models (``Run(source=name)``), trained on their ``target`` data set until
 validation stops improving, beyond the paper study's 3-epoch source (``source=True``). The side
