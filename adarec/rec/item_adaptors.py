@@ -120,12 +120,20 @@ class IDFusion(nn.Module):
         return content + torch.sigmoid(self.gate(torch.cat([content, e], dim=-1))) * e
 
 
+def adaptor_name(kind: str | bool | nn.Module) -> str | None:
+    """The adaptor's name (``True`` -> ``"linear"``, ``False`` -> ``"none"``); ``None`` for a
+    module passed as it is (nothing can rebuild it from a name)."""
+    if isinstance(kind, nn.Module):
+        return None
+    return {True: "linear", False: "none"}.get(kind, kind) if isinstance(kind, bool) else kind
+
+
 def build_adaptor(kind: str | bool | nn.Module, in_dim: int, out_dim: int) -> nn.Module:
     """``True``/``"linear"``: the DTL; ``"moe"``: `WhiteningMoEAdaptor`; ``False``/``"none"``:
     identity (widths must match); an ``nn.Module`` is used as it is."""
     if isinstance(kind, nn.Module):
         return kind
-    name = {True: "linear", False: "none"}.get(kind, kind) if isinstance(kind, bool) else kind
+    name = adaptor_name(kind)
     if name not in ADAPTORS:
         raise ConfigError(f"dtl={kind!r} is not one of {[True, False, *ADAPTORS]} or a module")
     if name == "none":
@@ -135,4 +143,5 @@ def build_adaptor(kind: str | bool | nn.Module, in_dim: int, out_dim: int) -> nn
     return dtl(in_dim, out_dim) if name == "linear" else WhiteningMoEAdaptor(in_dim, out_dim)
 
 
-__all__ = ["ADAPTORS", "FUSIONS", "IDFusion", "WhiteningMoEAdaptor", "build_adaptor", "dtl"]
+__all__ = ["ADAPTORS", "FUSIONS", "IDFusion", "WhiteningMoEAdaptor", "adaptor_name",
+           "build_adaptor", "dtl"]

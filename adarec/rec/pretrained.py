@@ -155,6 +155,12 @@ def save_pretrained(model: Any, folder: str | Path, include_base: bool = False,
     if merged:
         raise AdapterStateError(f"adapter set(s) {merged} are merged into the base weights; "
                                 "unmerge_adapters(model) before save_pretrained")
+    dtl_kind = getattr(model, "dtl_kind", None)
+    if dtl_kind is None:
+        raise ConfigError(f"the model's dtl is a module passed as it is "
+                          f"({type(model.dtl).__name__}): from_pretrained could not rebuild it "
+                          "from a name; save it with adarec.save_model_state and rebuild it in "
+                          "code, or build the TransRec with dtl='linear', 'moe' or 'none'")
     item = _item_settings(model.item_encoder, include_base)
     roots = _adapter_roots(model)
     sets = []
@@ -185,7 +191,9 @@ def save_pretrained(model: Any, folder: str | Path, include_base: bool = False,
         "torch_version": torch.__version__,
         "transrec": {
             "user_dim": model.dim, "objective": model.objective, "loss": model.loss_name,
-            "num_negatives": model.num_negatives, "dtl": not isinstance(model.dtl, nn.Identity),
+            "num_negatives": model.num_negatives, "dtl": dtl_kind,
+            "id_fusion": None if model.id_fusion is None else model.id_fusion.mode,
+            "similarity": model.similarity,
             "temperature": model.temperature, "logq_correction": model.logq_correction,
             "policy": model.policy, "policy_args": model.policy_args,
         },

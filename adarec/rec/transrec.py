@@ -48,7 +48,7 @@ from adarec.freezing import (
 from adarec.inject import inject_adapters as _inject
 from adarec.layouts import iter_blocks
 from adarec.rec.data import PAD, pad_left, pad_right
-from adarec.rec.item_adaptors import IDFusion, build_adaptor
+from adarec.rec.item_adaptors import IDFusion, adaptor_name, build_adaptor
 from adarec.rec.item_encoders import ItemEncoder
 from adarec.rec.losses import (
     GatherCandidates,
@@ -151,6 +151,8 @@ class TransRec(nn.Module):
         item_dim = int(cast(ItemEncoder, item_encoder).dim)
         self.item_encoder = item_encoder
         self.dtl = build_adaptor(dtl, item_dim, user_dim)
+        self.dtl_kind = adaptor_name(dtl)
+        """``"linear"``, ``"moe"`` or ``"none"``; ``None`` for a module passed as ``dtl``."""
         n_items = int(cast(ItemEncoder, item_encoder).n_items)
         self.id_fusion = IDFusion(n_items, user_dim, id_fusion) if id_fusion else None
         self.similarity = similarity
@@ -210,11 +212,14 @@ class TransRec(nn.Module):
 
     # ------------------------------------------------------------------------ the cache
     def _state_key(self) -> StateKey:
-        """The item table is ``dtl(item_encoder(ids))`` in eval mode: it is valid while those
-        two modules are in the same state (weights, active/merged adapter sets, hooks, modes,
-        item features; see `adarec.state_key`) and autocast is as it was."""
+        """The item table is ``dtl(item_encoder(ids))`` (+ ID fusion) in eval mode: it is valid
+        while those modules are in the same state (weights, active/merged adapter sets, hooks,
+        modes, item features, the fusion's excluded items; see `adarec.state_key`) and autocast
+        is as it was."""
         device = self._device().type
-        return StateKey.of(self.item_encoder, self.dtl, extra=(autocast_state(device),))
+        fusion = () if self.id_fusion is None else (self.id_fusion,)
+        return StateKey.of(self.item_encoder, self.dtl, *fusion,
+                           extra=(autocast_state(device),))
 
     def _cache_valid(self) -> bool:
         return self._table is not None and self._table_key == self._state_key()
@@ -249,7 +254,7 @@ class TransRec(nn.Module):
 
     def item_table(self, batch_size: int = 512) -> Tensor:
         """Every item's embedding ``[n_items + 1, dim]`` in eval mode without grad, cached
-        while the item encoder and DTL stay in the same state (see `_state_key`)."""
+        while the item encoder, DTL and ID fusion stay in the same state (see `_state_key`)."""
         with self._inference():
             key = self._state_key()
             if self._table is not None and self._table_key == key:

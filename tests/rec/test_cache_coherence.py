@@ -129,6 +129,24 @@ def test_table_built_under_autocast_is_not_served_in_float32() -> None:
     assert_coherent(model)
 
 
+def test_id_fusion_changes_rescore() -> None:
+    """The table holds the fused embeddings: excluding items (cold items) or loading other ID
+    weights must not leave the old ones in the cached table."""
+    model = text_model(id_fusion="add").eval()
+    assert model.id_fusion is not None
+    perturb([model.id_fusion.embedding.weight], seed=0)
+    before = model.item_table().clone()
+    model.id_fusion.exclude([1, 2])
+    content = model.dtl(model.item_encoder(torch.tensor([1, 2])))
+    with torch.no_grad():
+        torch.testing.assert_close(model.item_table()[1:3], content)
+    assert not torch.allclose(model.item_table()[1:3], before[1:3])
+    state = {k: v.clone() for k, v in model.id_fusion.state_dict().items()}
+    state["embedding.weight"].mul_(2.0)
+    model.id_fusion.load_state_dict(state)
+    torch.testing.assert_close(model.item_table()[3:], model._encode(ALL)[3:])
+
+
 def test_policy_and_training_mode_changes() -> None:
     model = text_model()
     model.inject_adapters(item={"method": "houlsby", "bottleneck": 4})

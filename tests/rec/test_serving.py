@@ -225,3 +225,55 @@ def test_id_model_round_trip_and_top_blocks_policy(tmp_path: Path) -> None:
         text.set_policy("top_blocks", top=3)
     with pytest.raises(ConfigError, match="top=k goes with"):
         text.set_policy("full", top=1)
+
+
+@pytest.mark.parametrize("kw", [{"dtl": "moe"}, {"id_fusion": "gate"},
+                                {"similarity": "cosine", "temperature": 0.07},
+                                {"dtl": "moe", "id_fusion": "add", "similarity": "cosine"}])
+def test_item_side_options_survive_save_pretrained(kw: dict[str, object], tmp_path: Path) -> None:
+    """The item-side options are part of the checkpoint: a cosine model reloaded with dot
+    scores would rank differently without any error."""
+    model = helpers.text_model(seed=1, loss="full_softmax", **kw)
+    opt = torch.optim.AdamW(adarec.trainable_parameters(model).values(), lr=1e-2)
+    for _ in range(2):
+        opt.zero_grad()
+        model.loss(helpers.batch(k=0)).backward()
+        opt.step()
+    model.eval()
+    if model.id_fusion is not None:
+        model.id_fusion.exclude([3, 7])  # the exclusions are part of the state too
+    model.save_pretrained(tmp_path / "ckpt", include_base=True)
+    config = json.loads((tmp_path / "ckpt" / "transrec_config.json").read_text())["transrec"]
+    assert config["dtl"] == kw.get("dtl", "linear")
+    assert config["id_fusion"] == kw.get("id_fusion")
+    assert config["similarity"] == kw.get("similarity", "dot")
+    loaded = TransRec.from_pretrained(tmp_path / "ckpt")
+    assert (loaded.dtl_kind, loaded.similarity, loaded.temperature) == (
+        model.dtl_kind, model.similarity, model.temperature)
+    hist = torch.tensor([[0, 0, 1, 2, 3], [4, 5, 6, 7, 8]])
+    torch.testing.assert_close(loaded.full_sort_scores(hist), model.full_sort_scores(hist),
+                               atol=0, rtol=0)
+
+
+def test_a_checkpoint_with_a_boolean_dtl_still_loads(model: TransRec, tmp_path: Path) -> None:
+    """Folders written before the adaptor name was recorded say ``"dtl": true``."""
+    model.save_pretrained(tmp_path / "ckpt", include_base=True)
+    file = tmp_path / "ckpt" / "transrec_config.json"
+    config = json.loads(file.read_text())
+    for key in ("id_fusion", "similarity"):
+        del config["transrec"][key]
+    config["transrec"]["dtl"] = True
+    file.write_text(json.dumps(config))
+    loaded = TransRec.from_pretrained(tmp_path / "ckpt")
+    assert loaded.dtl_kind == "linear" and loaded.similarity == "dot"
+    hist = torch.tensor([[0, 0, 1, 2, 3]])
+    torch.testing.assert_close(loaded.full_sort_scores(hist), model.full_sort_scores(hist))
+
+
+def test_a_custom_dtl_module_is_refused_by_save_pretrained(tmp_path: Path) -> None:
+    base = helpers.text_model(seed=0)
+    model = TransRec(base.item_encoder, user_dim=16, max_len=5,
+                     dtl=torch.nn.Linear(base.item_encoder.dim, 16))
+    with pytest.raises(ConfigError, match="module passed as it is"):
+        model.save_pretrained(tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
