@@ -105,6 +105,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--method full: fine-tune only the top N encoder blocks (0: all)")
     p.add_argument("--dim", type=int, default=64, help="user encoder width")
     p.add_argument("--dropout", type=float, default=0.2, help="SASRec dropout")
+    p.add_argument("--dtl", default="linear", choices=("linear", "moe"),
+                   help="item-side adaptor: Fu et al.'s DTL or UniSRec's whitening MoE")
+    p.add_argument("--id-fusion", default=None, choices=("add", "gate"),
+                   help="add a learned ID embedding to the text embedding (warm catalogues)")
+    p.add_argument("--similarity", default="dot", choices=("dot", "cosine"),
+                   help="score = user . item, or their cosine / --temperature")
+    p.add_argument("--temperature", type=float, default=1.0, help="divides every score")
     p.add_argument("--text-len", type=int, default=30, help="tokens per item text")
     p.add_argument("--out", default="runs/quickstart", help="output folder")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -128,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--items goes with --interactions")
     if args.method == "id" and args.top_blocks:
         p.error("--top-blocks needs a text encoder")
+    if args.method == "id" and (args.dtl != "linear" or args.id_fusion):
+        p.error("--dtl and --id-fusion are item-text options: --method id has neither")
     return args
 
 
@@ -191,7 +200,7 @@ def build_model(args: argparse.Namespace, data: InteractionData) -> tuple[TransR
 
     common: dict[str, Any] = dict(
         max_len=args.max_len, n_layers=2, n_heads=2, dropout=args.dropout, loss=args.loss,
-        num_negatives=args.negatives,
+        num_negatives=args.negatives, similarity=args.similarity, temperature=args.temperature,
     )
     if args.method == "id":
         model = TransRec(IDItemEncoder(data.n_items, args.dim), user_dim=args.dim, dtl=False,
@@ -207,7 +216,7 @@ def build_model(args: argparse.Namespace, data: InteractionData) -> tuple[TransR
         cache_dtype=torch.bfloat16 if args.cache_dtype == "bf16" else None,
         cache_states=not args.no_state_cache,
     )
-    model = TransRec(item, user_dim=args.dim, **common)
+    model = TransRec(item, user_dim=args.dim, dtl=args.dtl, id_fusion=args.id_fusion, **common)
     if args.method in ADAPTER_METHODS:
         layers = tuple(range(-args.adapter_layers, 0)) if args.adapter_layers else None
         spec = adarec.AdapterSpec.preset(args.method, layers=layers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,16 @@ def test_quickstart_on_a_csv_then_recommend(tmp_path: Path,
     recommend.main(["--model", str(out / "model"), "--user", "3", *data, "--threads", "1"])
     log = (out / "recommend.log").read_text()
     assert "top-10 (history excluded)" in log and "Movie number" in log
+    # the warm-catalogue recipe of docs/results.md: its options travel with the checkpoint
+    out2 = tmp_path / "run-fusion"
+    quickstart.main([*data, "--encoder", str(encoder), "--epochs", "1", "--max-users", "8",
+                     "--threads", "1", "--out", str(out2), "--dim", "16", "--text-len", "8",
+                     "--max-len", "5", "--precision", "fp32", "--method", "frozen", "--dtl",
+                     "moe", "--id-fusion", "add", "--similarity", "cosine", "--temperature",
+                     "0.07", "--loss", "full_softmax", "--negatives", "1"])
+    saved = json.loads((out2 / "model" / "transrec_config.json").read_text())["transrec"]
+    assert (saved["dtl"], saved["id_fusion"], saved["similarity"]) == ("moe", "add", "cosine")
+    recommend.main(["--model", str(out2 / "model"), "--user", "3", *data, "--threads", "1"])
+    assert "Movie number" in (out2 / "recommend.log").read_text()
+    with pytest.raises(SystemExit):
+        quickstart.parse_args(["--method", "id", "--id-fusion", "add"])
