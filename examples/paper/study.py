@@ -252,6 +252,8 @@ TABLES: dict[str, list[Run]] = {
            target="ml-latest-small"),
         _r("frozen", "ml-latest-small: text + DTL, pre-trained on ML-100k", top=None,
            target="ml-latest-small", source="ml100k-text"),
+        _r("frozen", "ml-latest-small: text + DTL + ID (add), pre-trained on ML-100k", top=None,
+           target="ml-latest-small", source="ml100k-text", opts=_o(fusion="add")),
         _r("frozen", "ml-latest-small: text + MoE + ID (add), cosine / 0.07, from scratch",
            top=None, target="ml-latest-small",
            opts=_o(dtl="moe", fusion="add", similarity="cosine", temperature=0.07)),
