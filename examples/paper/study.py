@@ -836,7 +836,9 @@ def _plot(name: str, rows: list[dict[str, Any]], file: Path) -> None:
         ax.barh(labels, [r["ndcg10_masked_mean"] for r in rows][::-1],
                 xerr=[r["ndcg10_masked_se"] for r in rows][::-1], capsize=3, color="#4c72b0")
         ax.set_xlabel("test NDCG@10, history masked (mean ± s.e. over seeds)")
-    ax.set_title(f"{name} (MovieLens-100k, MiniLM TransRec)", fontsize=10)
+    data = ("MovieLens-100k; rows named ml-latest-small: on it" if any(
+        r["configuration"].startswith("ml-latest-small:") for r in rows) else "MovieLens-100k")
+    ax.set_title(f"{name} ({data}; MiniLM TransRec)", fontsize=10)
     fig.tight_layout()
     fig.savefig(file, dpi=120)
     plt.close(fig)
