@@ -125,7 +125,9 @@ def adaptor_name(kind: str | bool | nn.Module) -> str | None:
     module passed as it is (nothing can rebuild it from a name)."""
     if isinstance(kind, nn.Module):
         return None
-    return {True: "linear", False: "none"}.get(kind, kind) if isinstance(kind, bool) else kind
+    if isinstance(kind, bool):
+        return "linear" if kind else "none"
+    return kind
 
 
 def build_adaptor(kind: str | bool | nn.Module, in_dim: int, out_dim: int) -> nn.Module:
