@@ -177,17 +177,13 @@ def test_a_named_side_source_carries_its_side_network(study: ModuleType,
                                                       source_args: object) -> None:
     """The side network pre-trained on the source ("mls-side") is what the target row starts
     from: every trained side/DTL/SASRec weight arrives, nothing item-specific is needed."""
-    from safetensors.torch import save_file
-
     source = study.build(study.SOURCES["mls-side"], TEXTS, source_args)
     with torch.no_grad():
         for p in source.parameters():
             if p.requires_grad:
                 p.normal_()  # something a fresh model would not have
-    state = {k: v.detach().contiguous() for k, v in source.transferable_state_dict().items()}
-    folder = study._source_folder("mls-side", source_args)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(folder / "transferable.safetensors"))
+    study.save_source(source, "mls-side", source_args)
+    state = source.transferable_state_dict()
     rows = [r for table in ("small", "pretrained") for r in study.TABLES[table]
             if r.source == "mls-side"]
     assert rows and all(r.method == "side" for r in rows)

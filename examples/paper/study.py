@@ -134,7 +134,8 @@ def _o(**opts: Any) -> tuple[tuple[str, Any], ...]:
 
 
 HOULSBY = _r("houlsby", "Houlsby (MHA + FFN)")
-COSINE = _o(similarity="cosine", temperature=0.07)
+COS: dict[str, Any] = {"similarity": "cosine", "temperature": 0.07}
+COSINE = _o(**COS)
 TABLES: dict[str, list[Run]] = {
     "methods": [
         _r("full", "full fine-tuning (6 blocks)", top=None),
@@ -190,10 +191,9 @@ TABLES: dict[str, list[Run]] = {
         _r("id", "ID-SASRec", top=None),
         _r("frozen", "text + DTL", top=None),
         _r("frozen", "text + whitening MoE (UniSRec)", top=None, opts=_o(dtl="moe")),
-        _r("frozen", "text + DTL, cosine / 0.07", top=None,
-           opts=_o(similarity="cosine", temperature=0.07)),
+        _r("frozen", "text + DTL, cosine / 0.07", top=None, opts=COSINE),
         _r("frozen", "text + MoE, cosine / 0.07", top=None,
-           opts=_o(dtl="moe", similarity="cosine", temperature=0.07)),
+           opts=_o(dtl="moe", **COS)),
         _r("frozen", "text (mean pooling) + DTL", top=None, opts=_o(pooling="mean")),
         _r("frozen", "text + DTL + ID (add)", top=None, opts=_o(fusion="add")),
         _r("frozen", "text + DTL + ID (gate)", top=None, opts=_o(fusion="gate")),
@@ -201,12 +201,12 @@ TABLES: dict[str, list[Run]] = {
         _r("side", "text + side network (cached) + DTL", top=None),
         _r("side", "text + side network + DTL, cosine / 0.07", top=None, opts=COSINE),
         _r("frozen", "text + DTL + ID (add), cosine / 0.07", top=None,
-           opts=_o(fusion="add", similarity="cosine", temperature=0.07)),
+           opts=_o(fusion="add", **COS)),
         _r("frozen", "text + MoE + ID (add), cosine / 0.07", top=None,
-           opts=_o(dtl="moe", fusion="add", similarity="cosine", temperature=0.07)),
+           opts=_o(dtl="moe", fusion="add", **COS)),
         _r("side", "text + side network + DTL + ID (add)", top=None, opts=_o(fusion="add")),
         _r("side", "text + side network + DTL + ID (add), cosine / 0.07", top=None,
-           opts=_o(fusion="add", similarity="cosine", temperature=0.07)),
+           opts=_o(fusion="add", **COS)),
     ],
     "cold": [
         _r("pop", "popularity", top=None, setting="cold"),
@@ -243,10 +243,10 @@ TABLES: dict[str, list[Run]] = {
         _r("side", "side network + DTL + ID (add), pre-trained on ml-latest-small", top=None,
            source="mls-side", opts=_o(fusion="add")),
         _r("frozen", "text + MoE, cosine / 0.07, pre-trained on ml-latest-small", top=None,
-           source="mls-text-moe-cos", opts=_o(dtl="moe", similarity="cosine", temperature=0.07)),
+           source="mls-text-moe-cos", opts=_o(dtl="moe", **COS)),
         _r("frozen", "text + MoE + ID (add), cosine / 0.07, pre-trained on ml-latest-small",
            top=None, source="mls-text-moe-cos",
-           opts=_o(dtl="moe", fusion="add", similarity="cosine", temperature=0.07)),
+           opts=_o(dtl="moe", fusion="add", **COS)),
         _r("id", "ml-latest-small: ID-SASRec", top=None, target="ml-latest-small"),
         _r("frozen", "ml-latest-small: text + DTL, from scratch", top=None,
            target="ml-latest-small"),
@@ -256,7 +256,7 @@ TABLES: dict[str, list[Run]] = {
            target="ml-latest-small", source="ml100k-text", opts=_o(fusion="add")),
         _r("frozen", "ml-latest-small: text + MoE + ID (add), cosine / 0.07, from scratch",
            top=None, target="ml-latest-small",
-           opts=_o(dtl="moe", fusion="add", similarity="cosine", temperature=0.07)),
+           opts=_o(dtl="moe", fusion="add", **COS)),
         _r("side", "ml-latest-small: side network + DTL, from scratch", top=None,
            target="ml-latest-small"),
         _r("side", "ml-latest-small: side network + DTL, pre-trained on ML-100k", top=None,
@@ -357,6 +357,16 @@ def build(run: Run, texts: list[str], args: argparse.Namespace) -> TransRec:
         if run.freeze_user:
             adarec.freeze(model.user_encoder)
     return model
+
+
+def save_source(model: TransRec, name: str, args: argparse.Namespace) -> None:
+    """Write the weights `load_source` starts a target row from (`transferable_state_dict`)."""
+    from safetensors.torch import save_file
+
+    folder = _source_folder(name, args)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.transferable_state_dict().items()}
+    save_file(state, str(folder / "transferable.safetensors"))
 
 
 def load_source(model: TransRec, name: str, args: argparse.Namespace) -> None:
@@ -569,7 +579,7 @@ SOURCES: dict[str, Run] = {
     "mls-side": Run("side", top=None, target="ml-latest-small"),
     "ml100k-side": Run("side", top=None),
     "mls-text-moe-cos": Run("frozen", top=None, target="ml-latest-small",
-                            opts=_o(dtl="moe", similarity="cosine", temperature=0.07)),
+                            opts=_o(dtl="moe", **COS)),
 }
 """Named source models (``Run(source=name)``), trained on their ``target`` data set until
 validation stops improving, beyond the paper study's 3-epoch source (``source=True``). The side
@@ -582,8 +592,6 @@ def pretrain_named_source(name: str, args: argparse.Namespace) -> None:
     folder = _source_folder(name, args)
     if (folder / "result.json").exists():
         return
-    from safetensors.torch import save_file
-
     fixed_mmap_threshold()
     torch.set_num_threads(args.threads * max(1, args.jobs))
     torch.manual_seed(0)
@@ -595,9 +603,7 @@ def pretrain_named_source(name: str, args: argparse.Namespace) -> None:
     start = time.perf_counter()
     result = train(model, run, prepare("warm", data, 0), data.n_items, args, 0, args.epochs,
                    args.patience, verbose=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.transferable_state_dict().items()}
-    save_file(state, str(folder / "transferable.safetensors"))
+    save_source(model, name, args)
     result.update(settings=_settings(args), data=data.name, run=asdict(run), cpu=_cpu(),
                   wall_seconds=time.perf_counter() - start)
     (folder / "result.json").write_text(json.dumps(result, indent=1))
@@ -740,12 +746,16 @@ def _best_valid(result: dict[str, Any], protocol: str) -> float:
     return float(point[protocol]["ndcg@10"] if protocol in point else point["ndcg@10"])
 
 
+def _seed_results(out: Path, slug: str) -> list[dict[str, Any]]:
+    """The saved runs of one configuration, in seed-file order."""
+    return [json.loads(f.read_text()) for f in sorted((out / "runs" / slug).glob("seed*.json"))]
+
+
 def _rows(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for run in TABLES[name]:
         run = _with_top(run, args.top)
-        results = [json.loads(f.read_text())
-                   for f in sorted((Path(args.out) / "runs" / run.slug).glob("seed*.json"))]
+        results = _seed_results(Path(args.out), run.slug)
         if not results:
             continue
         row: dict[str, Any] = {
@@ -853,8 +863,7 @@ def _plot_small(rows: list[dict[str, Any]], file: Path, plt: Any) -> None:
         model = r["configuration"].rsplit(", ", 1)[0]
         lines.setdefault(model, {})[int(r["setting"][5:])] = (r["ndcg10_masked_mean"],
                                                               r["ndcg10_masked_se"])
-        warm = [json.loads(f.read_text()) for f in sorted(
-            (out / "runs" / r["slug"].rsplit("-", 1)[0]).glob("seed*.json"))]
+        warm = _seed_results(out, r["slug"].rsplit("-", 1)[0])
         if warm:
             lines[model][100] = _mean_se([_metric(w, "masked", "ndcg@10") for w in warm])
     fig, ax = plt.subplots(figsize=(7, 4.5))

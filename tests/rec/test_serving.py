@@ -34,16 +34,20 @@ class Tok:
         return {"input_ids": ids, "attention_mask": mask}
 
 
-def _model(seed: int = 0) -> TransRec:
-    model = helpers.text_model(seed=seed, loss="sampled_softmax", num_negatives=0)
-    model.inject_adapters(item="houlsby", user="pfeiffer")
+def _trained(model: TransRec) -> TransRec:
+    """Two optimizer steps (every trainable tensor moves off its init), then eval mode."""
     opt = torch.optim.AdamW(adarec.trainable_parameters(model).values(), lr=1e-2)
     for _ in range(2):
         opt.zero_grad()
         model.loss(helpers.batch(k=0)).backward()
         opt.step()
-    model.eval()
-    model.set_item_map(IDS, TEXTS)
+    return model.eval()
+
+
+def _model(seed: int = 0) -> TransRec:
+    model = helpers.text_model(seed=seed, loss="sampled_softmax", num_negatives=0)
+    model.inject_adapters(item="houlsby", user="pfeiffer")
+    _trained(model).set_item_map(IDS, TEXTS)
     return model
 
 
@@ -233,13 +237,7 @@ def test_id_model_round_trip_and_top_blocks_policy(tmp_path: Path) -> None:
 def test_item_side_options_survive_save_pretrained(kw: dict[str, object], tmp_path: Path) -> None:
     """The item-side options are part of the checkpoint: a cosine model reloaded with dot
     scores would rank differently without any error."""
-    model = helpers.text_model(seed=1, loss="full_softmax", **kw)
-    opt = torch.optim.AdamW(adarec.trainable_parameters(model).values(), lr=1e-2)
-    for _ in range(2):
-        opt.zero_grad()
-        model.loss(helpers.batch(k=0)).backward()
-        opt.step()
-    model.eval()
+    model = _trained(helpers.text_model(seed=1, loss="full_softmax", **kw))
     if model.id_fusion is not None:
         model.id_fusion.exclude([3, 7])  # the exclusions are part of the state too
     model.save_pretrained(tmp_path / "ckpt", include_base=True)
