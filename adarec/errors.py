@@ -30,6 +30,10 @@ class CheckpointError(AdarecError, RuntimeError):
 class EvaluationError(AdarecError, ValueError):
     """An evaluation input would give a number that is not what it claims to measure (a NaN
     score, a cut-off below 1, an unknown tie rule or metric)."""
+class NonFiniteScoreError(EvaluationError):
+    """User or item vectors hold NaN/inf, so no honest score or ranking exists."""
+
+
 class RegistrationError(AdarecError, ValueError):
     """A method, spec field or layout cannot be registered (name taken, incomplete definition)."""
 

@@ -27,7 +27,6 @@ with everything, so it would silently rank below (or, as the target, above) ever
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -36,6 +35,7 @@ from torch import Tensor
 
 from adarec.errors import EvaluationError
 from adarec.rec.data import PAD, pad_right
+from adarec.rec.scoring import max_abs, products_are_finite, score_block, score_dtype, topk
 
 Ties = Literal["pessimistic", "optimistic", "expected", "random"]
 TIES: tuple[Ties, ...] = ("pessimistic", "optimistic", "expected", "random")
@@ -272,6 +272,7 @@ def full_ranking_ranks(
     exclude_history: bool = True,
     ties: Ties = "pessimistic",
     seed: int = 0,
+    temperature: float = 1.0,
 ) -> Tensor:
     """Ranks of all targets, scoring one user batch at a time against the item table.
 
@@ -284,7 +285,7 @@ def full_ranking_ranks(
     """
     _check_ties(ties, ranks=True)
     higher, tied = _full_ranking(user_embeddings, item_embeddings, targets, histories,
-                                 batch_size, exclude_history, ties)
+                                 batch_size, exclude_history, ties, temperature)
     return _to_ranks(higher, tied, ties, seed)
 
 
@@ -296,10 +297,11 @@ def full_ranking_counts(
     histories: Tensor | Sequence[Sequence[int]] | None = None,
     batch_size: int = 256,
     exclude_history: bool = True,
+    temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """`tie_counts` of every target, scored as in `full_ranking_ranks`: ``(higher, tied)``."""
     higher, tied = _full_ranking(user_embeddings, item_embeddings, targets, histories,
-                                 batch_size, exclude_history, "expected")
+                                 batch_size, exclude_history, "expected", temperature)
     assert tied is not None
     return higher, tied
 
@@ -312,26 +314,28 @@ def _full_ranking(
     batch_size: int,
     exclude_history: bool,
     ties: Ties,
+    temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor | None]:
     device = item_embeddings.device
-    items = item_embeddings.to(_compare_dtype(item_embeddings))
+    items = item_embeddings.to(score_dtype(item_embeddings))
     targets = torch.as_tensor(targets, dtype=torch.long)
     counts, tied = [], []
     buffer: Tensor | None = None
     spare: Tensor | None = None
-    items_max = _max_abs(items[1:])  # the padding row is never ranked
+    items_max = max_abs(items[1:])  # the padding row is never ranked
     for start in range(0, len(targets), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(targets)))
         users = user_embeddings(idx) if callable(user_embeddings) else user_embeddings[idx]
         if torch.promote_types(users.dtype, items.dtype) != items.dtype:  # float64 users
             items = items.to(users.dtype)
         users = users.to(device=device, dtype=items.dtype)
-        with _no_autocast(device):
-            scores, buffer = _scores_into(users, items.T, buffer)
+        scores = score_block(users, items, temperature, out=buffer)
+        if buffer is None or buffer.size(0) < scores.size(0) or buffer.dtype != scores.dtype:
+            buffer = scores
         exclude = None
         if exclude_history and histories is not None:
             exclude = histories[start : start + len(idx)]
-        scan = not _cannot_be_nan(_max_abs(users), items_max, users.size(-1), scores.dtype)
+        scan = not products_are_finite(max_abs(users), items_max, users.size(-1), scores.dtype)
         count, level, spare = _counts(scores, targets[idx], exclude, ties, in_place=True,
                                       scan_nan=scan, spare=spare)
         counts.append(count.cpu())
@@ -341,51 +345,6 @@ def _full_ranking(
         empty = torch.zeros(0, dtype=torch.long)
         return empty, (empty if ties in ("expected", "random") else None)
     return torch.cat(counts), (torch.cat(tied) if tied else None)
-
-
-def _compare_dtype(t: Tensor) -> torch.dtype:
-    """Scores are computed and compared in at least float32. bf16 scores (what a matmul under
-    autocast returns) have 8 significant bits: items a float32 score separates would tie, and
-    the tie rule, not the model, would decide their order."""
-    return torch.promote_types(t.dtype, torch.float32)
-
-
-def _no_autocast(device: torch.device) -> torch.autocast:
-    return torch.autocast(device.type, enabled=False)
-
-
-def _max_abs(x: Tensor) -> float:
-    """The largest magnitude in ``x`` (NaN when it holds a NaN, inf for an infinity): one
-    reduction, no temporary."""
-    if x.numel() == 0:
-        return 0.0
-    lo, hi = torch.aminmax(x.detach())
-    return max(-float(lo), float(hi)) if not bool(torch.isnan(hi)) else math.nan
-
-
-def _cannot_be_nan(users_max: float, items_max: float, dim: int, dtype: torch.dtype) -> bool:
-    """Finite inputs whose products cannot overflow give finite scores (NaN needs an inf), so
-    the score table need not be scanned: a check on ``(U + N) * d`` values, not ``U * N``."""
-    bound = 2.0 * dim * users_max * items_max  # x2: rounding of the inputs under autocast
-    return math.isfinite(bound) and bound < torch.finfo(dtype).max
-
-
-def _scores_into(a: Tensor, b: Tensor, buffer: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """``a @ b``, written into the rows of ``buffer`` when it fits: a fresh ``[B, N]`` tensor per
-    batch costs page faults on every batch (on CPU about as much as the product itself at 100k
-    items). Autocast ignores ``out=``, so under autocast every batch gets a fresh tensor."""
-    rows, cols = a.size(0), b.size(1)
-    fits = (
-        buffer is not None and buffer.size(0) >= rows and buffer.size(1) == cols
-        and buffer.dtype == torch.result_type(a, b) and not torch.is_autocast_enabled(a.device.type)
-    )
-    if not fits:
-        out = a @ b
-        return out, out
-    assert buffer is not None
-    out = buffer[:rows]
-    torch.matmul(a, b, out=out)
-    return out, buffer
 
 
 def evaluate_full_ranking(
@@ -399,14 +358,16 @@ def evaluate_full_ranking(
     metrics: Sequence[str] = METRICS,
     ties: Ties = "pessimistic",
     seed: int = 0,
+    temperature: float = 1.0,
 ) -> dict[str, float]:
     """Full-ranking HR/NDCG/MRR over every item (see :func:`full_ranking_ranks`); ``ties`` is
-    any rule of the module docstring, ``"expected"`` included."""
+    any rule of the module docstring, ``"expected"`` included. Scores are those of
+    `adarec.rec.scoring` (``temperature`` divides them, as a model with a temperature does)."""
     _check_metrics(metrics)
     _check_ks(ks)
     _check_ties(ties, ranks=False)
     higher, tied = _full_ranking(user_embeddings, item_embeddings, targets, histories,
-                                 batch_size, exclude_history, ties)
+                                 batch_size, exclude_history, ties, temperature)
     if ties == "expected":
         return ranking_metrics(higher + 1, ks, metrics, tied=tied)
     return ranking_metrics(_to_ranks(higher, tied, ties, seed), ks, metrics)
@@ -419,47 +380,16 @@ def topk_chunked(
     k: int,
     item_chunk: int = 65536,
     exclude: Tensor | None = None,
+    temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """Exact top-k of ``user_emb @ item_emb.T`` without materialising all ``[U, N]`` scores.
-
-    Keeps a running top-k and merges it with each chunk's top-k, so memory is
-    ``U * (item_chunk + k)``. ``exclude`` ``[U, H]`` holds item indices to skip; negative
-    entries are padding (0-padding excludes item 0, which suits tables with a padding row).
-    Returns ``(values, indices)`` sorted by descending score; excluded slots score ``-inf``
-    if fewer than ``k`` items remain. Scores are computed in at least float32, under autocast
-    too (see `_compare_dtype`).
-    """
+    """Exact top-k of the scores of `adarec.rec.scoring` without materialising all ``[U, N]``
+    of them: ``(values, indices)`` best first, exact ties to the lower item index, the same at
+    every ``item_chunk``. ``exclude`` ``[U, H]`` holds item indices to skip; negative entries are
+    padding (0-padding excludes item 0, which suits tables with a padding row); rows with fewer
+    than ``k`` rankable items end in ``-inf`` slots. Scores are float32, under autocast too."""
     if not 0 < k <= item_emb.size(0):
         raise EvaluationError(f"k must be in 1..{item_emb.size(0)}, got {k}")
-    dtype = torch.promote_types(_compare_dtype(user_emb), item_emb.dtype)
-    with _no_autocast(user_emb.device):
-        return _topk_chunked(user_emb.to(dtype), item_emb, k, item_chunk, exclude)
-
-
-def _topk_chunked(user_emb: Tensor, item_emb: Tensor, k: int, item_chunk: int,
-                  exclude: Tensor | None) -> tuple[Tensor, Tensor]:
-    values = user_emb.new_empty(user_emb.size(0), 0)
-    indices = torch.empty(user_emb.size(0), 0, dtype=torch.long, device=user_emb.device)
-    flat: Tensor | None = None  # one chunk-sized score buffer, reused (see _scores_into)
-    for start in range(0, item_emb.size(0), item_chunk):
-        chunk = item_emb[start : start + item_chunk].to(user_emb.dtype)
-        if flat is None:
-            scores = user_emb @ chunk.T
-            if not torch.is_autocast_enabled(user_emb.device.type):
-                flat = scores.view(-1)
-        else:
-            scores = flat[: user_emb.size(0) * chunk.size(0)].view(user_emb.size(0), -1)
-            torch.matmul(user_emb, chunk.T, out=scores)
-        if exclude is not None:
-            inside = (exclude >= start) & (exclude < start + scores.size(1))
-            rows, cols = inside.nonzero(as_tuple=True)
-            scores[rows, exclude[rows, cols] - start] = float("-inf")
-        chunk_values, chunk_indices = scores.topk(min(k, scores.size(1)), dim=1)
-        values = torch.cat([values, chunk_values], dim=1)
-        indices = torch.cat([indices, chunk_indices + start], dim=1)
-        values, keep = values.topk(min(k, values.size(1)), dim=1)
-        indices = indices.gather(1, keep)
-    return values, indices
+    return topk(user_emb, item_emb, k, temperature, exclude, item_chunk)
 
 
 class PopularityRecommender:

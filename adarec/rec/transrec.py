@@ -39,33 +39,36 @@ from adarec.errors import (
     StateMismatchError,
     UnknownItemError,
 )
-from adarec.freezing import (
-    ParameterSummary,
-    adapter_parameters,
-    mark_adapters_and_upper_norms_trainable,
-    parameter_summary,
-)
+from adarec.freezing import ParameterSummary
 from adarec.inject import inject_adapters as _inject
-from adarec.layouts import iter_blocks
 from adarec.rec.data import PAD, pad_left, pad_right
 from adarec.rec.item_adaptors import IDFusion, adaptor_name, build_adaptor
 from adarec.rec.item_encoders import ItemEncoder
 from adarec.rec.losses import (
+    LOSSES,
     GatherCandidates,
     bce_loss,
     full_softmax_loss,
     in_batch_candidates,
     sampled_softmax_loss,
 )
-from adarec.rec.metrics import METRICS, Ties, evaluate_full_ranking, topk_chunked
+from adarec.rec.metrics import METRICS, Ties, evaluate_full_ranking
+from adarec.rec.policies import apply_policy, policy_names
+from adarec.rec.scoring import (
+    SIMILARITIES,
+    check_finite,
+    in_user_tiles,
+    score_block,
+    topk,
+    topk_of_candidates,
+)
 from adarec.rec.user_encoders import SASRec
 from adarec.spec import AdapterSpec
 from adarec.state_key import StateKey, autocast_state
 
 OBJECTIVES = ("sasrec", "cpc")
-LOSS_NAMES = ("bce", "sampled_softmax", "full_softmax")
-POLICIES = ("full", "adapters", "item_adapters", "user_adapters", "frozen", "top_blocks")
-SIMILARITIES = ("dot", "cosine")
+LOSS_NAMES = tuple(LOSSES)
+POLICIES = policy_names()
 logger = logging.getLogger(__name__)
 
 
@@ -78,15 +81,6 @@ class Recommendations:
     items: list[list[Hashable]]
     scores: Tensor
     indices: Tensor
-
-
-def _set_trainable(module: nn.Module, flag: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(flag)
-
-
-def _has_decoupled(module: nn.Module) -> bool:
-    return any(getattr(m, "decoupled", False) is True for m in module.modules())
 
 
 class TransRec(nn.Module):
@@ -280,10 +274,32 @@ class TransRec(nn.Module):
         return self.sequence_output(history_ids)[:, -1]
 
     def score(self, history_ids: Tensor, candidate_ids: Tensor) -> Tensor:
-        """Dot-product scores ``[B, C]`` of candidates ``[B, C]``."""
+        """Scores ``[B, C]`` of candidates ``[B, C]`` (divided by ``temperature``). Without
+        gradients these are the floats of every inference path (`adarec.rec.scoring`)."""
+        if not torch.is_grad_enabled():
+            users = self.user_vectors(history_ids)
+            table = self.item_vectors()
+            union, column = torch.unique(candidate_ids.to(table.device), return_inverse=True)
+            flat = score_block(users, table[union], self.temperature)
+            return flat.gather(1, column.view(users.size(0), -1)).view(candidate_ids.shape)
         user = self._scoring(self.user_embeddings(history_ids))
         items = self._scoring(self.item_embeddings(candidate_ids))
         return torch.einsum("bd,bcd->bc", user, items) / self.temperature
+
+    def user_vectors(self, history_ids: Tensor) -> Tensor:
+        """Inference user vectors ``[B, dim]`` as scores read them (float32, normalised for
+        cosine), the user encoder run on fixed tiles of histories (`in_user_tiles`)."""
+        with self._inference():
+            users = in_user_tiles(lambda h: self._scoring(self.user_embeddings(h).float()),
+                                  history_ids.to(self._device()))
+        check_finite(users, "the user vectors")
+        return users
+
+    def item_vectors(self) -> Tensor:
+        """The item table as scores read it (float32, normalised for cosine)."""
+        table = self._scoring(self.item_table().float())
+        check_finite(table[1:], "the item vectors")
+        return table
 
     def full_sort_scores(
         self,
@@ -294,19 +310,17 @@ class TransRec(nn.Module):
     ) -> Tensor:
         """Scores of every item ``[B, n_items + 1]`` (inference: eval mode, no grad); the
         padding item, and with ``exclude_history`` the history ids (plus ``exclude_ids``,
-        e.g. the untruncated history), get ``-inf``. Under autocast the encoders run in its
-        dtype but the scores are computed in float32 (bf16 scores tie far too often to rank)."""
-        table = self.item_table(batch_size)
-        with self._inference():
-            users = self._scoring(self.user_embeddings(history_ids.to(table.device)))
-            dtype = torch.promote_types(table.dtype, torch.float32)
-            with torch.autocast(table.device.type, enabled=False):
-                scores = users.to(dtype) @ self._scoring(table.to(dtype)).T / self.temperature
-            scores[:, PAD] = float("-inf")
-            if exclude_history:
-                scores.scatter_(1, history_ids.to(table.device), float("-inf"))
-                if exclude_ids is not None:
-                    scores.scatter_(1, exclude_ids.to(table.device), float("-inf"))
+        e.g. the untruncated history), get ``-inf``. Float32 scores of `adarec.rec.scoring`,
+        the floats `recommend` and `evaluate_ranking` see."""
+        self.item_table(batch_size)
+        table = self.item_vectors()
+        history_ids = history_ids.to(table.device)
+        scores = score_block(self.user_vectors(history_ids), table, self.temperature)
+        scores[:, PAD] = float("-inf")
+        if exclude_history:
+            scores.scatter_(1, history_ids, float("-inf"))
+            if exclude_ids is not None:
+                scores.scatter_(1, exclude_ids.to(table.device), float("-inf"))
         return scores
 
     def evaluate_ranking(
@@ -332,17 +346,13 @@ class TransRec(nn.Module):
         all the same). ``ties``/``seed``: the tie rule (`adarec.rec.metrics`; default: a target
         ranks below every item it ties with)."""
         length = max_len or cast(int, self.user_encoder.max_len)
-        table = self.item_table().float()
+        table = self.item_vectors()
         histories = pad_left([h for h, _ in pairs], length).to(table.device)
-
-        def users(idx: Tensor) -> Tensor:
-            with self._inference():
-                return self._scoring(self.user_embeddings(histories[idx.to(table.device)])).float()
-
         return evaluate_full_ranking(
-            users, self._scoring(table), [t for _, t in pairs], [list(h) for h, _ in pairs], ks=ks,
-            batch_size=batch_size, metrics=metrics, exclude_history=exclude_history, ties=ties,
-            seed=seed,
+            lambda idx: self.user_vectors(histories[idx.to(table.device)]), table,
+            [t for _, t in pairs], [list(h) for h, _ in pairs], ks=ks, batch_size=batch_size,
+            metrics=metrics, exclude_history=exclude_history, ties=ties, seed=seed,
+            temperature=self.temperature,
         )
 
     # ------------------------------------------------------------------------ serving
@@ -408,11 +418,13 @@ class TransRec(nn.Module):
         `from_pretrained`), else indices 1..n_items (a LongTensor of padded index histories
         works too; its zeros are padding). The user encoder reads the most recent
         ``max_len`` items, while ``exclude_seen`` removes the **whole** history from the
-        results (plus ``exclude``, e.g. items in a basket). Over the full catalogue the top-k is
-        merged chunk by chunk (`topk_chunked`), so memory stays ``batch_size * item_chunk``
-        scores however many items there are; with ``candidates`` (one list per history, e.g.
-        from a retrieval stage) only those are ranked (re-ranking). Items added with
-        `add_items` are ranked like any other.
+        results (plus ``exclude``, e.g. items in a basket). Scores are those of `score` and
+        `full_sort_scores` (temperature included); exact ties go to the lower item index at any
+        ``item_chunk`` or ``batch_size``. Over the full catalogue the top-k is
+        merged chunk by chunk (`adarec.rec.scoring.topk`), so memory stays
+        ``batch_size * item_chunk`` scores however many items there are; with ``candidates``
+        (one list per history, e.g. from a retrieval stage) only those are ranked
+        (re-ranking). Items added with `add_items` are ranked like any other.
         """
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
@@ -434,21 +446,21 @@ class TransRec(nn.Module):
         cands = ([list(dict.fromkeys(self.item_index(c, unknown))) for c in candidates]
                  if candidates is not None else None)  # a candidate listed twice counts once
         length = cast(int, self.user_encoder.max_len)
-        table = self._scoring(self.item_table().float())
+        table = self.item_vectors()
         scores_out, index_out = [], []
         for start in range(0, len(seqs), batch_size):
             rows = range(start, min(start + batch_size, len(seqs)))
-            with self._inference():
-                user = self._scoring(self.user_embeddings(
-                    pad_left([seqs[r] for r in rows], length).to(table.device)).float())
+            user = self.user_vectors(pad_left([seqs[r] for r in rows], length))
             drop = [[PAD, *(seqs[r] if exclude_seen else []), *(extra[r] if extra else [])]
                     for r in rows]
             excluded = pad_right(drop).to(table.device)
             if cands is None:
-                values, idx = topk_chunked(user, table, min(k, table.size(0)), item_chunk,
-                                           exclude=excluded)
+                values, idx = topk(user, table, min(k, table.size(0)), self.temperature,
+                                   excluded, item_chunk)
             else:
-                values, idx = _topk_of(user, table, [cands[r] for r in rows], excluded, k)
+                values, idx = topk_of_candidates(
+                    user, table, pad_right([cands[r] for r in rows]).to(table.device), k,
+                    self.temperature, excluded)
             idx = idx.masked_fill(values == float("-inf"), PAD)
             scores_out.append(values.cpu())
             index_out.append(idx.cpu())
@@ -591,13 +603,17 @@ class TransRec(nn.Module):
         return self.set_policy(policy) if policy is not None else None
 
     def set_policy(
-        self, name: str, layernorm: bool = True, verbose: bool = False, top: int | None = None
+        self, name: str, tune_layernorm: bool = True, verbose: bool = False,
+        top: int | None = None, layernorm: bool | None = None,
     ) -> ParameterSummary:
-        """Choose what trains; the DTL trains under every policy.
+        """Choose what trains (`adarec.rec.policies`; `register_policy` adds more); the DTL
+        trains under every built-in policy. ``tune_layernorm`` (``layernorm``: its old name)
+        trains the norms from the lowest adapted block up (why the default differs from
+        `AdapterSpec.tune_layernorm`: see `adarec.rec.policies`).
 
         - ``"full"``: everything (base weights, adapters, DTL, user encoder).
         - ``"adapters"`` (the paper's adapter tuning): in each encoder that holds adapters, only
-          its adapters and (with ``layernorm``) its LayerNorms from the lowest adapted block
+          its adapters and (with ``tune_layernorm``) its LayerNorms from the lowest adapted block
           upwards (with adapters everywhere: every block's norms, and SASRec's final norm); an
           encoder without adapters (e.g. a SASRec user encoder learnt from scratch) trains
           fully.
@@ -611,61 +627,16 @@ class TransRec(nn.Module):
 
         Returns the `adarec.parameter_summary` table (logged with ``verbose``).
         """
-        if name not in POLICIES:
-            raise ConfigError(f"policy={name!r} is not one of {list(POLICIES)}")
         if (top is not None) != (name == "top_blocks"):
             raise ConfigError("top=k goes with policy 'top_blocks' (and only with it)")
-        item, user = self.item_encoder, self.user_encoder
-        has_item = bool(adapter_parameters(item)) or _has_decoupled(item)
-        has_user = bool(adapter_parameters(user)) or _has_decoupled(user)
-        if name == "adapters" and not (has_item or has_user):
-            raise ConfigError("policy 'adapters' needs adapters; call inject_adapters first")
-        if name == "item_adapters" and not has_item:
-            raise ConfigError("policy 'item_adapters' needs adapters in the item encoder")
-        if name == "user_adapters" and not has_user:
-            raise ConfigError("policy 'user_adapters' needs adapters in the user encoder")
-        keep: list[str] = []
-        if name == "top_blocks":
-            keep = self._top_block_prefixes(cast(int, top))
-        _set_trainable(self, True)
-        if name == "adapters":
-            for module, has in ((item, has_item), (user, has_user)):
-                if has:
-                    mark_adapters_and_upper_norms_trainable(module, layernorm)
-        elif name == "item_adapters":
-            mark_adapters_and_upper_norms_trainable(item, layernorm)
-        elif name == "user_adapters":
-            _set_trainable(item, False)
-            mark_adapters_and_upper_norms_trainable(user, layernorm)
-        elif name == "frozen":
-            _set_trainable(item, False)
-        elif name == "top_blocks":
-            for pname, p in item.named_parameters():
-                p.requires_grad_(any(pname.startswith(k) for k in keep))
+        if layernorm is not None:  # the old name of the same choice
+            tune_layernorm = layernorm
+        summary = apply_policy(self, name, tune_layernorm, top=top)
         self.policy = name
         self.policy_args = {"top": top} if top is not None else {}
-        summary = parameter_summary(self)
         if verbose:
             logger.info("policy %r:\n%s", name, summary)
         return summary
-
-    def _top_block_prefixes(self, top: int) -> list[str]:
-        """Parameter-name prefixes (relative to the item encoder) of its top ``top`` blocks."""
-        encoder = cast(ItemEncoder, self.item_encoder)
-        models = encoder.hf_models() if hasattr(encoder, "hf_models") else []
-        if not models:
-            raise ConfigError(f"policy 'top_blocks' needs a transformer item encoder; "
-                              f"{type(self.item_encoder).__name__} has none")
-        names = {id(m): n for n, m in self.item_encoder.named_modules()}
-        prefixes = []
-        for model in models:
-            blocks = list(iter_blocks(model))
-            if not 1 <= top <= len(blocks):
-                raise ConfigError(f"top={top}: {type(model).__name__} has {len(blocks)} blocks")
-            root = names[id(model)]
-            prefixes += [f"{root}.{b.stack}.{b.index}." if root else f"{b.stack}.{b.index}."
-                         for b in blocks[-top:]]
-        return prefixes
 
     # ------------------------------------------------------------------------ transfer
     def _item_specific_prefixes(self) -> list[str]:
@@ -694,18 +665,6 @@ class TransRec(nn.Module):
                            "loading a state that has adapters)")
         self.invalidate_cache()
         return list(result.missing_keys)
-
-
-def _topk_of(user: Tensor, table: Tensor, candidates: list[list[int]], excluded: Tensor,
-             k: int) -> tuple[Tensor, Tensor]:
-    """Top-k among each row's own candidates (padding and ``excluded`` ids at ``-inf``)."""
-    cand = pad_right(candidates).to(table.device)  # [B, C], 0-padded
-    scores = torch.einsum("bd,bcd->bc", user, table[cand])
-    ordered = excluded.sort(dim=1).values
-    where = torch.searchsorted(ordered, cand).clamp_(max=ordered.size(1) - 1)
-    scores = scores.masked_fill((ordered.gather(1, where) == cand) | (cand == PAD), float("-inf"))
-    values, pos = scores.topk(min(k, scores.size(1)), dim=1)
-    return values, cand.gather(1, pos)
 
 
 __all__ = ["LOSS_NAMES", "OBJECTIVES", "POLICIES", "Recommendations", "TransRec"]
