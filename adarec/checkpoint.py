@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import warnings
@@ -336,6 +337,36 @@ def _validate(config: dict[str, Any], folder: Path, config_name: str) -> dict[st
 
 
 # ------------------------------------------------------------------------------ fingerprint
+CONFIG_EXEMPT = frozenset({
+    "_name_or_path", "name_or_path", "transformers_version", "_commit_hash", "architectures",
+    "dtype", "torch_dtype", "attn_implementation", "_attn_implementation",
+    "_attn_implementation_internal", "_attn_implementation_autoset", "output_hidden_states",
+    "output_attentions", "return_dict", "use_cache", "initializer_range",
+})
+"""Config fields the base-model fingerprint leaves out: names, paths and versions, the weights'
+dtype (the weight digests check it), output switches, initialisation, and the attention
+implementation (eager / sdpa agree within 1e-5 in float32). Every other field is compared."""
+
+
+def _json_value(value: Any) -> Any:
+    """A config value as JSON holds it (dict keys as strings, tuples as lists, others by repr)."""
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def _config_fields(config: Any) -> dict[str, Any]:
+    to_dict = getattr(config, "to_dict", None)
+    raw = to_dict() if callable(to_dict) else dict(vars(config))
+    return {k: _json_value(v) for k, v in sorted(raw.items()) if k not in CONFIG_EXEMPT}
+
+
 def _hf_configs(model: nn.Module) -> dict[str, dict[str, Any]]:
     """The outermost Hugging Face models inside ``model`` (``""``: the model itself)."""
     out: dict[str, dict[str, Any]] = {}
@@ -351,6 +382,7 @@ def _hf_configs(model: nn.Module) -> dict[str, dict[str, Any]]:
             "model_type": model_type,
             "hidden_size": getattr(config, "hidden_size", None),
             "num_layers": getattr(config, "num_hidden_layers", None),
+            "config": _config_fields(config),
         }
     return out
 
@@ -372,7 +404,10 @@ def fingerprint(model: nn.Module, modules: Sequence[str] = ()) -> dict[str, Any]
     }
 
 
-def _compare_fingerprint(saved: dict[str, Any], model: nn.Module) -> list[str]:
+def compare_fingerprint(saved: dict[str, Any], model: nn.Module) -> list[str]:
+    """Differences between a recorded `fingerprint` and ``model``: class, every non-exempt
+    config field (`CONFIG_EXEMPT`; only the fields it recorded for older checkpoints), patched
+    weight shapes."""
     diffs: list[str] = []
     if saved.get("class") != type(model).__name__:
         diffs.append(f"model class: checkpoint {saved.get('class')}, model {type(model).__name__}")
@@ -388,6 +423,12 @@ def _compare_fingerprint(saved: dict[str, Any], model: nn.Module) -> list[str]:
         diffs += [f"{where} {k}: checkpoint {a.get(k)!r}, model {b.get(k)!r}"
                   for k in ("class", "model_type", "hidden_size", "num_layers")
                   if a.get(k) != b.get(k)]
+        saved_cfg, our_cfg = a.get("config"), b.get("config") or {}
+        if isinstance(saved_cfg, dict):  # older checkpoints recorded the four fields above only
+            diffs += [f"{where} config.{k}: checkpoint {saved_cfg.get(k)!r}, model "
+                      f"{our_cfg.get(k)!r}"
+                      for k in sorted(set(saved_cfg) | set(our_cfg))
+                      if saved_cfg.get(k) != our_cfg.get(k)]
     params = dict(model.named_parameters(remove_duplicate=False))
     for name, shape in (saved.get("patched_weights") or {}).items():
         if name not in params:
@@ -396,6 +437,9 @@ def _compare_fingerprint(saved: dict[str, Any], model: nn.Module) -> list[str]:
             diffs.append(f"patched weight {name}: checkpoint {shape}, model "
                          f"{list(params[name].shape)}")
     return diffs
+
+
+_compare_fingerprint = compare_fingerprint  # the name adarec 0.4 used
 
 
 def _dtype_name(t: torch.Tensor) -> str:
@@ -686,7 +730,7 @@ def _start_load(
     the base weights (refused under ``strict``), refuse merged models and unknown set names to
     activate, inject the recorded sets where absent."""
     config, tensors = _read(path, fmt)
-    result = LoadResult(conflicts=_compare_fingerprint(config["base_model"], model))
+    result = LoadResult(conflicts=compare_fingerprint(config["base_model"], model))
     lines, result.other_base_weights = _compare_base_weights(
         config["base_model"].get("weights") or {}, model)
     if not allow_other_base_weights:
@@ -917,6 +961,7 @@ __all__ = [
     "LoadResult",
     "atomic_folder",
     "checkpoint_info",
+    "compare_fingerprint",
     "load_adapters",
     "load_model_state",
     "save_adapters",

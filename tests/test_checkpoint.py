@@ -142,8 +142,9 @@ def test_json_records_spec_sites_fingerprint_and_hash(saved: tuple[Path, torch.T
     assert info["format"] == "adarec-adapters" and info["format_version"] == ckpt.FORMAT_VERSION
     base = info["base_model"]
     assert base["class"] == "BertModel"
-    assert base["hf_configs"][""] == {"class": "BertModel", "model_type": "bert",
-                                      "hidden_size": 32, "num_layers": 2}
+    assert {k: v for k, v in base["hf_configs"][""].items() if k != "config"} == {
+        "class": "BertModel", "model_type": "bert", "hidden_size": 32, "num_layers": 2}
+    assert base["hf_configs"][""]["config"]["layer_norm_eps"] == 1e-12
     assert base["patched_weights"]["encoder.layer.0.output.dense.weight"] == [32, 64]
     sets = {s["name"]: s for s in info["adapter_sets"]}
     assert AdapterSpec.from_dict(sets["l"]["spec"]).lora_targets == ("q", "v", "ffn_out")
