@@ -114,9 +114,10 @@ def select_users(split: LeaveOneOutSplit, users: Iterable[Hashable]) -> LeaveOne
         raise DataError(f"select_users: {len(missing)} user(s) not in the split, e.g. "
                         f"{next(iter(missing))!r}")
     rows = [i for i, u in enumerate(split.users) if u in wanted]
-    base = {"users": [split.users[i] for i in rows], "train": [split.train[i] for i in rows]}
+    kept_users = [split.users[i] for i in rows]
+    kept_train = [split.train[i] for i in rows]
     if not split.given:
-        return replace(split, **base, valid=[split.valid[i] for i in rows],
+        return replace(split, users=kept_users, train=kept_train, valid=[split.valid[i] for i in rows],
                        test=[split.test[i] for i in rows])
 
     def keyed(pairs: list[Any] | None, owners: list[Hashable] | None, what: str) -> list[Any]:
@@ -128,7 +129,7 @@ def select_users(split: LeaveOneOutSplit, users: Iterable[Hashable]) -> LeaveOne
         return [p for p, u in zip(pairs, owners, strict=True) if u in wanted]
 
     return replace(
-        split, **base,
+        split, users=kept_users, train=kept_train,
         valid=keyed(split.valid, split.valid_users, "valid"),
         test=keyed(split.test, split.test_users, "test"),
         valid_users=[u for u in split.valid_users or [] if u in wanted],
