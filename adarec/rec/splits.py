@@ -117,8 +117,8 @@ def select_users(split: LeaveOneOutSplit, users: Iterable[Hashable]) -> LeaveOne
     kept_users = [split.users[i] for i in rows]
     kept_train = [split.train[i] for i in rows]
     if not split.given:
-        return replace(split, users=kept_users, train=kept_train, valid=[split.valid[i] for i in rows],
-                       test=[split.test[i] for i in rows])
+        return replace(split, users=kept_users, train=kept_train,
+                       valid=[split.valid[i] for i in rows], test=[split.test[i] for i in rows])
 
     def keyed(pairs: list[Any] | None, owners: list[Hashable] | None, what: str) -> list[Any]:
         if pairs is None:
