@@ -66,3 +66,10 @@ def test_empty_training_refused() -> None:
 def test_no_next_item_pair_always_refused(seqs: list[list[int]], sampling: str) -> None:
     with pytest.raises(DataError, match="no training examples"):
         TrainDataset(seqs, max_len=3, sampling=sampling)
+
+
+def test_given_rows_without_user_ids_refused() -> None:
+    split = _given_split([1, 2], [1, 2])
+    split.valid_users = None
+    with pytest.raises(DataError, match="valid rows have no user ids"):
+        select_users(split, [1])
