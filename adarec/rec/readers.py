@@ -16,13 +16,11 @@ import logging
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adarec.errors import DataError, DataFileNotFoundError
+from adarec.rec.data import InteractionData, LeaveOneOutSplit, warn_missing_texts
 from adarec.rec.timestamps import TimestampParser, is_missing
-
-if TYPE_CHECKING:
-    from adarec.rec.data import InteractionData
 
 logger = logging.getLogger(__name__)
 Row = Mapping[str, Any]
@@ -313,8 +311,6 @@ def load_atomic(
 
 def _from_rows(rows: Iterator[tuple[str, Row]], time: str | None, texts: dict[Any, str] | None,
                min_user_interactions: int, name: str) -> InteractionData:
-    from adarec.rec.data import InteractionData
-
     return InteractionData.from_interactions(
         interaction_rows(rows, "user_id", "item_id", time), texts, min_user_interactions, name
     )
@@ -360,8 +356,6 @@ def _reindex_texts(texts: dict[Any, str], mapping: Path, name: str) -> dict[Any,
 
 
 def _presplit(parts: list[Path], texts: dict[Any, str] | None, name: str) -> InteractionData:
-    from adarec.rec.data import InteractionData, LeaveOneOutSplit, warn_missing_texts
-
     missing = [p.name for p in parts if not p.is_file()]
     if missing:
         raise DataFileNotFoundError(f"pre-split data set {name}: {missing} not found beside "
