@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="your items CSV with the item text (--item-key, --text)")
     data.add_argument("--atomic", default=None, metavar="FOLDER",
                       help="RecBole atomic files: NAME.inter (+ NAME.item), or the pre-split "
-                           "NAME.train/valid/test.inter (used as given)")
+                           "NAME.train/valid/test.inter (used as given; UniSRec's NAME.text + "
+                           "NAME.item2index are found and matched)")
     data.add_argument("--atomic-name", default=None, help="NAME in --atomic (if several)")
     data.add_argument("--user-col", default="user_id", help="user column of --interactions")
     data.add_argument("--item-col", default="item_id", help="item column of --interactions")

@@ -48,7 +48,7 @@ from adarec.rec.metrics import (
     tie_counts,
     topk_chunked,
 )
-from adarec.rec.splits import ColdItemSplit, cold_item_split, subsample_users
+from adarec.rec.splits import ColdItemSplit, cold_item_split, select_users, subsample_users
 from adarec.rec.state_cache import HiddenStateCache, state_cache_bytes
 from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, Recommendations, TransRec
 from adarec.rec.user_encoders import SASRec, SASRecBlock
@@ -101,6 +101,7 @@ __all__ = [
     "ranking_metrics",
     "sample_negatives",
     "sampled_softmax_loss",
+    "select_users",
     "state_cache_bytes",
     "subsample_users",
     "target_ranks",

@@ -363,6 +363,9 @@ class TrainExample(NamedTuple):
 SAMPLINGS = ("windows", "prefixes", "last")
 
 
+_FROM_PAIRS: tuple[list[int], ...] = ()  # from_pairs fills the examples itself
+
+
 class TrainDataset(Dataset[TrainExample]):
     """Next-item training examples cut from each user's training sequence.
 
@@ -412,14 +415,20 @@ class TrainDataset(Dataset[TrainExample]):
         for i, seq in enumerate(self.sequences):
             ends = range(len(seq), 1, -step) if step else [len(seq)]
             self.windows.extend((i, end) for end in list(ends)[:max_windows])
+        if not self.windows and train_sequences is not _FROM_PAIRS:
+            raise DataError("no training examples: every training sequence has fewer than 2 "
+                            "items, so there is no next-item pair to learn from")
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[Sequence[int], int]], max_len: int) -> TrainDataset:
         """One example per given ``(history, target)`` row, its loss at the target only (the
         other positions get target 0, which the collator masks): a pre-split training file used
         exactly as written, as RecBole trains on it."""
-        dataset = cls([], max_len)
+        dataset = cls(_FROM_PAIRS, max_len)
         dataset.pairs = [(list(h), int(t)) for h, t in pairs if len(h) >= 1]
+        if not dataset.pairs:
+            raise DataError("no training examples: every given training row has an empty "
+                            "history, so there is no next-item pair to learn from")
         return dataset
 
     @classmethod

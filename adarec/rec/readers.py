@@ -16,13 +16,11 @@ import logging
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adarec.errors import DataError, DataFileNotFoundError
+from adarec.rec.data import InteractionData, LeaveOneOutSplit, warn_missing_texts
 from adarec.rec.timestamps import TimestampParser, is_missing
-
-if TYPE_CHECKING:
-    from adarec.rec.data import InteractionData
 
 logger = logging.getLogger(__name__)
 Row = Mapping[str, Any]
@@ -295,9 +293,16 @@ def load_atomic(
     if not root.is_dir():
         raise DataFileNotFoundError(f"data folder not found: {root}")
     name = _dataset_name(root, name)
-    texts = _atomic_texts(root, name, text, item_file)
     parts = [root / f"{name}.{part}.inter" for part in ("train", "valid", "test")]
-    if any(p.is_file() for p in parts):
+    presplit = any(p.is_file() for p in parts)
+    if (presplit and item_file is None and not (root / f"{name}.item").is_file()
+            and (root / f"{name}.text").is_file()):
+        item_file = f"{name}.text"  # UniSRec's layout: text keyed by the original token
+    texts = _atomic_texts(root, name, text, item_file)
+    if presplit:
+        mapping = root / f"{name}.item2index"
+        if texts is not None and mapping.is_file():
+            texts = _reindex_texts(texts, mapping, name)
         return _presplit(parts, texts, name)
     header, rows = atomic_rows(root / f"{name}.inter", ["user_id", "item_id"])
     time = "timestamp" if "timestamp" in header else None
@@ -306,8 +311,6 @@ def load_atomic(
 
 def _from_rows(rows: Iterator[tuple[str, Row]], time: str | None, texts: dict[Any, str] | None,
                min_user_interactions: int, name: str) -> InteractionData:
-    from adarec.rec.data import InteractionData
-
     return InteractionData.from_interactions(
         interaction_rows(rows, "user_id", "item_id", time), texts, min_user_interactions, name
     )
@@ -331,9 +334,28 @@ def _atomic_texts(root: Path, name: str, text: str | None,
     return item_texts(rows, "item_id", text)
 
 
-def _presplit(parts: list[Path], texts: dict[Any, str] | None, name: str) -> InteractionData:
-    from adarec.rec.data import InteractionData, LeaveOneOutSplit, warn_missing_texts
+def _reindex_texts(texts: dict[Any, str], mapping: Path, name: str) -> dict[Any, str]:
+    """Texts keyed by original token -> keyed by the index the .inter files use, through
+    UniSRec's ``NAME.item2index`` (``token<TAB>index`` lines): without it a numeric token
+    would take the text of the item whose *index* it equals."""
+    out: dict[Any, str] = {}
+    with mapping.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            fields = line.rstrip("\n").split("\t")
+            if not line.strip():
+                continue
+            if len(fields) != 2 or not fields[1].strip().isdigit():
+                if n == 1:
+                    continue  # a header line
+                raise DataError(f"{mapping}:{n}: expected 'token<TAB>index', got {line!r}")
+            token, index = fields[0].strip(), fields[1].strip()
+            if token in texts:
+                out[index] = texts[token]
+    logger.info("%s: %s maps %d texts onto item indices", name, mapping.name, len(out))
+    return out
 
+
+def _presplit(parts: list[Path], texts: dict[Any, str] | None, name: str) -> InteractionData:
     missing = [p.name for p in parts if not p.is_file()]
     if missing:
         raise DataFileNotFoundError(f"pre-split data set {name}: {missing} not found beside "
@@ -374,6 +396,14 @@ def _presplit(parts: list[Path], texts: dict[Any, str] | None, name: str) -> Int
     item_texts_list = [""] * (len(tokens) + 1)
     if texts is not None:
         item_texts_list[1:] = [texts.get(t, "") for t in tokens]
+        matched = sum(t in texts for t in tokens)
+        if matched == 0:
+            raise DataError(f"{name}: no item of the .inter files has a text ({len(texts)} texts"
+                            f" read, keys e.g. {next(iter(texts), None)!r}, items e.g. "
+                            f"{tokens[0] if tokens else None!r}); check the item file and "
+                            f"{name}.item2index")
+        logger.info("%s: %d of %d items got a text, %d did not", name, matched, len(tokens),
+                    len(tokens) - matched)
         warn_missing_texts(item_texts_list, tokens, name)
     data = InteractionData(
         sequences=sequences, n_items=len(tokens), item_ids=[None, *tokens],

@@ -6,8 +6,9 @@ the same targets and histories and differs only in what training may see.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -89,7 +90,8 @@ def cold_item_split(
 
 def subsample_users(split: LeaveOneOutSplit, fraction: float, seed: int = 0) -> LeaveOneOutSplit:
     """A seeded ``fraction`` of the users (at least one), with all of their data: the
-    "small target data" setting. Users keep their order in ``split``."""
+    "small target data" setting. Users keep their order in ``split``; a split given with the
+    data keeps its rows by user id (`select_users`), training pairs included."""
     if not 0.0 < fraction <= 1.0:
         raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
     n = len(split.users)
@@ -97,17 +99,46 @@ def subsample_users(split: LeaveOneOutSplit, fraction: float, seed: int = 0) -> 
         raise DataError("the split has no users")
     g = torch.Generator().manual_seed(seed)
     keep = sorted(torch.randperm(n, generator=g)[: max(1, round(fraction * n))].tolist())
-    return _select(split, keep)
+    return select_users(split, [split.users[i] for i in keep])
 
 
-def _select(split: LeaveOneOutSplit, rows: Iterable[int]) -> LeaveOneOutSplit:
-    rows = list(rows)
-    return LeaveOneOutSplit(
-        users=[split.users[i] for i in rows],
-        train=[split.train[i] for i in rows],
-        valid=[split.valid[i] for i in rows],
-        test=[split.test[i] for i in rows],
+def select_users(split: LeaveOneOutSplit, users: Iterable[Hashable]) -> LeaveOneOutSplit:
+    """The split restricted to the given user **ids** (values of ``split.users``, not
+    positions), every field kept: users stay in ``split``'s order, and a split given with the
+    data keeps each user's own valid/test/training rows, matched by the user id stored beside
+    each row (never by position, since the files may list users in another order). An id not
+    in the split is a `DataError`: a silently smaller subset would be a wrong answer."""
+    wanted = set(users)
+    missing = wanted.difference(split.users)
+    if missing:
+        raise DataError(f"select_users: {len(missing)} user(s) not in the split, e.g. "
+                        f"{next(iter(missing))!r}")
+    rows = [i for i, u in enumerate(split.users) if u in wanted]
+    kept_users = [split.users[i] for i in rows]
+    kept_train = [split.train[i] for i in rows]
+    if not split.given:
+        return replace(split, users=kept_users, train=kept_train,
+                       valid=[split.valid[i] for i in rows], test=[split.test[i] for i in rows])
+
+    def keyed(pairs: list[Any] | None, owners: list[Hashable] | None, what: str) -> list[Any]:
+        if pairs is None:
+            return []
+        if owners is None or len(owners) != len(pairs):
+            raise DataError(f"select_users: the given split's {what} rows have no user ids "
+                            "beside them, so they cannot be matched to users")
+        return [p for p, u in zip(pairs, owners, strict=True) if u in wanted]
+
+    return replace(
+        split, users=kept_users, train=kept_train,
+        valid=keyed(split.valid, split.valid_users, "valid"),
+        test=keyed(split.test, split.test_users, "test"),
+        valid_users=[u for u in split.valid_users or [] if u in wanted],
+        test_users=[u for u in split.test_users or [] if u in wanted],
+        train_pairs=(None if split.train_pairs is None
+                     else keyed(split.train_pairs, split.train_pair_users, "training")),
+        train_pair_users=(None if split.train_pair_users is None
+                          else [u for u in split.train_pair_users if u in wanted]),
     )
 
 
-__all__ = ["ColdItemSplit", "cold_item_split", "subsample_users"]
+__all__ = ["ColdItemSplit", "cold_item_split", "select_users", "subsample_users"]
