@@ -3,6 +3,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from torch import nn
 
@@ -64,3 +66,77 @@ def test_restore_refuses_a_changed_model() -> None:
     stopper.step(1.0, _model())
     with pytest.raises(KeyError, match="no tensor"):
         stopper.restore(nn.Linear(3, 1))
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    model(torch.randn(4, 3)).pow(2).sum().backward()
+    optimizer.step()
+
+
+def test_a_parameter_frozen_at_the_best_step_and_unfrozen_later_is_restored() -> None:
+    """Staged schedule: 'frozen' until the best step, then everything trains; restore must give
+    back the model of the best step, the weight that was frozen then included."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    _train_step(model, optimizer)
+    stopper = EarlyStopping(patience=None)
+    assert stopper.step(1.0, model)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    model[0].weight.requires_grad_(True)  # unfrozen after the best step
+    for _ in range(3):
+        _train_step(model, optimizer)
+    assert not torch.equal(model[0].weight, best["0.weight"])
+    assert not stopper.step(0.5, model)
+    stopper.restore(model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best[k]), k
+
+
+def test_a_frozen_parameter_written_outside_an_optimizer_is_refused_or_copied() -> None:
+    model = _model()
+    stopper = EarlyStopping()
+    stopper.step(1.0, model)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    with pytest.raises(KeyError, match=r"frozen at the best step.*copy_frozen=True"):
+        stopper.restore(model)
+    model = _model()
+    best = model[0].weight.clone()
+    stopper = EarlyStopping(copy_frozen=True)
+    stopper.step(1.0, model)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    stopper.restore(model)
+    assert torch.equal(model[0].weight, best)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sets(st.integers(0, 5)), st.integers(0, 2), st.floats(0, 1)),
+                min_size=1, max_size=6))
+def test_restore_gives_back_the_best_model_under_any_freeze_schedule(
+    schedule: list[tuple[set[int], int, float]],
+) -> None:
+    """Each epoch: choose which of the 6 parameter tensors train, take 0-2 optimiser steps
+    (BatchNorm buffers move too), evaluate; restore must equal the state at the best value."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Linear(3, 1))
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    stopper = EarlyStopping(patience=None)
+    best: dict[str, torch.Tensor] | None = None
+    for trainable, steps, value in schedule:
+        for i, p in enumerate(params):
+            p.requires_grad_(i in trainable)
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            out = model(torch.randn(4, 3))
+            if out.requires_grad:
+                out.pow(2).sum().backward()
+            optimizer.step()
+        if stopper.step(value, model):
+            best = {k: v.clone() for k, v in model.state_dict().items()}
+    assert best is not None
+    stopper.restore(model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best[k]), k
