@@ -82,6 +82,7 @@ from .registry import (
 from .sites import Plan, Site
 from .spec import PRESETS, AdapterSpec, SpecField, as_spec, register_preset
 from .stacks import StackInfo
+from .training_state import load_training_state, save_training_state
 from .version import __version__
 
 __all__ = [
@@ -136,6 +137,7 @@ __all__ = [
     "iter_adapters",
     "load_adapters",
     "load_model_state",
+    "load_training_state",
     "mark_adapters_and_upper_norms_trainable",
     "mark_only_adapters_trainable",
     "mark_only_biases_trainable",
@@ -153,6 +155,7 @@ __all__ = [
     "restore_requires_grad",
     "save_adapters",
     "save_model_state",
+    "save_training_state",
     "set_active_adapters",
     "setup_logging",
     "trainable_parameters",

@@ -145,6 +145,7 @@ def load_data(args: argparse.Namespace) -> tuple[InteractionData, LeaveOneOutSpl
     """The data set the options name, and its split (given with the data, or leave-one-out)."""
     from adarec.rec.data import InteractionData, leave_one_out
     from adarec.rec.datasets import load_atomic, load_movielens_100k
+    from adarec.rec.splits import select_users
 
     if args.interactions:
         data = InteractionData.from_csv(
@@ -159,29 +160,8 @@ def load_data(args: argparse.Namespace) -> tuple[InteractionData, LeaveOneOutSpl
         data = load_movielens_100k(args.data, args.min_user_interactions)
     split = leave_one_out(data, skip_short=True)
     if args.max_users:
-        split = first_users(split, args.max_users)
+        split = select_users(split, split.users[: args.max_users])
     return data, split
-
-
-def first_users(split: LeaveOneOutSplit, n: int) -> LeaveOneOutSplit:
-    """The split restricted to its first ``n`` users (item indices unchanged)."""
-    from dataclasses import replace
-
-    keep = set(split.users[:n])
-    if not split.given:
-        return replace(split, users=split.users[:n], train=split.train[:n], valid=split.valid[:n],
-                       test=split.test[:n])
-
-    def rows(pairs: list[Any], users: list[Any] | None) -> list[Any]:
-        return [p for p, u in zip(pairs, users or [], strict=True) if u in keep]
-
-    return replace(split, users=split.users[:n], train=split.train[:n],
-                   valid=rows(split.valid, split.valid_users),
-                   test=rows(split.test, split.test_users),
-                   valid_users=[u for u in split.valid_users or [] if u in keep],
-                   test_users=[u for u in split.test_users or [] if u in keep],
-                   train_pairs=rows(split.train_pairs or [], split.train_pair_users),
-                   train_pair_users=[u for u in split.train_pair_users or [] if u in keep])
 
 
 def default_encoder() -> str:
