@@ -272,8 +272,10 @@ class TextItemEncoder(SideEncoding, nn.Module):
         return None  # fully frozen: a PrecomputedItemEncoder is the better tool
 
     def invalidate_cache(self) -> None:
-        """Drop the frozen-prefix cache (needed only after writes through ``.data``)."""
+        """Drop every cache it owns, the frozen-prefix cache and the side network's hidden-state
+        cache (needed only after writes through ``.data``, which no version counter sees)."""
         self._prefix, self._prefix_key = None, None
+        self.invalidate_state_cache()
 
     def _cached_start(self) -> tuple[nn.ModuleList, int] | None:
         split = self._split()

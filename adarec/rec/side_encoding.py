@@ -242,5 +242,9 @@ class SideEncoding:
         """Drop the hidden-state cache (it is also rebuilt by itself when the backbone changes)."""
         self._state_cache = None
 
+    def invalidate_cache(self) -> None:
+        """Drop every cache this encoder owns (what `TransRec.invalidate_cache` calls)."""
+        self.invalidate_state_cache()
+
 
 __all__ = ["SideEncoding", "eval_flags"]

@@ -278,3 +278,23 @@ def test_save_pretrained_round_trip(tmp_path: torch.types.FileLike) -> None:
     assert [s.set_name for s in side_networks(back.item_encoder.model)] == ["default"]
     torch.testing.assert_close(back.full_sort_scores(ids), model.full_sort_scores(ids),
                                atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("encoder", ["text", "image", "multimodal"])
+def test_invalidate_cache_drops_the_hidden_state_cache_after_data_writes(encoder: str) -> None:
+    """The documented call after a ``.data`` write dropped the item table and the prefix cache
+    but not the side network's hidden-state cache: the old states kept being served."""
+    model = model_with_side(True, encoder=encoder, loss="sampled_softmax")
+    model.eval()
+    before = model.item_table().clone()
+    backbones = [m for m in model.item_encoder.modules() if isinstance(m, tf.PreTrainedModel)]
+    for hf in backbones:  # a write no version counter sees
+        for p in hf.parameters():
+            p.data.mul_(1.5)
+    model.invalidate_cache()
+    after = model.item_table()
+    ref = model_with_side(False, encoder=encoder, loss="sampled_softmax")
+    ref.load_state_dict(model.state_dict())
+    ref.eval()
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, ref.item_table(), atol=1e-5, rtol=1e-4)
