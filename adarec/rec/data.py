@@ -554,6 +554,17 @@ class EvalCollator:
         }
 
 
+def right_align(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Token rows with their real tokens first (order kept) and padding after, whatever side the
+    tokenizer padded on: pooling, truncation to the longest row and positions all read tokens
+    from the left, so a left-padded table (many decoder tokenizers) would pool padding."""
+    real = attention_mask.bool()
+    if not bool((real[:, 1:] & ~real[:, :-1]).any()):  # already right-padded
+        return input_ids, attention_mask
+    order = (~real).to(torch.uint8).sort(dim=1, stable=True).indices
+    return input_ids.gather(1, order), attention_mask.gather(1, order)
+
+
 def tokenize_item_texts(
     texts: Sequence[str], tokenizer: Any, max_length: int = 30
 ) -> dict[str, Tensor]:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from adarec.adapters.side import SideBlock
 from adarec.errors import AdapterStateError, ConfigError, DataError
 from adarec.layouts import iter_blocks
+from adarec.rec.data import right_align
 from adarec.rec.side_encoding import SideEncoding
 from adarec.rec.state_cache import HiddenStateCache
 from adarec.state_key import StateKey, autocast_state
@@ -109,6 +110,7 @@ class TextItemEncoder(SideEncoding, nn.Module):
                 f"input_ids {tuple(input_ids.shape)} and attention_mask "
                 f"{tuple(attention_mask.shape)} must both be [n_items + 1, T]"
             )
+        input_ids, attention_mask = right_align(input_ids, attention_mask)
         self.model = hf_model
         self.pooling = _check_pooling(pooling)
         self.chunk_size = chunk_size
@@ -180,8 +182,8 @@ class TextItemEncoder(SideEncoding, nn.Module):
             return
         enc = tokenizer(list(texts), padding="max_length", truncation=True,
                         max_length=self.input_ids.size(1), return_tensors="pt")
-        ids = enc["input_ids"].to(self.input_ids)
-        mask = enc["attention_mask"].to(self.attention_mask)
+        ids, mask = right_align(enc["input_ids"].to(self.input_ids),
+                                enc["attention_mask"].to(self.attention_mask))
         self.input_ids = torch.cat([self.input_ids, ids])
         self.attention_mask = torch.cat([self.attention_mask, mask])
         self.lengths = self.attention_mask.sum(1)
