@@ -565,6 +565,19 @@ def right_align(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tens
     return input_ids.gather(1, order), attention_mask.gather(1, order)
 
 
+def refuse_identical_items(features: Tensor, what: str) -> None:
+    """Refuse an item feature table ``[n_items + 1, ...]`` whose real items (rows 1..) are all
+    the same (e.g. every text empty because the text file was not matched): a content encoder
+    would give every item one vector, all items would tie, and training would run to a "best
+    epoch" that ranks nothing. ID models are not affected."""
+    items = features[1:].reshape(features.size(0) - 1, -1)
+    if items.size(0) >= 2 and bool((items == items[:1]).all()):
+        raise DataError(
+            f"all {items.size(0)} items have the same {what} (e.g. every text empty because the "
+            "item file was not matched): their embeddings would all be equal and tie; check the "
+            "item table and its id column, or use an ID item encoder")
+
+
 def tokenize_item_texts(
     texts: Sequence[str], tokenizer: Any, max_length: int = 30
 ) -> dict[str, Tensor]:

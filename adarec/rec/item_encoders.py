@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from adarec.adapters.side import SideBlock
 from adarec.errors import AdapterStateError, ConfigError, DataError
 from adarec.layouts import iter_blocks
-from adarec.rec.data import right_align
+from adarec.rec.data import refuse_identical_items, right_align
 from adarec.rec.side_encoding import SideEncoding
 from adarec.rec.state_cache import HiddenStateCache
 from adarec.state_key import StateKey, autocast_state
@@ -111,6 +111,7 @@ class TextItemEncoder(SideEncoding, nn.Module):
                 f"{tuple(attention_mask.shape)} must both be [n_items + 1, T]"
             )
         input_ids, attention_mask = right_align(input_ids, attention_mask)
+        refuse_identical_items(input_ids * attention_mask, "tokens")
         self.model = hf_model
         self.pooling = _check_pooling(pooling)
         self.chunk_size = chunk_size
@@ -414,6 +415,7 @@ class ImageItemEncoder(SideEncoding, nn.Module):
         if pixel_values.dim() != 4:
             raise DataError(f"pixel_values must be [n_items + 1, C, H, W], got "
                              f"{tuple(pixel_values.shape)}")
+        refuse_identical_items(pixel_values, "pixels")
         self.model = hf_vision_model
         self.pooling = _check_pooling(pooling)
         self.chunk_size = chunk_size

@@ -78,7 +78,8 @@ def test_text_encoder_refuses_a_table_without_the_padding_row() -> None:
     class Tok:
         def __call__(self, texts, **kw):
             n = kw["max_length"]
-            return {"input_ids": torch.ones(len(texts), n, dtype=torch.long),
+            ids = torch.arange(1, len(texts) + 1).unsqueeze(1).expand(-1, n)  # distinct items
+            return {"input_ids": ids.contiguous(),
                     "attention_mask": torch.ones(len(texts), n, dtype=torch.long)}
 
     with pytest.raises(DataError, match="from_item_texts"):
