@@ -211,6 +211,16 @@ def _chunk_top(scores: Tensor, k: int, start: int) -> Tensor:
 
 
 @torch.no_grad()
+def score_candidates(users: Tensor, items: Tensor, candidates: Tensor,
+                     temperature: float = 1.0) -> Tensor:
+    """Scores ``[B, C]`` of each row's ``candidates`` (item indices into ``items``), computed as
+    `score_block` computes them (over the union of the lists, then gathered)."""
+    union, column = torch.unique(candidates, return_inverse=True)
+    flat = score_block(users, items[union], temperature)
+    return flat.gather(1, column.view(users.size(0), -1)).view(candidates.shape)
+
+
+@torch.no_grad()
 def topk_of_candidates(users: Tensor, items: Tensor, candidates: Tensor, k: int,
                        temperature: float = 1.0, exclude: Tensor | None = None
                        ) -> tuple[Tensor, Tensor]:
@@ -218,8 +228,8 @@ def topk_of_candidates(users: Tensor, items: Tensor, candidates: Tensor, k: int,
     be of different lengths), scored exactly as `topk` scores them; excluded ids, padding and
     repeated ids score once at most. Returns ``(scores, indices)`` ``[B, min(k, C)]``."""
     users, items = users.float(), items.float()
-    union, column = torch.unique(candidates, return_inverse=True)
-    scores = score_block(users, items[union], temperature).gather(1, column)
+    union = torch.unique(candidates)
+    scores = score_candidates(users, items, candidates, temperature)
     drop = candidates == 0
     if exclude is not None and exclude.numel():
         ordered = exclude.sort(dim=1).values
@@ -247,6 +257,7 @@ __all__ = [
     "order_keys",
     "prepare",
     "score_block",
+    "score_candidates",
     "score_dtype",
     "topk",
     "topk_of_candidates",

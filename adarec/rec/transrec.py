@@ -59,6 +59,7 @@ from adarec.rec.scoring import (
     check_finite,
     in_user_tiles,
     score_block,
+    score_candidates,
     topk,
     topk_of_candidates,
 )
@@ -277,11 +278,9 @@ class TransRec(nn.Module):
         """Scores ``[B, C]`` of candidates ``[B, C]`` (divided by ``temperature``). Without
         gradients these are the floats of every inference path (`adarec.rec.scoring`)."""
         if not torch.is_grad_enabled():
-            users = self.user_vectors(history_ids)
             table = self.item_vectors()
-            union, column = torch.unique(candidate_ids.to(table.device), return_inverse=True)
-            flat = score_block(users, table[union], self.temperature)
-            return flat.gather(1, column.view(users.size(0), -1)).view(candidate_ids.shape)
+            return score_candidates(self.user_vectors(history_ids), table,
+                                    candidate_ids.to(table.device), self.temperature)
         user = self._scoring(self.user_embeddings(history_ids))
         items = self._scoring(self.item_embeddings(candidate_ids))
         return torch.einsum("bd,bcd->bc", user, items) / self.temperature
