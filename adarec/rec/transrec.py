@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adarec.errors import (
@@ -55,9 +54,10 @@ from adarec.rec.losses import (
 from adarec.rec.metrics import METRICS, Ties, evaluate_full_ranking
 from adarec.rec.policies import apply_policy, policy_names
 from adarec.rec.scoring import (
-    SIMILARITIES,
     check_finite,
+    check_similarity,
     in_user_tiles,
+    prepare,
     score_block,
     score_candidates,
     topk,
@@ -137,10 +137,7 @@ class TransRec(nn.Module):
         if num_negatives < (0 if loss == "sampled_softmax" else 1):
             raise ConfigError(f"num_negatives={num_negatives} is too small for loss={loss!r} "
                               "(0, in-batch negatives only, needs loss='sampled_softmax')")
-        if similarity not in SIMILARITIES:
-            raise ConfigError(f"similarity={similarity!r} is not one of {list(SIMILARITIES)}")
-        if temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {temperature}")
+        check_similarity(similarity, temperature)
         if user_encoder is not None:
             user_dim = int(cast(Any, user_encoder).dim)
         item_dim = int(cast(ItemEncoder, item_encoder).dim)
@@ -195,7 +192,7 @@ class TransRec(nn.Module):
 
     def _scoring(self, x: Tensor) -> Tensor:
         """User or item vectors as they enter a score (L2-normalised for cosine)."""
-        return F.normalize(x, dim=-1) if self.similarity == "cosine" else x
+        return prepare(x, self.similarity)
 
     def item_embeddings(self, ids: Tensor) -> Tensor:
         """``ids`` of any shape -> ``[*ids.shape, dim]`` (from the cached table when it is
