@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers as tf
 
@@ -36,3 +38,22 @@ def text_model(seed: int = 0, **kw: object) -> TransRec:
 def batch(k: int = 2, seqs: list[list[int]] = SEQS) -> dict[str, torch.Tensor]:
     ds = TrainDataset(seqs, L)
     return TrainCollator(N_ITEMS, L, k, seed=0)([ds[i] for i in range(len(ds))])
+
+
+def resign(folder: Path) -> None:
+    """Bind a hand-edited ``transrec_config.json`` into its weights file again: the folder a
+    writer of those settings would have written (for tests that simulate other versions)."""
+    import json
+
+    import safetensors.torch
+
+    from adarec.checkpoint import CONFIG_DIGEST, config_digest, write_weights
+
+    file = folder / "transrec_config.json"
+    config = json.loads(file.read_text())
+    tensors = safetensors.torch.load_file(str(folder / "model.safetensors"))
+    config.pop("weights", None)
+    (folder / "model.safetensors").unlink()
+    config["weights"] = write_weights(folder, "model.safetensors", tensors,
+                                      {CONFIG_DIGEST: config_digest(config)})
+    file.write_text(json.dumps(config))

@@ -17,12 +17,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adarec.errors import ConfigError, DataError
+from adarec.rec.kinds import PartSource, register_kind
 
 ADAPTORS = ("linear", "moe", "none")
 FUSIONS = ("add", "gate")
@@ -33,6 +35,7 @@ def dtl(in_dim: int, out_dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU())
 
 
+@register_kind("whitening_moe")
 class WhiteningMoEAdaptor(nn.Module):
     """``sum_k g_k(x) (drop(x) - b_k) W_k`` with ``g = softmax(x W_g + noise)``: UniSRec's
     MoE-enhanced adaptor. Shifts start at 0, projections at N(0, 0.02²) as in the paper's
@@ -57,6 +60,15 @@ class WhiteningMoEAdaptor(nn.Module):
         self.proj = nn.Parameter(torch.randn(n_experts, in_dim, out_dim) * 0.02)
         self.gate = nn.Parameter(torch.zeros(in_dim, n_experts))
         self.noise = nn.Parameter(torch.zeros(in_dim, n_experts))
+
+    def to_config(self) -> dict[str, Any]:
+        n, d_in, d_out = self.proj.shape
+        return {"in_dim": d_in, "out_dim": d_out, "n_experts": n,
+                "dropout": float(self.dropout.p), "noisy_gating": self.noisy_gating}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], source: PartSource) -> WhiteningMoEAdaptor:
+        return cls(**config)
 
     def gates(self, x: Tensor) -> Tensor:
         """Expert weights ``[N, n_experts]`` (noisy while training)."""

@@ -12,12 +12,15 @@ residual stream an exact identity path, so zero-initialised adapters leave the o
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adarec.errors import ConfigError
 from adarec.layouts import Layout, register_layout
+from adarec.rec.kinds import PartSource, register_kind
 
 
 class SelfAttention(nn.Module):
@@ -77,6 +80,7 @@ class SASRecBlock(nn.Module):
         return x + self.dropout(self.ffn(self.ln2(x)))
 
 
+@register_kind("sasrec")
 class SASRec(nn.Module):
     """Causal transformer over a left-padded item-embedding sequence: ``[B, L, d] -> [B, L, d]``.
 
@@ -107,6 +111,16 @@ class SASRec(nn.Module):
         )
         self.final_ln = nn.LayerNorm(dim)
         self.apply(_init_weights)
+
+    def to_config(self) -> dict[str, Any]:
+        block = cast(Any, self.blocks[0])
+        return {"dim": self.dim, "n_layers": len(self.blocks), "n_heads": block.attn.n_heads,
+                "ffn_dim": block.ffn.fc1.out_features, "max_len": self.max_len,
+                "dropout": float(self.dropout.p)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], source: PartSource) -> SASRec:
+        return cls(**config)
 
     def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
         """``item_emb`` [B, L, d] and ``mask`` [B, L] (True on real items, left padding)."""

@@ -235,7 +235,7 @@ def test_invalidate_cache_drops_both_caches() -> None:
     with torch.no_grad():
         hf.embeddings.word_embeddings.weight.data.mul_(2.0)  # invisible to _version
     model.invalidate_cache()
-    assert model._table is None and model.item_encoder._prefix is None
+    assert model._items.table is None and model.item_encoder._prefix is None
     assert_coherent(model)
     assert_prefix_coherent(model)
 

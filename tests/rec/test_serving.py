@@ -167,7 +167,7 @@ def test_save_pretrained_rebuilds_in_a_fresh_process(model: TransRec, tmp_path: 
 def test_from_pretrained_with_a_passed_base(model: TransRec, tmp_path: Path) -> None:
     model.save_pretrained(tmp_path / "ckpt")  # base weights left out
     config = json.loads((tmp_path / "ckpt" / "transrec_config.json").read_text())
-    assert config["item_encoder"]["base"]["left_out"] > 0
+    assert config["bases"]["item_encoder.model"]["left_out"] > 0
     names = set(config["tensors"])
     assert not any("word_embeddings" in n for n in names) and any(".adarec_adapters." in n
                                                                   for n in names)
@@ -262,6 +262,7 @@ def test_a_checkpoint_with_a_boolean_dtl_still_loads(model: TransRec, tmp_path: 
         del config["transrec"][key]
     config["transrec"]["dtl"] = True
     file.write_text(json.dumps(config))
+    helpers.resign(tmp_path / "ckpt")
     loaded = TransRec.from_pretrained(tmp_path / "ckpt")
     assert loaded.dtl_kind == "linear" and loaded.similarity == "dot"
     hist = torch.tensor([[0, 0, 1, 2, 3]])
@@ -272,6 +273,6 @@ def test_a_custom_dtl_module_is_refused_by_save_pretrained(tmp_path: Path) -> No
     base = helpers.text_model(seed=0)
     model = TransRec(base.item_encoder, user_dim=16, max_len=5,
                      dtl=torch.nn.Linear(base.item_encoder.dim, 16))
-    with pytest.raises(ConfigError, match="module passed as it is"):
+    with pytest.raises(ConfigError, match="Linear, which is not a registered part kind"):
         model.save_pretrained(tmp_path / "ckpt")
     assert not (tmp_path / "ckpt").exists()

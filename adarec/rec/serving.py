@@ -1,0 +1,174 @@
+"""Serving a TransRec-style model: raw item ids in and out (`set_item_map`, `item_index`),
+top-k per history (`recommend`) and items the model never trained on (`add_items`).
+
+Scores are those of `adarec.rec.inference` (the floats `score` and `full_sort_scores` give,
+temperature included); exact ties go to the lower item index at any chunk or batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adarec.errors import ConfigError, DataError, UnknownItemError
+from adarec.rec.data import PAD, pad_left, pad_right
+from adarec.rec.inference import item_vectors, user_vectors
+from adarec.rec.scoring import topk, topk_of_candidates
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Recommendations:
+    """Top-k of each history, best first: ``items`` as raw ids when the model has an item map
+    (else indices), ``scores`` ``[B, k]`` and ``indices`` ``[B, k]``. A row with fewer than k
+    rankable items is shorter in ``items`` and padded with index 0 / score ``-inf``."""
+
+    items: list[list[Hashable]]
+    scores: Tensor
+    indices: Tensor
+
+
+def set_item_map(model: Any, item_ids: Sequence[Hashable | None],
+                 item_texts: Sequence[str] | None = None) -> None:
+    """Give each index its raw item id (``item_ids[0]`` is the padding item) and optionally
+    its text; both travel with `save_pretrained`, and `recommend` then speaks raw ids."""
+    ids = list(item_ids)
+    if len(ids) != model.n_items + 1:
+        raise ConfigError(f"item_ids has {len(ids)} entries; the model has n_items + 1 = "
+                          f"{model.n_items + 1} (index 0 is the padding item)")
+    index: dict[Hashable, int] = {}
+    for i, raw in enumerate(ids[1:], 1):
+        if raw in index:
+            raise DataError(f"raw item id {raw!r} appears twice (indices {index[raw]}, {i})")
+        index[raw] = i
+    if item_texts is not None and len(item_texts) != len(ids):
+        raise ConfigError(f"item_texts has {len(item_texts)} entries, item_ids {len(ids)}")
+    model.item_ids, model._index = [None, *ids[1:]], index
+    model.item_texts = None if item_texts is None else list(item_texts)
+
+
+def item_index(model: Any, items: Sequence[Hashable], unknown: str = "raise") -> list[int]:
+    """Indices of raw ids (with an item map) or checked indices (without one).
+
+    ``unknown="raise"`` refuses ids the model does not know with `UnknownItemError` naming
+    them; ``"skip"`` leaves them out (counted in the log)."""
+    if unknown not in ("raise", "skip"):
+        raise ConfigError(f"unknown={unknown!r} is not 'raise' or 'skip'")
+    n = model.n_items
+    if model.item_ids is not None:
+        out = [model._index.get(raw, -1) for raw in items]
+    else:
+        out = [int(i) if isinstance(i, Integral) and not isinstance(i, bool)
+               and 1 <= int(i) <= n else -1 for i in items]
+    bad = [raw for raw, i in zip(items, out, strict=True) if i < 0]
+    if bad and unknown == "raise":
+        what = "raw item ids" if model.item_ids is not None else (
+            f"item indices (no item map: expected ints in 1..{n}; call set_item_map to use "
+            "raw ids)")
+        raise UnknownItemError(f"{len(bad)} unknown {what}: {bad[:5]} (pass unknown='skip' "
+                               "to leave them out, or add_items to add new ones)")
+    if bad:
+        logger.info("skipped %d unknown item(s), e.g. %s", len(bad), bad[:3])
+    return [i for i in out if i >= 0]
+
+
+@torch.no_grad()
+def recommend(
+    model: Any,
+    histories: Sequence[Sequence[Hashable]] | Tensor,
+    k: int = 10,
+    exclude_seen: bool = True,
+    exclude: Sequence[Sequence[Hashable]] | None = None,
+    candidates: Sequence[Sequence[Hashable]] | None = None,
+    unknown: str = "raise",
+    batch_size: int = 256,
+    item_chunk: int = 65536,
+) -> Recommendations:
+    """Top-``k`` items for each history (see `TransRec.recommend`)."""
+    if k < 1:
+        raise ConfigError(f"k must be >= 1, got {k}")
+    if isinstance(histories, Tensor):
+        if model.item_ids is not None:
+            raise ConfigError("a tensor of indices cannot be read as raw ids; pass lists of "
+                              "raw ids (the model has an item map)")
+        histories = [[i for i in row if i != PAD] for row in histories.tolist()]
+    if candidates is not None and len(candidates) != len(histories):
+        raise ConfigError(f"{len(candidates)} candidate lists for {len(histories)} histories")
+    if exclude is not None and len(exclude) != len(histories):
+        raise ConfigError(f"{len(exclude)} exclude lists for {len(histories)} histories")
+    seqs = [item_index(model, h, unknown) for h in histories]
+    empty = [i for i, h in enumerate(seqs) if not h]
+    if empty:
+        raise DataError(f"histories {empty[:5]} hold no known item; a sequential model needs "
+                        "at least one (serve such users from a fallback, e.g. popularity)")
+    extra = [item_index(model, e, "skip") for e in exclude] if exclude is not None else None
+    cands = ([list(dict.fromkeys(item_index(model, c, unknown))) for c in candidates]
+             if candidates is not None else None)  # a candidate listed twice counts once
+    length = int(model.user_encoder.max_len)
+    table = item_vectors(model)
+    scores_out, index_out = [], []
+    for start in range(0, len(seqs), batch_size):
+        rows = range(start, min(start + batch_size, len(seqs)))
+        user = user_vectors(model, pad_left([seqs[r] for r in rows], length))
+        drop = [[PAD, *(seqs[r] if exclude_seen else []), *(extra[r] if extra else [])]
+                for r in rows]
+        excluded = pad_right(drop).to(table.device)
+        if cands is None:
+            values, idx = topk(user, table, min(k, table.size(0)), model.temperature,
+                               excluded, item_chunk)
+        else:
+            values, idx = topk_of_candidates(
+                user, table, pad_right([cands[r] for r in rows]).to(table.device), k,
+                model.temperature, excluded)
+        idx = idx.masked_fill(values == float("-inf"), PAD)
+        scores_out.append(values.cpu())
+        index_out.append(idx.cpu())
+    scores, indices = torch.cat(scores_out), torch.cat(index_out)
+    if scores.size(1) < k:  # fewer items than k in the catalogue or the candidate lists
+        pad = k - scores.size(1)
+        scores = torch.cat([scores, scores.new_full((scores.size(0), pad), float("-inf"))], 1)
+        indices = torch.cat([indices, indices.new_zeros(indices.size(0), pad)], 1)
+    names = model.item_ids
+    items = [[names[i] if names is not None else i for i in row if i != PAD]
+             for row in indices.tolist()]
+    return Recommendations(items, scores, indices)
+
+
+def add_items(model: Any, item_ids: Sequence[Hashable], inputs: Sequence[Any],
+              preprocessor: Any = None, texts: Sequence[str] | None = None) -> list[int]:
+    """Append items from their raw ``inputs`` (texts, images: what the item encoder reads) and
+    map them to ``item_ids``; ``texts`` are recorded as the items' texts. Returns their new
+    indices."""
+    if len(item_ids) != len(inputs):
+        raise ConfigError(f"{len(item_ids)} item ids for {len(inputs)} inputs")
+    if model.item_ids is not None:
+        known = [raw for raw in item_ids if raw in model._index]
+        if known or len(set(item_ids)) != len(item_ids):
+            raise DataError(f"item ids already present or repeated: {known[:5] or item_ids}")
+    first = model.n_items + 1
+    expected = list(range(first, first + len(item_ids)))
+    if model.item_ids is None and any(raw != i for raw, i in zip(item_ids, expected,
+                                                                 strict=True)):
+        raise ConfigError(f"without an item map new items get the next indices {expected[:3]}"
+                          "...; call set_item_map first to use raw ids")
+    model.item_encoder.add_items(list(inputs), preprocessor)
+    new = list(range(first, model.n_items + 1))
+    if model.item_ids is not None:
+        old_texts = model.item_texts
+        item_texts = None
+        if old_texts is not None:
+            item_texts = [*old_texts, *(texts if texts is not None else [""] * len(new))]
+        set_item_map(model, [*model.item_ids, *item_ids], item_texts)
+    model.invalidate_cache()
+    logger.info("added %d item(s): indices %d..%d", len(new), first, model.n_items)
+    return new
+
+
+__all__ = ["Recommendations", "add_items", "item_index", "recommend", "set_item_map"]
