@@ -91,7 +91,7 @@ def digest(tensors: Mapping[str, Tensor]) -> str:
 
 def base_models(model: nn.Module) -> dict[str, nn.Module]:
     """The item encoder's transformers by module path in ``model`` (``"item_encoder.model"``)."""
-    wanted = {id(m) for m in model.item_encoder.hf_models()}  # type: ignore[operator]
+    wanted = {id(m) for m in cast(Any, model).item_encoder.hf_models()}
     return {n: m for n, m in model.named_modules() if id(m) in wanted}
 
 
@@ -156,7 +156,12 @@ def save(model: Any, folder: str | Path, include_base: bool = False,
                "class": type(hf).__name__, "config": hf.config.to_dict(),
                "fingerprint": fingerprint(hf), "included": include_base,
                "digest": digest(left[path]), "left_out": len(left[path])}
-        for path, hf in bases.items()}
+        for path, hf in cast(dict[str, Any], bases).items()}
+    anonymous = [p for p, ref in config["bases"].items() if not ref["name_or_path"]]
+    if anonymous and not include_base:
+        warnings.warn(f"the base encoder(s) at {anonymous} were built from a config (no path or "
+                      "hub id): loading this folder needs base=; save with include_base=True "
+                      "for a folder that loads alone", stacklevel=3)
     sets = []
     for root, module in adapter_roots(model).items():
         active = set(active_adapters(module))

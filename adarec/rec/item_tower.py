@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -23,11 +23,16 @@ from adarec.state_key import StateKey, autocast_state
 class ItemTower(Protocol):
     """The attributes of a model the item tower reads."""
 
-    item_encoder: ItemEncoder
-    dtl: nn.Module
-    id_fusion: nn.Module | None
-    dedup: bool
-    dim: int
+    @property
+    def item_encoder(self) -> ItemEncoder: ...
+    @property
+    def dtl(self) -> nn.Module: ...
+    @property
+    def id_fusion(self) -> nn.Module | None: ...
+    @property
+    def dedup(self) -> bool: ...
+    @property
+    def dim(self) -> int: ...
 
     def modules(self) -> Iterator[nn.Module]: ...
     def parameters(self) -> Iterator[nn.Parameter]: ...
@@ -55,7 +60,7 @@ def _adapt(model: ItemTower, ids: Tensor, content: Tensor) -> Tensor:
 
 def table_key(model: ItemTower) -> StateKey:
     fusion = () if model.id_fusion is None else (model.id_fusion,)
-    return StateKey.of(model.item_encoder, model.dtl, *fusion,  # type: ignore[arg-type]
+    return StateKey.of(cast(nn.Module, model.item_encoder), model.dtl, *fusion,
                        extra=(autocast_state(device_of(model).type),))
 
 

@@ -141,7 +141,7 @@ def build_part(config: Mapping[str, Any], source: PartSource) -> nn.Module:
                               f"{source.prefix.rstrip('.') or 'top'} (known: {sorted(_KINDS)}); "
                               "import the module that registers it before loading")
     settings = {k: v for k, v in config.items() if k != "kind"}
-    return cls.from_config(settings, source)  # type: ignore[attr-defined,no-any-return]
+    return cls.from_config(settings, source)  # type: ignore[attr-defined]
 
 
 def parts_in(model: nn.Module) -> dict[str, nn.Module]:

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from adarec.errors import EvaluationError, NonFiniteScoreError
 from adarec.rec import IDItemEncoder, TransRec
-from adarec.rec.data import pad_left
-from adarec.rec.metrics import target_ranks
+from adarec.rec.data import pad_left, pad_right
+from adarec.rec.metrics import full_ranking_ranks, target_ranks
 from adarec.rec.scoring import ITEM_TILE, score_block, topk
 
 N_ITEMS = 60
@@ -58,9 +58,16 @@ def test_every_path_gives_the_same_floats(batch: int, chunk: int, sim: str, temp
     keep = again.scores > float("-inf")
     assert torch.equal(again.scores[keep], full_unmasked(model, hist).gather(
         1, again.indices)[keep])
-    # evaluation ranks: pessimistic ranks of the recommend lists' own items agree with the order
-    ranks = target_ranks(full, rec.indices[:, 0], exclude=hist)
-    assert bool((ranks >= 1).all())
+    # evaluation ranks: the ranks behind evaluate_ranking (from the model's vectors) are the
+    # ranks of full_sort_scores' floats, for every recommended item of every row
+    users, table = model.user_vectors(hist), model.item_vectors()
+    whole = model.full_sort_scores(hist, exclude_ids=pad_right(HISTORIES))  # untruncated history
+    for j in range(0, N_ITEMS - 13, 7):
+        targets = rec.indices[:, j]
+        ranks = full_ranking_ranks(users, table, targets, HISTORIES, temperature=temperature)
+        assert torch.equal(ranks, target_ranks(whole, targets))
+        s = whole.gather(1, targets[:, None])
+        assert torch.equal(ranks, (whole >= s).sum(1))  # pessimistic: every tie counts against
 
 
 def full_unmasked(model: TransRec, hist: torch.Tensor) -> torch.Tensor:
