@@ -23,6 +23,8 @@ from torch import nn
 
 from .adapters.base import ADAPTERS_ATTR, is_adapter
 from .errors import TargetNotFoundError
+from .layouts import iter_blocks
+from .sets import adapter_sets
 
 _ORIG_FLAGS = "_adarec_requires_grad"
 _ORIG_ORDER = "_adarec_requires_grad_order"
@@ -112,8 +114,6 @@ def mark_adapters_and_upper_norms_trainable(model: nn.Module, norms: bool = True
                 if not any(k == d or k.startswith(d + ".") for d in decoupled)}
     if not norms or not adapters:
         return model
-    from .layouts import iter_blocks
-
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     try:
         blocks = [b.name for b in iter_blocks(model)]
@@ -186,8 +186,6 @@ def restore_requires_grad(model: nn.Module) -> None:
 def restore_requires_grad_below(model: nn.Module) -> None:
     """`restore_requires_grad` for ``model`` and every submodule that adarec froze and that holds
     no adapter set any more, latest first (a later record saw the flags an earlier freeze set)."""
-    from .inject import adapter_sets
-
     held = [m for m in model.modules() if getattr(m, _ORIG_FLAGS, None) is not None]
     held.sort(key=lambda m: m.__dict__.get(_ORIG_ORDER, -1), reverse=True)
     for m in held:

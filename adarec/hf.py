@@ -15,6 +15,7 @@ import functools
 from typing import Any
 
 from .errors import AdapterStateError
+from .sets import adapter_sets
 
 _GUARD = "_adarec_guarded"
 
@@ -31,8 +32,6 @@ def guard_save_pretrained() -> None:
 
     @functools.wraps(original)
     def save_pretrained(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from .inject import adapter_sets
-
         sets = list(adapter_sets(self))
         if sets:
             raise AdapterStateError(

@@ -26,10 +26,12 @@ from torch import nn
 
 from .adapters.base import ADAPTERS_ATTR, AdapterLayer, hook_owner, is_adapter
 from .errors import AdapterStateError
+from .freezing import mark_only_adapters_trainable, restore_requires_grad_below
 from .hf import guard_save_pretrained
 from .hooks import add_forward_hook, iter_hooks, remove_hooks
 from .planning import attach_point, module_widths, plan_sites
 from .registry import AttachContext, BuildContext, SetState, method_info
+from .sets import active_adapters, adapter_sets, iter_adapters
 from .sites import Site
 from .spec import AdapterSpec, as_spec
 
@@ -129,8 +131,6 @@ def inject_adapters(
         for adapter in _adapters_of(model, name):
             adapter.active = False
     if freeze:
-        from .freezing import mark_only_adapters_trainable
-
         mark_only_adapters_trainable(model)
     return model
 
@@ -159,30 +159,8 @@ def _attach(
     container.train(module.training)  # a model in eval mode must not run adapter dropout
 
 
-def iter_adapters(model: nn.Module) -> Iterator[tuple[str, nn.Module, AdapterLayer]]:
-    """``(name of adapted module, adapted module, adapter)`` for every adapter in ``model``."""
-    for mname, module in model.named_modules():
-        container = module._modules.get(ADAPTERS_ATTR)
-        if isinstance(container, nn.ModuleDict):
-            for adapter in container.values():
-                yield mname, module, adapter  # type: ignore[misc]
-
-
 def _adapters_of(model: nn.Module, name: str | None) -> list[AdapterLayer]:
     return [a for _, _, a in iter_adapters(model) if name is None or a.set_name == name]
-
-
-def adapter_sets(model: nn.Module) -> dict[str, AdapterSpec]:
-    """The adapter sets present in ``model``: name -> spec, in injection order."""
-    out: dict[str, tuple[int, AdapterSpec]] = {}
-    for _, _, a in iter_adapters(model):
-        out.setdefault(a.set_name, (getattr(a, "injection_order", 0), a.spec))
-    return {n: spec for n, (_, spec) in sorted(out.items(), key=lambda kv: kv[1][0])}
-
-
-def active_adapters(model: nn.Module) -> list[str]:
-    """Names of the sets whose adapters are switched on."""
-    return list(dict.fromkeys(a.set_name for _, _, a in iter_adapters(model) if a.active))
 
 
 def set_active_adapters(model: nn.Module, names: str | Sequence[str] | None) -> None:
@@ -261,8 +239,6 @@ def eject_adapters(
     for m in model.modules():
         remove_hooks(m, orphaned)
     _release_nested_tensors(model)
-    from .freezing import restore_requires_grad_below
-
     restore_requires_grad_below(model)
     return model
 

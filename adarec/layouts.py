@@ -24,6 +24,7 @@ from torch import nn
 
 from .errors import TargetNotFoundError
 from .sites import ROLES, BlockSites, SublayerSites
+from .tracing import block_sites, cached_trace
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,19 @@ def is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
+def module_widths(module: nn.Module) -> tuple[int, int] | None:
+    """(input, output) width of a linear-like module (or an nn.MultiheadAttention)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D":
+        weight = module.weight
+        assert isinstance(weight, nn.Parameter)
+        return int(weight.shape[0]), int(weight.shape[1])
+    if isinstance(module, nn.MultiheadAttention):
+        return module.embed_dim, module.embed_dim
+    return None
+
+
 def _has_linears(module: nn.Module, at_least: int = 2) -> bool:
     return sum(1 for m in module.modules() if is_linear_like(m)) >= at_least
 
@@ -208,8 +222,6 @@ def iter_blocks(model: nn.Module, example_inputs: Any = None, *, table: bool = T
             f"modules seen: {linears}. Pass AdapterSpec(target_modules=...) to choose modules "
             "by name, or adarec.register_layout(...)."
         )
-    from .tracing import block_sites, cached_trace
-
     blocks = [(name, i, f"{name}.{i}" if name else str(i))
               for name, stack in stacks for i in range(len(stack))]
     traces = cached_trace(model, [full for _, _, full in blocks], example_inputs)

@@ -17,7 +17,7 @@ from torch import nn
 
 from .adapters.base import ADAPTERS_ATTR
 from .errors import TargetNotFoundError, UnsupportedModuleError
-from .layouts import is_linear_like, iter_blocks
+from .layouts import is_linear_like, iter_blocks, module_widths
 from .registry import MethodDef, PlaceContext, Placement, method_info
 from .sites import BlockSites, Plan, PlannedSite, Site
 from .spec import AdapterSpec, as_spec, normalise_layers
@@ -161,19 +161,6 @@ def _sites_by_name(model: nn.Module, spec: AdapterSpec) -> list[Site]:
             f"candidate linear modules: {candidates}"
         )
     return [Site(n, n, "module") for n in hits]
-
-
-def module_widths(module: nn.Module) -> tuple[int, int] | None:
-    """(input, output) width of a linear-like module (or an nn.MultiheadAttention)."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if type(module).__name__ == "Conv1D":
-        weight = module.weight
-        assert isinstance(weight, nn.Parameter)
-        return int(weight.shape[0]), int(weight.shape[1])
-    if isinstance(module, nn.MultiheadAttention):
-        return module.embed_dim, module.embed_dim
-    return None
 
 
 def _parent(model: nn.Module, name: str) -> nn.Module | None:

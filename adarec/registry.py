@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from torch import nn
 
+from .adapters.base import hook_owner, is_adapter
 from .errors import AdapterStateError, RegistrationError, SpecError
+from .hooks import add_forward_hook, add_pre_hook
 from .spec import COMMON_FIELDS, PRESETS, AdapterSpec, SpecField, forget_fields, register_fields
 
 if TYPE_CHECKING:
@@ -110,16 +112,12 @@ class AttachContext:
     def pre_hook(self, module: nn.Module | str, hook: Callable[..., Any], *,
                  with_kwargs: bool = False, prepend: bool = False) -> None:
         """A forward pre-hook on ``module`` (a module or its name under the injection root)."""
-        from .hooks import add_pre_hook
-
         add_pre_hook(self._module(module), _owned(hook), with_kwargs=with_kwargs,
                      prepend=prepend)
 
     def forward_hook(self, module: nn.Module | str, hook: Callable[..., Any], *,
                      with_kwargs: bool = False, prepend: bool = False) -> None:
         """A forward hook on ``module`` (a module or its name under the injection root)."""
-        from .hooks import add_forward_hook
-
         add_forward_hook(self._module(module), _owned(hook), with_kwargs=with_kwargs,
                          prepend=prepend)
 
@@ -128,8 +126,6 @@ class AttachContext:
 
 
 def _owned(hook: Callable[..., Any]) -> Callable[..., Any]:
-    from .adapters.base import hook_owner, is_adapter
-
     owner = hook_owner(hook)
     if not (isinstance(owner, nn.Module) and is_adapter(owner)):
         raise AdapterStateError(

@@ -11,6 +11,7 @@ from torch import nn
 
 from .calls import arg_locator
 from .errors import UnsupportedModuleError
+from .layouts import module_widths
 from .sites import BlockSites
 
 MASK_ARGS = ("attention_mask", "mask")
@@ -130,8 +131,6 @@ def stack_infos(model: nn.Module, blocks: dict[str, list[BlockSites]]) -> list[S
             ffn_out = sites[-1].names.get("ffn_out")
             module = model.get_submodule(ffn_out) if ffn_out else None
             if module is not None:
-                from .planning import module_widths
-
                 dims = module_widths(module)
                 width = dims[1] if dims else None
         if width is None:

@@ -36,7 +36,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from .adapters.base import ADAPTERS_ATTR
+from .adapters.base import ADAPTERS_ATTR, is_adapter
 from .errors import TargetNotFoundError
 from .sites import ROLES, BlockSites, SublayerSites
 
@@ -318,8 +318,6 @@ class _Recorder(TorchFunctionMode):
 @contextmanager
 def _quiet(model: nn.Module) -> Iterator[None]:
     """Eval mode, no grad, adapters off and the RNG untouched, all restored afterwards."""
-    from .adapters.base import is_adapter
-
     modes = [(m, m.training) for m in model.modules()]
     adapters = [(m, bool(m.active)) for m in model.modules() if is_adapter(m)]
     devices = [p.device for p in model.parameters() if p.device.type == "cuda"][:1]

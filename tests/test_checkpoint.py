@@ -409,8 +409,9 @@ def test_pickle_files_are_never_loaded(saved, tmp_path: Path) -> None:
 
 
 def test_library_never_unpickles() -> None:
-    root = Path(ckpt.__file__).parent
-    for file in [root / "checkpoint.py", root / "merge.py", *sorted((root / "interop").glob("*"))]:
+    root = Path(ckpt.__file__).parent.parent
+    for file in [*sorted((root / "checkpoint").glob("*")), root / "merge.py",
+                 *sorted((root / "interop").glob("*"))]:
         if file.suffix == ".py":
             src = file.read_text()
             bad = r"(?<!safetensors\.)torch\.load\b|import pickle|pickle\.loads?\b"
@@ -438,7 +439,7 @@ def _half_then_fail(file: Path, data: bytes) -> None:
 def test_interrupted_weights_write_keeps_old_checkpoint(saved, tmp_path, monkeypatch) -> None:
     path = Path(shutil.copytree(saved[0], tmp_path / "c"))
     before = {p.name: p.read_bytes() for p in path.iterdir()}
-    monkeypatch.setattr(ckpt, "_write_bytes", _half_then_fail)
+    monkeypatch.setattr(ckpt.files, "_write_bytes", _half_then_fail)
     with pytest.raises(CheckpointError, match=r"No space.*unchanged") as err:
         save_adapters(trained("bert", "lora"), path)
     assert isinstance(err.value.__cause__, OSError)
@@ -455,7 +456,7 @@ def test_interrupted_json_write_keeps_old_checkpoint(saved, tmp_path, monkeypatc
         file.write_text(text[: len(text) // 2])
         raise KeyboardInterrupt  # even Ctrl-C mid-write cleans up
 
-    monkeypatch.setattr(ckpt, "write_json", broken)
+    monkeypatch.setattr(ckpt.files, "write_json", broken)
     with pytest.raises(KeyboardInterrupt):
         save_adapters(trained("bert", "lora"), path)
     monkeypatch.undo()

@@ -40,8 +40,9 @@ def test_the_core_names_no_method(module: str) -> None:
     assert _mentions((PACKAGE / module).read_text(), names) == []
 
 
-@pytest.mark.parametrize("module", ["merge.py", "interop/peft.py", "checkpoint.py",
-                                    "freezing.py"])
+@pytest.mark.parametrize("module", ["merge.py", "interop/peft.py", "freezing.py",
+                                    *sorted(p.relative_to(PACKAGE).as_posix() for p in
+                                            (PACKAGE / "checkpoint").glob("*.py"))])
 def test_merge_and_peft_ask_the_registry(module: str) -> None:
     """No method name as a string literal: no name lists to fall out of date."""
     tree = ast.parse((PACKAGE / module).read_text())
