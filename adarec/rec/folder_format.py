@@ -41,7 +41,6 @@ from torch import Tensor, nn
 
 from adarec.checkpoint import (
     CONFIG_DIGEST,
-    _safetensors_metadata,
     atomic_folder,
     compare_fingerprint,
     config_digest,
@@ -49,6 +48,7 @@ from adarec.checkpoint import (
     write_json,
     write_weights,
 )
+from adarec.checkpoint.files import _safetensors_metadata
 from adarec.errors import AdapterStateError, CheckpointError, ConfigError
 from adarec.folders import MissingFile, read_folder
 from adarec.inject import (
