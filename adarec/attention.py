@@ -112,7 +112,7 @@ def check_attention_module(module: nn.Module, what: str) -> None:
 
 
 def _enter(rewrite: Rewrite, module: nn.Module, args: tuple[Any, ...]) -> None:
-    if not getattr(rewrite, "__self__").active:
+    if not rewrite.__self__.active:
         return
     view = module.__dict__.get("config")
     if not isinstance(view, _ConfigView):
@@ -132,7 +132,7 @@ def _leave(rewrite: Rewrite, module: nn.Module, args: tuple[Any, ...], output: A
     if calls == 0 and output is not None:
         raise AdapterStateError(
             f"{type(module).__name__} ran without calling transformers' attention interface, so "
-            f"adapter set {getattr(rewrite, '__self__').set_name!r} could not change its "
+            f"adapter set {rewrite.__self__.set_name!r} could not change its "
             "attention; this attention module is not supported"
         )
 
@@ -141,7 +141,7 @@ def attach_attention(rewrite: Rewrite, module: nn.Module) -> None:
     """Run ``rewrite(module, call)`` on every kernel call of ``module`` while its adapter (the
     object ``rewrite`` is a method of) is active. The hooks are partials of that method, so
     ejecting the adapter's hooks finds them."""
-    check_attention_module(module, type(getattr(rewrite, "__self__")).__name__)
+    check_attention_module(module, type(rewrite.__self__).__name__)
     add_pre_hook(module, functools.partial(_enter, rewrite))
     add_forward_hook(module, functools.partial(_leave, rewrite), always_call=True)
 

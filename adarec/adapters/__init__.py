@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # registration order is the order of adarec.registry.method_names()
 # isort: off
-from . import houlsby, pfeiffer, parallel, compacter, lora, ia3, kadapter, prompt, side, prefix  # noqa: F401,E501
+from . import houlsby, pfeiffer, parallel, compacter, lora, ia3, kadapter, prompt, side, prefix  # noqa: F401
 # isort: on
 from .base import AdapterLayer, is_adapter
 from .bottleneck import BottleneckAdapter

@@ -177,8 +177,10 @@ def _attention_module(model: nn.Module, block: BlockSites) -> str:
     names = [block.names.get(r) for r in ("q", "k", "v")]
     if not all(names):
         raise UnsupportedModuleError(
-            f"prefix tuning needs the query, key and value projections of block {block.name}; "
-            f"adarec found {dict(zip(('q', 'k', 'v'), names, strict=True))}"
+            f"prefix tuning needs a Hugging Face attention module (query, key and value "
+            f"projections, dispatching through transformers' AttentionInterface) in block "
+            f"{block.name}; adarec found {dict(zip(('q', 'k', 'v'), names, strict=True))} in "
+            f"{type(model.get_submodule(block.name)).__name__}"
         )
     parents = {ancestors(str(n))[0] for n in names}
     while len(parents) > 1:  # BERT-like q/k/v in one module, or in sibling wrappers
