@@ -26,6 +26,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .adapters.base import hook_owner
 from .errors import AdapterStateError, UnsupportedModuleError
 from .hooks import add_forward_hook, add_pre_hook
 
@@ -112,7 +113,7 @@ def check_attention_module(module: nn.Module, what: str) -> None:
 
 
 def _enter(rewrite: Rewrite, module: nn.Module, args: tuple[Any, ...]) -> None:
-    if not rewrite.__self__.active:
+    if not hook_owner(rewrite).active:
         return
     view = module.__dict__.get("config")
     if not isinstance(view, _ConfigView):
@@ -132,7 +133,7 @@ def _leave(rewrite: Rewrite, module: nn.Module, args: tuple[Any, ...], output: A
     if calls == 0 and output is not None:
         raise AdapterStateError(
             f"{type(module).__name__} ran without calling transformers' attention interface, so "
-            f"adapter set {rewrite.__self__.set_name!r} could not change its "
+            f"adapter set {hook_owner(rewrite).set_name!r} could not change its "
             "attention; this attention module is not supported"
         )
 
@@ -141,7 +142,7 @@ def attach_attention(rewrite: Rewrite, module: nn.Module) -> None:
     """Run ``rewrite(module, call)`` on every kernel call of ``module`` while its adapter (the
     object ``rewrite`` is a method of) is active. The hooks are partials of that method, so
     ejecting the adapter's hooks finds them."""
-    check_attention_module(module, type(rewrite.__self__).__name__)
+    check_attention_module(module, type(hook_owner(rewrite)).__name__)
     add_pre_hook(module, functools.partial(_enter, rewrite))
     add_forward_hook(module, functools.partial(_leave, rewrite), always_call=True)
 

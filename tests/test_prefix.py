@@ -211,3 +211,26 @@ def test_spec_fields_are_checked() -> None:
         AdapterSpec("prefix", prefix_length=0)
     with pytest.raises(adarec.SpecError, match="prefix_projection"):
         AdapterSpec("prefix", prefix_projection="yes")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@torch.no_grad()
+def test_peft_export_loads_in_peft_with_the_same_outputs(tmp_path: Path, arch: str) -> None:
+    peft = pytest.importorskip("peft")
+    from adarec.interop.peft import export_peft_prefix
+
+    model, batch = adarec.inject_adapters(build(arch), SMALL), inputs(arch)
+    _perturb(model)
+    with pytest.raises(AdapterStateError, match="not folded"):
+        export_peft_prefix(model, tmp_path / "unfolded")
+    fold_prefix(model)
+    # peft numbers the real tokens after the prefix; adarec leaves their positions alone
+    shifted = torch.arange(3, 3 + batch["input_ids"].size(1)).expand(2, -1)
+    ours = model(**batch, position_ids=shifted).last_hidden_state
+    with pytest.warns(UserWarning, match="position ids start at the prefix length"):
+        path = export_peft_prefix(model, tmp_path / "peft")
+    loaded = peft.PeftModel.from_pretrained(build(arch), path).eval()
+    theirs = loaded(**batch).last_hidden_state
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(theirs[real], ours[real], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(model(**batch).last_hidden_state[real], theirs[real], atol=1e-3)

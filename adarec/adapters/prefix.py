@@ -21,12 +21,15 @@ shrinks by ``Z / (Z + P)`` with ``Z`` the real keys' summed ``exp(score)``).
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..attention import AttentionCall, check_attention_module
+from ..checkpoint import PathLike, atomic_folder, write_json, write_weights
 from ..errors import AdapterStateError, UnsupportedModuleError
 from ..inject import iter_adapters
 from ..planning import module_widths
@@ -283,3 +286,38 @@ PREFIX = register_method(MethodDef(
                "folds its reparametrisation MLP into the prefixes instead",
     summary="trainable key/value positions in every attention layer",
 ))
+
+
+def export_peft_prefix(model: nn.Module, path: PathLike, name: str = "default") -> Path:
+    """Write folded prefix set ``name`` as a peft PREFIX_TUNING folder (``prompt_embeddings``,
+    ``prefix_projection=False``) that ``peft.PeftModel.from_pretrained(base, path)`` loads.
+
+    The prefixes are carried exactly, but peft feeds them as ``past_key_values``, so the model
+    numbers the real tokens from ``P`` (absolute positions shift; rotary queries turn by ``P``
+    more), where adarec's real tokens keep positions ``0..T-1``: peft's outputs equal adarec's
+    with ``position_ids = P + arange(T)``, not adarec's own (a warning says so). Only models
+    that take a cache (decoders) can load it in peft. Refused, with the reason, where the
+    format cannot hold the set."""
+    embeddings, fields = _peft_layout(model, name)
+    warnings.warn(
+        f"peft places the real tokens after the {fields['num_virtual_tokens']} prefix "
+        "positions (position ids start at the prefix length); adarec's prefix has no position, "
+        "so peft's outputs match adarec's only with position_ids shifted by the prefix length",
+        stacklevel=2,
+    )
+    config = getattr(model, "config", None)
+    heads = getattr(config, "num_key_value_heads", None) or getattr(
+        config, "num_attention_heads", None)
+    if not isinstance(heads, int):
+        raise AdapterStateError(f"{type(model).__name__} has no config.num_attention_heads")
+    peft_config = {
+        "peft_type": "PREFIX_TUNING", "task_type": "FEATURE_EXTRACTION",
+        "base_model_name_or_path": getattr(config, "_name_or_path", None) or None,
+        "inference_mode": True, "num_transformer_submodules": 1, "num_attention_heads": heads,
+        "encoder_hidden_size": fields["token_dim"], **fields,
+    }
+    with atomic_folder(path, "adapter_config.json") as tmp:
+        write_weights(tmp, "adapter_model.safetensors",
+                      {"prompt_embeddings": embeddings.contiguous()})
+        write_json(tmp / "adapter_config.json", peft_config)
+    return Path(path)
