@@ -234,3 +234,10 @@ def test_peft_export_loads_in_peft_with_the_same_outputs(tmp_path: Path, arch: s
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(theirs[real], ours[real], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(model(**batch).last_hidden_state[real], theirs[real], atol=1e-3)
+
+
+def test_the_methods_page_example_runs() -> None:
+    text = (Path(__file__).parents[1] / "docs" / "methods.md").read_text(encoding="utf-8")
+    body = text.split("## Prefix tuning", 1)[1]
+    code = body.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/methods.md#prefix", "exec"), {})
