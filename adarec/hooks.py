@@ -22,8 +22,10 @@ PRE_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")
 
 
 def add_forward_hook(module: nn.Module, hook: Callable[..., Any], *, with_kwargs: bool = False,
-                     prepend: bool = False) -> None:
-    module.register_forward_hook(hook, with_kwargs=with_kwargs, prepend=prepend)
+                     prepend: bool = False, always_call: bool = False) -> None:
+    """``always_call``: run it even when the forward raises (to undo what a pre-hook set)."""
+    module.register_forward_hook(hook, with_kwargs=with_kwargs, prepend=prepend,
+                                 always_call=always_call)
 
 
 def add_pre_hook(module: nn.Module, hook: Callable[..., Any], *, with_kwargs: bool = False,

@@ -121,6 +121,14 @@ class AttachContext:
         add_forward_hook(self._module(module), _owned(hook), with_kwargs=with_kwargs,
                          prepend=prepend)
 
+    def attention(self, module: nn.Module | str, rewrite: Callable[..., Any]) -> None:
+        """Run ``rewrite(module, call)``, a method of the adapter, on every attention kernel
+        call of ``module`` while the adapter is active: it may change the query, key, value and
+        mask (an `adarec.attention.AttentionCall`), e.g. to add key/value positions."""
+        from .attention import attach_attention
+
+        attach_attention(_owned(rewrite), self._module(module))
+
     def _module(self, module: nn.Module | str) -> nn.Module:
         return self.model.get_submodule(module) if isinstance(module, str) else module
 

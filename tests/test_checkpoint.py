@@ -118,7 +118,7 @@ def test_round_trip_is_exact(tmp_path: Path, arch: str, method: str) -> None:
         assert sum(n.endswith(".rule") for n in names) == 1
 
 
-@pytest.mark.parametrize("method", ["ia3", "kadapter", "prompt"])
+@pytest.mark.parametrize("method", ["ia3", "kadapter", "prompt", "prefix"])
 def test_round_trip_of_model_level_and_scaling_methods(tmp_path: Path, method: str) -> None:
     model = trained("bert", method)
     fresh = tm.build("bert")

@@ -61,7 +61,7 @@ def test_identity_eject_and_disable(arch: str, method: str) -> None:
     assert count_forward_hooks(model) == 0
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [*METHODS, "prefix"])  # prefix: not an identity, so not above
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "vit", "llama", "t5_encoder", "modernbert"])
 def test_only_adapters_train_and_every_adapter_gets_gradient(arch: str, method: str) -> None:
     model, batch = build(arch), inputs(arch)

@@ -13,7 +13,7 @@ from adarec.registry import Placement, method_info, method_names
 
 PACKAGE = Path(adarec.__file__).parent
 BUILTIN = ("houlsby", "pfeiffer", "parallel", "compacter", "lora", "ia3", "kadapter", "prompt",
-           "side")
+           "side", "prefix")
 DISPLAY = ("k-adapter", "(ia)^3")
 
 
@@ -33,7 +33,7 @@ def test_builtin_methods_are_registered_in_order() -> None:
 
 
 @pytest.mark.parametrize("module", ["inject.py", "spec.py", "planning.py", "sites.py",
-                                    "stacks.py", "hooks.py"])
+                                    "stacks.py", "hooks.py", "attention.py"])
 def test_the_core_names_no_method(module: str) -> None:
     """Not in code, strings or prose: a method lives in its own file."""
     names = (*method_names(), *BUILTIN, *DISPLAY)
@@ -74,5 +74,5 @@ def test_module_constants_of_0_1_still_answer() -> None:
     from adarec import spec
 
     assert spec.METHODS == BUILTIN
-    assert spec.MODEL_METHODS == ("kadapter", "prompt", "side")
+    assert spec.MODEL_METHODS == ("kadapter", "prompt", "side", "prefix")
     assert spec.BOTTLENECK_METHODS == ("houlsby", "pfeiffer", "parallel", "compacter")

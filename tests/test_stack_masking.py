@@ -93,10 +93,12 @@ STACKS: dict[str, Stack] = {
 MODEL_METHODS = adarec.method_names(Placement.MODEL)
 
 REFUSED = {("prompt", s) for s in STACKS if s.startswith("torch") or s == "sasrec"} | {
-    ("side", s) for s, stack in STACKS.items() if s.startswith("torch") or stack.causal}
+    ("side", s) for s, stack in STACKS.items() if s.startswith("torch") or stack.causal} | {
+    ("prefix", s) for s in STACKS if s.startswith("torch") or s == "sasrec"}
 """Pairs a method refuses at injection: prompt tuning needs an input embedding it can extend the
 call of, and torch's layers take masks it does not rewrite; a side network pools over the whole
-sequence (so causal stacks are refused) and reads only a Hugging Face attention_mask."""
+sequence (so causal stacks are refused) and reads only a Hugging Face attention_mask; prefix
+tuning rewrites the kernel call of Hugging Face attention modules only."""
 
 
 def _perturb(model: nn.Module, seed: int) -> None:
@@ -137,7 +139,8 @@ def test_method_supports_or_refuses_stack(injected, method: str, stack: str) -> 
     got = injected[method, stack]
     if (method, stack) in REFUSED:
         assert isinstance(got, AdarecError), f"{method} on {stack} should be refused"
-        assert "torch's src_mask" in str(got) if stack.startswith("torch") else str(got)
+        want = "AttentionInterface" if method == "prefix" else "torch's src_mask"
+        assert want in str(got) if stack.startswith("torch") else str(got)
     else:
         assert isinstance(got, nn.Module), f"{method} refused {stack}: {got}"
 

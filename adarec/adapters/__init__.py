@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # registration order is the order of adarec.registry.method_names()
 # isort: off
-from . import houlsby, pfeiffer, parallel, compacter, lora, ia3, kadapter, prompt, side  # noqa: F401
+from . import houlsby, pfeiffer, parallel, compacter, lora, ia3, kadapter, prompt, side, prefix  # noqa: F401
 # isort: on
 from .base import AdapterLayer, is_adapter
 from .bottleneck import BottleneckAdapter
@@ -16,6 +16,7 @@ from .compacter import PHMLinear
 from .ia3 import IA3Adapter
 from .kadapter import KAdapter
 from .lora import LoRAAdapter
+from .prefix import PrefixAdapter, fold_prefix
 from .prompt import PromptAdapter
 from .side import SideNetwork
 
@@ -26,7 +27,9 @@ __all__ = [
     "KAdapter",
     "LoRAAdapter",
     "PHMLinear",
+    "PrefixAdapter",
     "PromptAdapter",
     "SideNetwork",
+    "fold_prefix",
     "is_adapter",
 ]

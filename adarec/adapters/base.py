@@ -10,6 +10,7 @@ and ``y`` the output of the module it is attached to. It carries:
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 import torch
@@ -70,6 +71,9 @@ def is_adapter(module: nn.Module) -> TypeGuard[AdapterLayer]:
 
 
 def hook_owner(fn: Any) -> Any:
-    """The object a hook function is bound to (through ``functools.partial``), or ``None``."""
-    fn = getattr(fn, "func", fn)
+    """The object a hook function is bound to, through ``functools.partial``: of a bound method,
+    or of a helper whose first argument is one (`adarec.attention`'s hooks)."""
+    if isinstance(fn, functools.partial):
+        owner = hook_owner(fn.func)
+        return owner if owner is not None or not fn.args else hook_owner(fn.args[0])
     return getattr(fn, "__self__", None)

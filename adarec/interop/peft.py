@@ -6,6 +6,9 @@ and ``...lora_B.weight`` (``(out, r)``), the adapter name removed, with scaling
 transformers' Conv1D alike. Features that change the math (DoRA, rsLoRA, LoRA biases, per-module
 ranks, fully trained ``modules_to_save``) have no adarec counterpart and are refused, never
 dropped. peft itself is not needed: both directions only read and write files.
+
+Folded prefix tuning sets are written as peft PREFIX_TUNING folders by `export_peft_prefix`
+(the prefix method's own file holds the layout).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from ..adapters.base import ADAPTERS_ATTR
+from ..adapters.prefix import export_peft_prefix
 from ..checkpoint import (
     PathLike,
     atomic_folder,
@@ -254,4 +258,4 @@ def _load_lora(
             param.copy_(tensor)
 
 
-__all__ = ["export_peft_lora", "import_peft_lora"]
+__all__ = ["export_peft_lora", "export_peft_prefix", "import_peft_lora"]
