@@ -34,7 +34,7 @@ from torch import Tensor
 from adarec.errors import CheckpointError, ConfigError, DataError
 from adarec.folders import MissingFile, atomic_folder, read_folder
 from adarec.rec.data import PAD, pad_left, pad_right
-from adarec.rec.scoring import check_finite, topk_of_candidates
+from adarec.rec.scoring import USER_TILE, check_finite, topk_of_candidates
 from adarec.rec.transrec import Recommendations, TransRec
 
 KINDS = ("flat", "hnsw", "ivfpq")
@@ -49,6 +49,7 @@ FILTER_EXACT = 0.05
 """A candidate filter keeping at most this share of the catalogue is ranked exactly over its
 items: scoring them all is cheaper than a graph or list search that steps over the rest (and
 HNSW's recall drops under selective filters)."""
+RERANK_ROWS = USER_TILE
 FORMAT = "adarec-ann"
 FORMAT_VERSION = 1
 RECORD, INDEX_FILE = "ann.json", "index.faiss"
@@ -352,13 +353,13 @@ class ItemIndex:
             user = users[pending].to(table.device)
             drop = excluded[pending].to(table.device)
             if n >= searchable.numel():
-                cands = searchable.repeat(pending.numel(), 1)
+                cands = searchable[None]  # the same list for every row
             else:
                 query = np.ascontiguousarray(user.cpu().numpy(), dtype=np.float32)
                 _, found = self.index.search(query, n, params=self._params(faiss, n, allowed))
                 cands = torch.from_numpy(found).clamp_(min=PAD)  # -1: fewer than n found
-            values, idx = topk_of_candidates(user, table, cands.to(table.device), k,
-                                             temperature, drop)
+            values, idx = self._rerank(user, table, cands.to(table.device), k, temperature,
+                                       drop)
             got = values.size(1)
             full = (values[:, -1] > float("-inf")) if got == k else torch.zeros(
                 pending.numel(), dtype=torch.bool)
@@ -372,6 +373,23 @@ class ItemIndex:
         items = [[names[i] if names is not None else i for i in row if i != PAD]
                  for row in indices.tolist()]
         return Recommendations(items, scores, indices)
+
+    @staticmethod
+    def _rerank(users: Tensor, table: Tensor, cands: Tensor, k: int, temperature: float,
+                drop: Tensor) -> tuple[Tensor, Tensor]:
+        """`topk_of_candidates` over blocks of `RERANK_ROWS` rows (``cands``: ``[B, C]``, or
+        ``[1, C]`` for every row): it scores each block against
+        the union of its rows' candidates, which for a whole batch of 1,024 users x 40
+        candidates would be 1,024 x ~40k scores, not 1,024 x 40 (the floats do not depend on
+        the blocking: `adarec.rec.scoring`'s fixed tiles)."""
+        out = []
+        for i in range(0, users.size(0), RERANK_ROWS):
+            user = users[i : i + RERANK_ROWS]
+            block = (cands[i : i + RERANK_ROWS] if cands.size(0) == users.size(0)
+                     else cands.expand(user.size(0), -1).contiguous())  # one list for all
+            out.append(topk_of_candidates(user, table, block, k, temperature,
+                                          drop[i : i + RERANK_ROWS]))
+        return torch.cat([v for v, _ in out]), torch.cat([i for _, i in out])
 
     # ------------------------------------------------------------------------ save / load
     def save(self, path: str | Path) -> Path:
