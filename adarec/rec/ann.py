@@ -84,10 +84,12 @@ def default_factory(kind: str, n_items: int, dim: int) -> str:
     - ``"flat"``: ``IDMap,Flat`` (exact inner product, ``4 d`` bytes per item);
     - ``"hnsw"``: ``IDMap,HNSW32`` (a graph with 32 links per node: fast, ~``4 d + 256`` bytes
       per item, cannot delete);
-    - ``"ivfpq"``: ``IVF{nlist},PQ{m}x{bits}`` with ``nlist ~ 4 sqrt(N)`` lists (at most ``N /
+    - ``"ivfpq"``: ``IVF{nlist},PQ{m}x4fs`` with ``nlist ~ 4 sqrt(N)`` lists (at most ``N /
       39``, faiss's minimum of training points per list), ``m`` the largest divisor of ``d`` up
-      to ``d / 2`` (``m`` bytes per item: 32 at d=64) and 8-bit codes (fewer below 10k items:
-      faiss wants 39 training points per code).
+      to ``d / 2`` and 4-bit fast-scan codes (``m / 2`` bytes per item: 16 at d=64; trains in
+      seconds where 8-bit codes took minutes at 100k items, and scans several times faster at
+      the same recall: the candidates are re-ranked exactly anyway). Odd ``m`` or under 1,000
+      items: ``PQ{m}x{bits}``, 8-bit codes or fewer (faiss wants 39 training points a code).
     """
     if kind == "flat":
         return "IDMap,Flat"
@@ -96,6 +98,8 @@ def default_factory(kind: str, n_items: int, dim: int) -> str:
     if kind == "ivfpq":
         nlist = max(1, min(round(4 * math.sqrt(n_items)), n_items // 39))
         m = max(i for i in range(1, max(1, dim // 2) + 1) if dim % i == 0)
+        if m % 2 == 0 and n_items >= 1000:
+            return f"IVF{nlist},PQ{m}x4fs"
         bits = min(8, max(1, int(math.log2(max(2, n_items // 39)))))
         return f"IVF{nlist},PQ{m}x{bits}"
     raise ConfigError(f"kind={kind!r} is not one of {list(KINDS)}")

@@ -32,6 +32,14 @@ def _model(similarity: str = "dot", temperature: float = 1.0, n: int = N, d: int
                     temperature=temperature).eval()
 
 
+def _build(model: TransRec, kind: str) -> ItemIndex:
+    """IVF-PQ probing every list with a wide N: exact on these small tables, so results can be
+    compared with `recommend` item for item."""
+    if kind == "ivfpq":
+        return ItemIndex.build(model, kind, nprobe=10_000, oversample=100)
+    return ItemIndex.build(model, kind)
+
+
 @pytest.fixture(scope="module")
 def dot() -> TransRec:
     return _model()
@@ -67,7 +75,7 @@ def test_hnsw_recall_at_10_on_20k_random_items() -> None:
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
 def test_exclusions_keep_k_results(dot: TransRec, kind: str) -> None:
-    index = ItemIndex.build(dot, kind)
+    index = _build(dot, kind)
     top = dot.recommend(HISTORIES, k=60).indices.tolist()  # exclude each row's true top 60
     exact = dot.recommend(HISTORIES, k=10, exclude=top)
     got = index.search(HISTORIES, k=10, exclude=top)
@@ -79,7 +87,7 @@ def test_exclusions_keep_k_results(dot: TransRec, kind: str) -> None:
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
 @pytest.mark.parametrize("share", [0.3, 0.02])  # searched in faiss / ranked exactly
 def test_candidate_filter(dot: TransRec, kind: str, share: float) -> None:
-    index = ItemIndex.build(dot, kind)
+    index = _build(dot, kind)
     order = torch.randperm(N, generator=torch.Generator().manual_seed(1)) + 1
     in_stock = order[: int(share * N)]
     exact = dot.recommend(HISTORIES, k=10, candidates=[in_stock.tolist()] * len(HISTORIES))
@@ -126,7 +134,7 @@ def test_stale_table_refused_and_rebuilt_on_request(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
 def test_save_load_round_trip(dot: TransRec, kind: str, tmp_path: Path) -> None:
-    index = ItemIndex.build(dot, kind)
+    index = _build(dot, kind)
     index.remove_items([11, 12])
     before = index.search(HISTORIES, k=10)
     index.save(tmp_path / "ann")
@@ -159,7 +167,7 @@ def test_corrupted_truncated_or_edited_index_refused(dot: TransRec, tmp_path: Pa
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
 def test_remove_items(dot: TransRec, kind: str) -> None:
-    index = ItemIndex.build(dot, kind)
+    index = _build(dot, kind)
     top = dot.recommend(HISTORIES, k=5).indices
     gone = sorted(set(top.flatten().tolist()))
     assert index.remove_items(gone) == gone
@@ -197,7 +205,7 @@ def test_bad_input_and_threads(dot: TransRec, monkeypatch: pytest.MonkeyPatch) -
     torch.set_num_threads(1)
     index.search(HISTORIES, k=3)
     assert faiss.omp_get_max_threads() == 1
-    assert default_factory("ivfpq", 1_000_000, 64) == "IVF4000,PQ32x8"
+    assert default_factory("ivfpq", 1_000_000, 64) == "IVF4000,PQ32x4fs"
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(ImportError, match=r"adarec\[ann\]"):
         ItemIndex.build(dot, "flat")
