@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from torch import nn
 
 from .adapters.base import hook_owner, is_adapter
+from .attention import attach_attention
 from .errors import AdapterStateError, RegistrationError, SpecError
 from .hooks import add_forward_hook, add_pre_hook
 from .spec import COMMON_FIELDS, PRESETS, AdapterSpec, SpecField, forget_fields, register_fields
@@ -125,8 +126,6 @@ class AttachContext:
         """Run ``rewrite(module, call)``, a method of the adapter, on every attention kernel
         call of ``module`` while the adapter is active: it may change the query, key, value and
         mask (an `adarec.attention.AttentionCall`), e.g. to add key/value positions."""
-        from .attention import attach_attention
-
         attach_attention(_owned(rewrite), self._module(module))
 
     def _module(self, module: nn.Module | str) -> nn.Module:

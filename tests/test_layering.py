@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "adarec.adapters.base": 2,
     "adarec.sites": 2,
     "adarec.sets": 3,
+    "adarec.attention": 3,
     # 4: the spec
     "adarec.spec_v1": 4,
     "adarec.spec": 5,
@@ -78,6 +79,7 @@ LAYERS: dict[str, int] = {
     "adarec.checkpoint.adapter_checkpoints": 18,
     "adarec.checkpoint.model_state": 18,
     "adarec.checkpoint": 19,
+    "adarec.adapters.prefix": 19,  # a method that saves its folded prefix through checkpoint
     "adarec.training_state": 19,
     # 20: interoperation
     "adarec.interop.peft": 20,
@@ -113,6 +115,7 @@ LAYERS: dict[str, int] = {
     "adarec.rec.serving": 29,
     "adarec.rec.transrec": 30,
     "adarec.rec.pretrained": 31,
+    "adarec.rec.ann": 31,
     "adarec.rec": 32,
     # 29: the package's public face
     "adarec": 29,
