@@ -21,6 +21,7 @@ from adarec.rec.data import (
 from adarec.rec.datasets import load_atomic, load_movielens_100k, load_movielens_latest_small
 from adarec.rec.early_stopping import EarlyStopping
 from adarec.rec.item_adaptors import IDFusion, WhiteningMoEAdaptor
+from adarec.rec.item_encoder import ItemEncoder, ItemEncoderBase
 from adarec.rec.item_encoders import (
     IDItemEncoder,
     ImageItemEncoder,
@@ -29,6 +30,7 @@ from adarec.rec.item_encoders import (
     PrecomputedItemEncoder,
     TextItemEncoder,
 )
+from adarec.rec.kinds import PartSource, kinds, register_kind, unregister_kind
 from adarec.rec.losses import (
     LOSSES,
     Candidates,
@@ -72,8 +74,11 @@ __all__ = [
     "ImageItemEncoder",
     "InterModalSide",
     "InteractionData",
+    "ItemEncoder",
+    "ItemEncoderBase",
     "LeaveOneOutSplit",
     "MultimodalItemEncoder",
+    "PartSource",
     "PopularityRecommender",
     "PrecomputedItemEncoder",
     "Recommendations",
@@ -92,6 +97,7 @@ __all__ = [
     "full_ranking_ranks",
     "full_softmax_loss",
     "in_batch_candidates",
+    "kinds",
     "leave_one_out",
     "load_atomic",
     "load_movielens_100k",
@@ -99,6 +105,7 @@ __all__ = [
     "pad_left",
     "pad_right",
     "ranking_metrics",
+    "register_kind",
     "sample_negatives",
     "sampled_softmax_loss",
     "select_users",
@@ -108,4 +115,5 @@ __all__ = [
     "tie_counts",
     "tokenize_item_texts",
     "topk_chunked",
+    "unregister_kind",
 ]
