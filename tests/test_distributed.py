@@ -54,7 +54,7 @@ def trainable(model: TransRec) -> dict[str, torch.Tensor]:
 def worker(out: Path) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    import adarec.rec.transrec as transrec_mod
+    import adarec.rec.objective as transrec_mod
     from adarec import distributed as D
 
     torch.set_num_threads(1)

@@ -300,10 +300,9 @@ def load_atomic(
         item_file = f"{name}.text"  # UniSRec's layout: text keyed by the original token
     texts = _atomic_texts(root, name, text, item_file)
     if presplit:
-        mapping = root / f"{name}.item2index"
-        if texts is not None and mapping.is_file():
-            texts = _reindex_texts(texts, mapping, name)
-        return _presplit(parts, texts, name)
+        items = _index_tokens(root / f"{name}.item2index", name)
+        users = _index_tokens(root / f"{name}.user2index", name)
+        return _presplit(parts, texts, name, items, users)
     header, rows = atomic_rows(root / f"{name}.inter", ["user_id", "item_id"])
     time = "timestamp" if "timestamp" in header else None
     return _from_rows(rows, time, texts, min_user_interactions, name)
@@ -334,11 +333,15 @@ def _atomic_texts(root: Path, name: str, text: str | None,
     return item_texts(rows, "item_id", text)
 
 
-def _reindex_texts(texts: dict[Any, str], mapping: Path, name: str) -> dict[Any, str]:
-    """Texts keyed by original token -> keyed by the index the .inter files use, through
-    UniSRec's ``NAME.item2index`` (``token<TAB>index`` lines): without it a numeric token
-    would take the text of the item whose *index* it equals."""
-    out: dict[Any, str] = {}
+def _index_tokens(mapping: Path, name: str) -> dict[str, str]:
+    """Index -> original token from UniSRec's ``NAME.item2index`` / ``NAME.user2index``
+    (``token<TAB>index`` lines; empty when the file is absent). The pre-split files speak
+    indices; with the map, raw ids (``data.item_ids``, user ids) are the original tokens and
+    item texts keyed by token are matched through it: without it a numeric token would take
+    the text of the item whose *index* it equals."""
+    out: dict[str, str] = {}
+    if not mapping.is_file():
+        return out
     with mapping.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             fields = line.rstrip("\n").split("\t")
@@ -349,13 +352,15 @@ def _reindex_texts(texts: dict[Any, str], mapping: Path, name: str) -> dict[Any,
                     continue  # a header line
                 raise DataError(f"{mapping}:{n}: expected 'token<TAB>index', got {line!r}")
             token, index = fields[0].strip(), fields[1].strip()
-            if token in texts:
-                out[index] = texts[token]
-    logger.info("%s: %s maps %d texts onto item indices", name, mapping.name, len(out))
+            if out.setdefault(index, token) != token:
+                raise DataError(f"{mapping}:{n}: index {index} maps to {out[index]!r} and "
+                                f"{token!r}")
+    logger.info("%s: %s maps %d indices to original tokens", name, mapping.name, len(out))
     return out
 
 
-def _presplit(parts: list[Path], texts: dict[Any, str] | None, name: str) -> InteractionData:
+def _presplit(parts: list[Path], texts: dict[Any, str] | None, name: str,
+              item_tokens: dict[str, str], user_tokens: dict[str, str]) -> InteractionData:
     missing = [p.name for p in parts if not p.is_file()]
     if missing:
         raise DataFileNotFoundError(f"pre-split data set {name}: {missing} not found beside "
@@ -372,7 +377,8 @@ def _presplit(parts: list[Path], texts: dict[Any, str] | None, name: str) -> Int
             if is_missing(row["user_id"]) or is_missing(row["item_id"]):
                 raise DataError(f"{where}: empty user_id or item_id")
             history = [idx(t) for t in row["item_id_list"].split()]
-            rows.append((row["user_id"], history, idx(row["item_id"].strip())))
+            user = row["user_id"].strip()
+            rows.append((user_tokens.get(user, user), history, idx(row["item_id"].strip())))
         read.append(rows)
     train, valid, test = read
     longest: dict[Any, list[int]] = {}
@@ -392,7 +398,11 @@ def _presplit(parts: list[Path], texts: dict[Any, str] | None, name: str) -> Int
         valid_users=[u for u, _, _ in valid],
         test_users=[u for u, _, _ in test],
     )
-    tokens = list(index)
+    unmapped = [t for t in index if item_tokens and t not in item_tokens]
+    if unmapped:
+        raise DataError(f"{name}: item indices {unmapped[:5]} of the .inter files are not in "
+                        f"{name}.item2index")
+    tokens = [item_tokens.get(t, t) for t in index]
     item_texts_list = [""] * (len(tokens) + 1)
     if texts is not None:
         item_texts_list[1:] = [texts.get(t, "") for t in tokens]

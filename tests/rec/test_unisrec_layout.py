@@ -32,8 +32,10 @@ def _write(root: Path, tokens: list[str], with_map: bool = True) -> None:
 
 
 def _check(data, tokens: list[str]) -> None:  # type: ignore[no-untyped-def]
-    for j, index in enumerate(data.item_ids[1:], 1):
-        assert data.item_texts[j] == f"text of {tokens[int(index) - 1]}"
+    """Raw ids are the original tokens, each with its own text."""
+    assert set(data.item_ids[1:]) <= set(tokens)
+    for j, token in enumerate(data.item_ids[1:], 1):
+        assert data.item_texts[j] == f"text of {token}"
 
 
 def test_numeric_tokens_take_their_own_text(tmp_path: Path) -> None:
@@ -59,3 +61,24 @@ def test_any_tokens_any_order(tmp_path_factory: pytest.TempPathFactory, tokens: 
     root = tmp_path_factory.mktemp("u")
     _write(root, tokens)
     _check(load_atomic(root), tokens)
+
+
+def test_user2index_gives_users_their_original_tokens(tmp_path: Path) -> None:
+    tokens = ["3", "1", "2", "4"]
+    _write(tmp_path, tokens)
+    (tmp_path / "S.user2index").write_text("".join(f"alice{u}\tu{u}\n" for u in range(3))
+                                           .replace("\tu", "\t"))
+    for part in ("train", "valid", "test"):  # user columns as indices, as UniSRec writes them
+        file = tmp_path / f"S.{part}.inter"
+        file.write_text(file.read_text().replace("\nu", "\n"))
+    data = load_atomic(tmp_path)
+    assert sorted(data.split.users) == ["alice0", "alice1", "alice2"]
+    assert sorted(data.split.test_users) == ["alice0", "alice1", "alice2"]
+    _check(data, tokens)
+
+
+def test_an_index_missing_from_item2index_is_refused(tmp_path: Path) -> None:
+    _write(tmp_path, ["a", "b", "c", "d"])
+    (tmp_path / "S.item2index").write_text("a\t1\nb\t2\n")
+    with pytest.raises(DataError, match="not in S.item2index"):
+        load_atomic(tmp_path)
