@@ -26,8 +26,14 @@ from adarec.training_state import load_training_state, save_training_state
 
 
 def epoch_order(n: int, generator: torch.Generator) -> list[int]:
-    """One epoch's example order: what ``DataLoader(shuffle=True, generator=generator)`` draws."""
-    return torch.randperm(n, generator=generator).tolist()
+    """One epoch's example order, drawn as ``DataLoader(shuffle=True, generator=generator)``
+    draws it (its iterator takes a worker base seed from the generator, the sampler a
+    ``randperm``, and at the end of the epoch an empty remainder ``randperm``), so a loop moved
+    off a DataLoader keeps its results, epoch after epoch."""
+    torch.empty((), dtype=torch.int64).random_(generator=generator)  # the DataLoader's base seed
+    order = torch.randperm(n, generator=generator).tolist()
+    torch.randperm(n, generator=generator)  # RandomSampler's remainder draw (num_samples % n)
+    return order
 
 
 def n_batches(n: int, batch_size: int) -> int:
