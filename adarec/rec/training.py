@@ -83,8 +83,9 @@ def _load_stopper(stopper: EarlyStopping, state: Mapping[str, Any], model: nn.Mo
 
 
 def _numpy_rng() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    return {"kind": kind, "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+            "pos": int(pos),
             "has_gauss": int(has_gauss), "gauss": float(gauss)}
 
 

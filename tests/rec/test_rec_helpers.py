@@ -134,13 +134,13 @@ def test_edited_truncated_or_mismatched_transfer_is_refused(tmp_path: Path) -> N
     (truncated / WEIGHTS).write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError):
         load_transferable(_adapted(1), truncated)
-    with pytest.raises(StateMismatchError, match="checkpoint has .* the model lacks"):
+    with pytest.raises(StateMismatchError, match=r"checkpoint has .* the model lacks"):
         load_transferable(text_model(1), tmp_path / "src")  # no adapters
     other = text_model(1, dtl="moe")
     other.inject_adapters(item="houlsby")
     with pytest.raises(StateMismatchError, match="another layout"):
         load_transferable(other, tmp_path / "src")
-    with pytest.raises(CheckpointError, match="no transfer_config.json|no checkpoint"):
+    with pytest.raises(CheckpointError, match=r"no transfer_config\.json|no checkpoint"):
         load_transferable(_adapted(1), tmp_path / "nowhere")
 
 
