@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from bert_shape import add_shape_args, bert_model, timed_ms, token_batch
 
 import adarec
+from adarec.machine import peak_rss_bytes, rss_bytes
 
 METHODS = ["houlsby", "pfeiffer", "parallel", "compacter", "lora"]
 MERGED = "lora merged (inference)"
@@ -101,24 +100,14 @@ def peak_memory_mb(args: argparse.Namespace, config: str) -> float:
     return float(json.loads(subprocess.check_output(cmd, text=True).strip().splitlines()[-1]))
 
 
-def _rss_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process in MB. Unlike ``ru_maxrss``, VmHWM belongs to
-    the process's own address space, so a child does not inherit its parent's peak."""
-    status = Path("/proc/self/status")
-    for line in status.read_text().splitlines() if status.exists() else []:
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model, opt = build(args, args._child)
     x = token_batch(args)
-    before = _rss_mb("VmRSS")
+    before = rss_bytes() / 2**20
     for _ in range(2):
         step_fn(model, opt, x)()
-    print(json.dumps(_rss_mb("VmHWM") - before))
+    print(json.dumps(peak_rss_bytes() / 2**20 - before))
 
 
 def main() -> None:

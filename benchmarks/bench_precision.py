@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_transrec_epoch import cpu_line
+from _common import cpu_line
 
 from adarec.precision import _onednn_bf16, resolve_precision
 

@@ -267,13 +267,9 @@ def report(args: argparse.Namespace) -> str:
 
 
 def _cpu() -> str:
-    import torch
+    from adarec.machine import describe_cpu
 
-    name = next((line.split(":", 1)[1].strip() for line in
-                 Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), "unknown CPU")
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return f"{name}, {os.cpu_count()} cores, native bf16: {'yes' if native else 'no'}"
+    return describe_cpu()
 
 
 def _versions() -> dict[str, str]:

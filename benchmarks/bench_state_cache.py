@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_transrec_epoch import cpu_line, proc_status, reset_peak
+from _common import cpu_line
 
 import adarec
+from adarec.machine import peak_rss_bytes, reset_peak_rss, rss_bytes
 from adarec.rec import TextItemEncoder, state_cache_bytes
 
 
@@ -62,14 +63,14 @@ def main() -> None:
     n_slots = len(side.slots)  # BERT: the final state is the last tapped block's output
     formula = state_cache_bytes(rows, n_slots, model.config.hidden_size, dtype,
                                 t if args.states == "tokens" else None)
-    rss0, resettable = proc_status("VmRSS"), reset_peak()
+    rss0, resettable = rss_bytes(), reset_peak_rss()
     start = time.perf_counter()
     with torch.no_grad():
         enc(torch.tensor([1]))
     seconds = time.perf_counter() - start
     cache = enc._state_cache
     assert cache is not None
-    growth = proc_status("VmHWM") - rss0
+    growth = peak_rss_bytes() - rss0
     chunk_one = state_cache_bytes(args.chunk, n_slots + 1, model.config.hidden_size,
                                   torch.float32, t)
     mb = 2**20

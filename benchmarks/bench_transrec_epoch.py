@@ -1,9 +1,10 @@
 """TransRec epoch on MovieLens-100k with all-MiniLM-L6-v2: where adapter and side tuning save time.
 
-Every configuration is the quickstart (``examples/quickstart.py``: same data, seed, settings and
-training code) held in its own worker process; the workers train **one epoch at a time, in
-turn** (interleaved rounds, the order rotated every round), so all configurations see the same
-machine conditions, and each process's memory high-water mark is its own. Per configuration:
+Every configuration is the quickstart's (``examples/quickstart.py --method ...``: same data, seed,
+settings, and the library's model recipes and training step) held in its own worker process;
+the workers train **one epoch at a time, in turn** (interleaved rounds, the order rotated
+every round), so all configurations see the same machine conditions, and each process's memory
+high-water mark is its own. Per configuration:
 training seconds per epoch (median over rounds; evaluation excluded), speed-ups as medians of
 per-round ratios, memory (the process's resident high-water mark ``VmHWM``, reset after the
 model is built where the kernel allows, and the training memory: that peak minus the resident
@@ -23,13 +24,12 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
-import sys
 import time
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+import _common
+
 TOP = 2
 CONFIGS: dict[str, list[str]] = {
     "full fine-tuning": ["--method", "full"],
@@ -50,80 +50,60 @@ EXTRA: dict[str, list[str]] = {
 }
 
 
-def proc_status(field: str) -> int:
-    """A ``/proc/self/status`` memory field in bytes (0 where there is no procfs)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def worker(argv: list[str], conn: Connection) -> None:
-    """Build one quickstart configuration, then train an epoch whenever asked."""
+    """Build one configuration (the quickstart's, from its options), then train an epoch
+    whenever asked."""
     import random
 
     import torch
 
-    sys.path.insert(0, str(EXAMPLES))
-    import quickstart as q
-    from paper.study import fixed_mmap_threshold
-
     import adarec
+    from adarec.machine import fixed_mmap_threshold, peak_rss_bytes, reset_peak_rss, rss_bytes
+    from adarec.rec.data import TrainCollator, TrainDataset
+    from adarec.rec.param_groups import param_groups
+    from adarec.rec.training import batches, epoch_order, train_step
+
     fixed_mmap_threshold()  # no glibc heap growth from per-batch shapes (see docs/transrec.md)
-    args = q.parse_args(argv)
+    args = _common.parse_quickstart_args(argv)
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    data, split = q.load_data(args)
-    model, summary = q.build_model(args, data)
+    data, split = _common.load_data(args)
+    model, summary = _common.build_model(args, data)
     model.dedup = not args.no_dedup
-    optimizer = q.optimizer_for(model, args)
-    loader = q.make_loader(split, data.n_items, args)
-    rss_built, peak_reset = proc_status("VmRSS"), reset_peak()
+    optimizer = torch.optim.AdamW(param_groups(model, lr=args.lr, base_lr=args.encoder_lr))
+    dataset = TrainDataset.for_split(split, args.max_len, sampling=args.sampling)
+    collator = TrainCollator(data.n_items, args.max_len, args.negatives, args.seed)
+    order_rng = torch.Generator().manual_seed(args.seed)
+    rss_built, peak_reset = rss_bytes(), reset_peak_rss()
     best: tuple[float, int, dict[str, Any]] = (-1.0, 0, {})
     epoch = 0
     conn.send("ready")
     while (cmd := conn.recv()) == "epoch":
         epoch += 1
         start = time.perf_counter()
-        loss = q.train_epoch(model, loader, optimizer, args, f"epoch {epoch}")
+        model.train()
+        losses = [train_step(model, batch, optimizer, args.precision) for batch in
+                  batches(dataset, collator, epoch_order(len(dataset), order_rng),
+                          args.batch_size)]
         seconds = time.perf_counter() - start
-        valid = q.evaluate(model, split.valid, args)["masked"]  # history masked (adarec's)
+        valid = _common.evaluate(model, split.valid, args)  # history masked (adarec's)
         if valid["ndcg@10"] > best[0]:
             best = (valid["ndcg@10"], epoch, {n: p.detach().clone()
                                               for n, p in model.named_parameters()
                                               if p.requires_grad})
-        conn.send({"seconds": seconds, "loss": loss, "valid": valid})
+        conn.send({"seconds": seconds, "loss": sum(losses) / max(len(losses), 1),
+                   "valid": valid})
     assert cmd == "finish"
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, value in best[2].items():
             params[name].copy_(value)
-    conn.send({"test": q.evaluate(model, split.test, args)["masked"], "best_epoch": best[1],
+    model.invalidate_cache()
+    conn.send({"test": _common.evaluate(model, split.test, args), "best_epoch": best[1],
                "trainable": summary.trainable, "total": summary.total,
-               "peak": proc_status("VmHWM"), "rss_built": rss_built, "peak_reset": peak_reset,
+               "peak": peak_rss_bytes(), "rss_built": rss_built, "peak_reset": peak_reset,
                "precision": str(adarec.precision.resolve_precision(args.precision))})
-
-
-def cpu_line() -> str:
-    import torch
-
-    from adarec.precision import cpu_description
-
-    return (f"CPU: {cpu_description()}; ATen capability "
-            f"{torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}")
 
 
 def tpme(rows: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -203,7 +183,7 @@ def report(args: argparse.Namespace, epochs: dict[str, list[dict[str, Any]]],
           f"{args.lr}, precision {args.precision} -> {', '.join(sorted(precision))}, "
           f"{args.threads} threads, interleaved rounds; test HR@10 / NDCG@10 with the history "
           "masked, ties against the target")
-    print(cpu_line())
+    print(_common.cpu_line())
     if not all(f["peak_reset"] for f in final.values()):
         print("(VmHWM could not be reset after building: peaks include the model build)")
     print("\n| configuration | trainable | train s / epoch | speed-up vs full FT | vs Houlsby "

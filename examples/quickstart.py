@@ -16,9 +16,12 @@ papers'); ties count against the target; compared with popularity.
     python examples/quickstart.py --interactions ratings.csv --items movies.csv \
         --user-col userId --item-col movieId --item-key movieId --text title   # your own CSV
     python examples/quickstart.py --atomic dataset/Scientific   # RecBole atomic files
+    python examples/quickstart.py --resume        # continue a killed run where it stopped
 
 It writes ``--out``/model (a self-describing checkpoint for examples/recommend.py and
-``TransRec.from_pretrained``), ``--out``/adapters, results.json and quickstart.log.
+``TransRec.from_pretrained``), ``--out``/adapters, results.json and quickstart.log; while it
+trains, ``--out``/training_state (at each epoch end and every ``--save-every-steps`` steps), from
+which ``--resume`` continues a killed run bit for bit.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,13 +41,12 @@ from typing import TYPE_CHECKING, Any
 # are parsed, so `--help` answers at once.
 if TYPE_CHECKING:
     import torch
-    from torch.utils.data import DataLoader
 
     from adarec.rec.data import InteractionData, LeaveOneOutSplit
     from adarec.rec.transrec import TransRec
 
-ADAPTER_METHODS = ("houlsby", "pfeiffer", "parallel", "compacter", "lora", "side")
-METHODS = (*ADAPTER_METHODS, "full", "frozen", "id")
+METHODS = ("houlsby", "pfeiffer", "parallel", "compacter", "lora", "side", "full", "frozen",
+           "id")  # adarec.rec.recipes.METHODS (not imported here: --help stays instant)
 log = logging.getLogger("quickstart")
 
 
@@ -129,6 +133,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-state-cache", action="store_true",
                    help="--method side: run the frozen encoder every step instead of caching "
                         "its hidden states once")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --out/training_state (a killed run ends as if never "
+                        "interrupted)")
+    p.add_argument("--save-every-steps", type=int, default=0,
+                   help="also save the training state every N steps (0: at epoch ends only)")
+    p.add_argument("--stop-after-steps", type=int, default=0,
+                   help=argparse.SUPPRESS)  # tests: SIGKILL itself after N steps of this run
     args = p.parse_args(argv)
     if args.interactions and args.atomic:
         p.error("--interactions and --atomic are two sources: pick one")
@@ -175,8 +186,8 @@ def build_model(args: argparse.Namespace, data: InteractionData) -> tuple[TransR
     before its frozen encoder is replaced by a precomputed table, so the encoder counts)."""
     import torch
 
-    import adarec
-    from adarec.rec.item_encoders import IDItemEncoder, PrecomputedItemEncoder, TextItemEncoder
+    from adarec.rec.item_encoders import IDItemEncoder, TextItemEncoder
+    from adarec.rec.recipes import apply_method
     from adarec.rec.transrec import TransRec
 
     common: dict[str, Any] = dict(
@@ -186,32 +197,22 @@ def build_model(args: argparse.Namespace, data: InteractionData) -> tuple[TransR
     if args.method == "id":
         model = TransRec(IDItemEncoder(data.n_items, args.dim), user_dim=args.dim, dtl=False,
                          **common)
-        return model, model.set_policy("full")
+        return model, apply_method(model, "id")
     from transformers import AutoModel, AutoTokenizer
 
     path = args.encoder or default_encoder()
-    tokenizer = AutoTokenizer.from_pretrained(path)
     item = TextItemEncoder.from_texts(
-        AutoModel.from_pretrained(path), tokenizer, data.item_texts, max_length=args.text_len,
-        cache_frozen_layers=True,
+        AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), data.item_texts,
+        max_length=args.text_len, cache_frozen_layers=True,
         cache_dtype=torch.bfloat16 if args.cache_dtype == "bf16" else None,
         cache_states=not args.no_state_cache,
     )
     model = TransRec(item, user_dim=args.dim, dtl=args.dtl, id_fusion=args.id_fusion, **common)
-    if args.method in ADAPTER_METHODS:
-        layers = tuple(range(-args.adapter_layers, 0)) if args.adapter_layers else None
-        spec = adarec.AdapterSpec.preset(args.method, layers=layers)
-        if args.method == "side":
-            spec = spec.replace(bottleneck=args.side_width, side_states=args.side_states)
-        summary = model.inject_adapters(item=spec,
-                                        user=args.method if args.user_adapters else None)
-    elif args.method == "full" and args.top_blocks:
-        summary = model.set_policy("top_blocks", top=args.top_blocks)
-    else:
-        summary = model.set_policy(args.method)
-    if args.method == "frozen":  # linear probe: a frozen encoder is a fixed table, computed once
-        model.item_encoder = PrecomputedItemEncoder.from_encoder(item)
-        model.invalidate_cache()
+    side = args.method == "side"
+    summary = apply_method(
+        model, args.method, adapter_layers=args.adapter_layers, top_blocks=args.top_blocks,
+        user_adapters=args.user_adapters, side_width=args.side_width if side else None,
+        side_states=args.side_states if side else None)
     return model, summary
 
 
@@ -219,17 +220,9 @@ def optimizer_for(model: TransRec, args: argparse.Namespace) -> torch.optim.Opti
     """Pre-trained encoder weights get a small learning rate, everything new the normal one."""
     import torch
 
-    import adarec
+    from adarec.rec.param_groups import param_groups
 
-    adapters = {id(p) for p in adarec.adapter_parameters(model).values()}
-    base = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in adapters
-            and n.startswith("item_encoder.model.")]
-    base_ids = {id(p) for p in base}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in base_ids]
-    groups = [{"params": rest, "lr": args.lr}]
-    if base:
-        groups.append({"params": base, "lr": args.encoder_lr})
-    return torch.optim.AdamW(groups, weight_decay=0.0)
+    return torch.optim.AdamW(param_groups(model, lr=args.lr, base_lr=args.encoder_lr))
 
 
 def autocast(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
@@ -256,40 +249,78 @@ def evaluate(
                 for p in PROTOCOLS}
 
 
-def make_loader(split: LeaveOneOutSplit, n_items: int,
-                args: argparse.Namespace) -> DataLoader[Any]:
+def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
+          optimizer: torch.optim.Optimizer, stopper: Any, args: argparse.Namespace,
+          t0: float) -> tuple[list[float], int]:
+    """Train until validation NDCG@10 stops improving (or ``--epochs``); returns the training
+    seconds per epoch and the epochs run. The whole loop state goes to ``--out``/training_state
+    at each epoch end (and every ``--save-every-steps`` steps), so ``--resume`` continues a
+    killed run exactly where its last save was."""
     import torch
-    from torch.utils.data import DataLoader
-
-    from adarec.rec.data import TrainCollator, TrainDataset
-
-    return DataLoader(
-        TrainDataset.for_split(split, args.max_len, sampling=args.sampling),
-        batch_size=args.batch_size, shuffle=True,
-        collate_fn=TrainCollator(n_items, args.max_len, args.negatives, args.seed),
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-
-
-def train_epoch(model: TransRec, loader: DataLoader[Any], optimizer: torch.optim.Optimizer,
-                args: argparse.Namespace, desc: str = "epoch") -> float:
-    """One pass over the training data; returns the mean loss."""
-    from torch import nn
     from tqdm.auto import tqdm
 
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    total, bar = 0.0, tqdm(loader, desc=desc, leave=False)
-    for step, batch in enumerate(bar, 1):
-        with autocast(args):
-            loss = model.loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(trainable, 5.0)
-        optimizer.step()
-        total += loss.item()
-        bar.set_postfix(loss=f"{total / step:.4f}")
-    return total / max(len(loader), 1)
+    from adarec.rec.data import TrainCollator, TrainDataset
+    from adarec.rec.training import (
+        batches,
+        epoch_order,
+        load_loop_state,
+        n_batches,
+        save_loop_state,
+        train_step,
+    )
+    from adarec.training_state import STATE_JSON
+
+    dataset = TrainDataset.for_split(split, args.max_len, sampling=args.sampling)
+    collator = TrainCollator(n_items, args.max_len, args.negatives, args.seed)
+    order_rng = torch.Generator().manual_seed(args.seed)
+    generators = {"order": order_rng, "negatives": collator.generator}
+    folder = Path(args.out) / "training_state"
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "order": None, "loss_sum": 0.0,
+                             "seconds": 0.0, "train_seconds": []}
+    if args.resume and (folder / STATE_JSON).is_file():
+        state = load_loop_state(folder, model=model, optimizer=optimizer, stopper=stopper,
+                                generators=generators)
+        log.info("resumed from %s: epoch %d, after step %d", folder, state["epoch"] + 1,
+                 state["step"])
+
+    def save() -> None:
+        save_loop_state(folder, model=model, optimizer=optimizer, stopper=stopper,
+                        generators=generators, extra=state)
+
+    per_epoch, steps_run = n_batches(len(dataset), args.batch_size), 0
+    while state["epoch"] < args.epochs and not stopper.should_stop:
+        epoch = state["epoch"] + 1
+        if state["order"] is None:
+            state["order"] = epoch_order(len(dataset), order_rng)
+        model.train()
+        tick = time.perf_counter()
+        bar = tqdm(batches(dataset, collator, state["order"], args.batch_size, state["step"]),
+                   desc=f"epoch {epoch}/{args.epochs}", total=per_epoch, initial=state["step"],
+                   leave=False)
+        for batch in bar:
+            state["loss_sum"] += train_step(model, batch, optimizer, args.precision)
+            state["step"] += 1
+            steps_run += 1
+            bar.set_postfix(loss=f"{state['loss_sum'] / state['step']:.4f}")
+            if steps_run == args.stop_after_steps:  # a kill the test can place exactly
+                os.kill(os.getpid(), signal.SIGKILL)
+            if args.save_every_steps and state["step"] % args.save_every_steps == 0 \
+                    and state["step"] < per_epoch:
+                state["seconds"] += time.perf_counter() - tick
+                save()
+                tick = time.perf_counter()
+        state["train_seconds"].append(state["seconds"] + time.perf_counter() - tick)
+        valid = evaluate(model, split.valid, args)
+        m, u = valid["masked"], valid["unmasked"]
+        log.info("epoch %d: loss %.4f  valid HR@10 %.4f  NDCG@10 %.4f (history masked; "
+                 "unmasked %.4f / %.4f)  (%.0fs)", epoch, state["loss_sum"] / max(per_epoch, 1),
+                 m["hr@10"], m["ndcg@10"], u["hr@10"], u["ndcg@10"], time.perf_counter() - t0)
+        stopper.step(valid[args.select]["ndcg@10"], model, epoch)
+        state.update(epoch=epoch, step=0, order=None, loss_sum=0.0, seconds=0.0)
+        save()
+    if stopper.should_stop:
+        log.info("no better validation NDCG@10 for %d epochs: stopping", args.patience)
+    return state["train_seconds"], state["epoch"]
 
 
 def save_checkpoints(model: TransRec, data: InteractionData, folder: Path) -> list[str]:
@@ -332,24 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info("parameters (model as defined):\n%s", summary)
     model.dedup = not args.no_dedup
     optimizer = optimizer_for(model, args)
-    loader = make_loader(split, data.n_items, args)
-
     stopper = EarlyStopping(patience=args.patience)
-    train_seconds: list[float] = []
-    epoch = 0
-    for epoch in range(1, args.epochs + 1):
-        epoch_start = time.perf_counter()
-        loss = train_epoch(model, loader, optimizer, args, f"epoch {epoch}/{args.epochs}")
-        train_seconds.append(time.perf_counter() - epoch_start)
-        valid = evaluate(model, split.valid, args)
-        m, u = valid["masked"], valid["unmasked"]
-        log.info("epoch %d: loss %.4f  valid HR@10 %.4f  NDCG@10 %.4f (history masked; "
-                 "unmasked %.4f / %.4f)  (%.0fs)", epoch, loss, m["hr@10"], m["ndcg@10"],
-                 u["hr@10"], u["ndcg@10"], time.perf_counter() - start)
-        stopper.step(valid[args.select]["ndcg@10"], model, epoch)
-        if stopper.should_stop:
-            log.info("no better validation NDCG@10 for %d epochs: stopping", args.patience)
-            break
+    train_seconds, epoch = train(model, split, data.n_items, optimizer, stopper, args, start)
 
     stopper.restore(model)
     rules = ("pessimistic", "expected", "optimistic")

@@ -80,5 +80,5 @@ def test_user2index_gives_users_their_original_tokens(tmp_path: Path) -> None:
 def test_an_index_missing_from_item2index_is_refused(tmp_path: Path) -> None:
     _write(tmp_path, ["a", "b", "c", "d"])
     (tmp_path / "S.item2index").write_text("a\t1\nb\t2\n")
-    with pytest.raises(DataError, match="not in S.item2index"):
+    with pytest.raises(DataError, match=r"not in S\.item2index"):
         load_atomic(tmp_path)
