@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     # 1: small services on the leaves
     "adarec.folders": 1,
     "adarec.precision": 1,
+    "adarec.machine": 2,
     "adarec.state_key": 1,
     # 2: what an adapter is, and the sites it goes to
     "adarec.adapters.base": 2,
@@ -116,6 +117,9 @@ LAYERS: dict[str, int] = {
     "adarec.rec.transrec": 30,
     "adarec.rec.pretrained": 31,
     "adarec.rec.ann": 31,
+    "adarec.rec.recipes": 31,
+    "adarec.rec.param_groups": 21,
+    "adarec.rec.training": 25,
     "adarec.rec": 32,
     # 29: the package's public face
     "adarec": 29,

@@ -50,8 +50,12 @@ from adarec.rec.metrics import (
     tie_counts,
     topk_chunked,
 )
+from adarec.rec.param_groups import param_groups, parameter_roles
+from adarec.rec.recipes import apply_method
 from adarec.rec.splits import ColdItemSplit, cold_item_split, select_users, subsample_users
 from adarec.rec.state_cache import HiddenStateCache, state_cache_bytes
+from adarec.rec.training import epoch_order, load_loop_state, save_loop_state, train_step
+from adarec.rec.transfer import load_transferable, save_transferable
 from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, Recommendations, TransRec
 from adarec.rec.user_encoders import SASRec, SASRecBlock
 
@@ -90,8 +94,10 @@ __all__ = [
     "TrainExample",
     "TransRec",
     "WhiteningMoEAdaptor",
+    "apply_method",
     "bce_loss",
     "cold_item_split",
+    "epoch_order",
     "evaluate_full_ranking",
     "full_ranking_counts",
     "full_ranking_ranks",
@@ -100,14 +106,20 @@ __all__ = [
     "kinds",
     "leave_one_out",
     "load_atomic",
+    "load_loop_state",
     "load_movielens_100k",
     "load_movielens_latest_small",
+    "load_transferable",
     "pad_left",
     "pad_right",
+    "param_groups",
+    "parameter_roles",
     "ranking_metrics",
     "register_kind",
     "sample_negatives",
     "sampled_softmax_loss",
+    "save_loop_state",
+    "save_transferable",
     "select_users",
     "state_cache_bytes",
     "subsample_users",
@@ -115,5 +127,6 @@ __all__ = [
     "tie_counts",
     "tokenize_item_texts",
     "topk_chunked",
+    "train_step",
     "unregister_kind",
 ]
