@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
 import dataclasses
 import hashlib
 import json
@@ -68,6 +67,7 @@ from torch.utils.data import DataLoader
 import adarec
 import adarec.precision
 from adarec.layouts import iter_blocks
+from adarec.machine import fixed_mmap_threshold
 from adarec.rec.data import InteractionData, TrainCollator, TrainDataset, leave_one_out
 from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
 from adarec.rec.early_stopping import EarlyStopping
@@ -529,17 +529,6 @@ def popularity(setting: Prepared, n_items: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ running
-def fixed_mmap_threshold(size: int = 1 << 20) -> None:
-    """glibc raises its mmap threshold as big tensors are freed, then serves later ones from a
-    heap that fragments when every batch has other shapes (texts trimmed per batch): RSS grew
-    past 9 GB in a prompt-tuning run. A fixed threshold hands big blocks back to the OS."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to do
-        return
-    libc.mallopt(-3, size)  # M_MMAP_THRESHOLD
-
-
 def load_data(name: str, args: argparse.Namespace) -> InteractionData:
     if name == "ml-100k":
         return load_movielens_100k(args.data)
