@@ -58,6 +58,9 @@ RECORD, INDEX_FILE = "ann.json", "index.faiss"
 class StaleIndexError(CheckpointError):
     """The model's item table is not the one the index was built from."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
 
 def _faiss() -> Any:
     """faiss, its threads set to torch's (so ``torch.set_num_threads`` governs both)."""

@@ -57,6 +57,9 @@ class ItemEncoderBase(nn.Module):
     transferable = True
     dim: int
 
+    def __init__(self) -> None:
+        super().__init__()
+
     @property
     def n_items(self) -> int:
         raise NotImplementedError
