@@ -22,6 +22,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset, get_worker_info
 
 from adarec.errors import ConfigError, DataError
+from adarec.rec.readers import csv_interactions, dataframe_interactions
 from adarec.rec.timestamps import TimestampParser, is_missing
 
 PAD = 0
@@ -167,12 +168,10 @@ class InteractionData:
         interactions file itself. Ids stay strings, as in the file. See `from_interactions`
         for the ordering, filtering and error rules.
         """
-        from adarec.rec.readers import read_csv_interactions
-
-        return read_csv_interactions(
-            cls, Path(path), user, item, time, items, item_key, text, delimiter,
-            min_user_interactions, name,
-        )
+        rows, texts = csv_interactions(Path(path), user, item, time, items, item_key, text,
+                                       delimiter)
+        return cls.from_interactions(rows, texts, min_user_interactions,
+                                     name=name if name is not None else Path(path).stem)
 
     @classmethod
     def from_dataframe(
@@ -193,11 +192,8 @@ class InteractionData:
         Like `from_csv`, with ``items`` a DataFrame or a CSV path; ids keep their dtype (ints
         stay ints), and a ``datetime64`` time column is compared as dates.
         """
-        from adarec.rec.readers import read_dataframe_interactions
-
-        return read_dataframe_interactions(
-            cls, df, user, item, time, items, item_key, text, min_user_interactions, name
-        )
+        rows, texts = dataframe_interactions(df, user, item, time, items, item_key, text)
+        return cls.from_interactions(rows, texts, min_user_interactions, name=name)
 
 
 def _text(value: Any) -> str:

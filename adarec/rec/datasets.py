@@ -12,8 +12,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from adarec.errors import DataError, DataFileNotFoundError
+from adarec.rec.atomic import load_atomic
 from adarec.rec.data import InteractionData
-from adarec.rec.readers import Row, atomic_rows, csv_rows, interaction_rows, load_atomic
+from adarec.rec.readers import Row, atomic_rows, csv_rows, interaction_rows
 
 _ML100K_HINT = (
     "install the data files with `pip install --no-deps recbole==1.2.1` "

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from adarec.errors import AdarecError, DataError, DataFileNotFoundError
 from adarec.rec import InteractionData, TextItemEncoder, TrainCollator, TrainDataset, leave_one_out
-from adarec.rec.readers import load_atomic
+from adarec.rec.atomic import load_atomic
 
 
 def _seq(data: InteractionData, user: object = "u") -> list[object]:
