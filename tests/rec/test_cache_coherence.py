@@ -320,7 +320,9 @@ class CacheCoherence(RuleBasedStateMachine):
     def merge_or_unmerge(self, data: st.DataObject) -> None:
         """Fold a LoRA or (IA)^3 set into the base weights (activating it first), or unfold."""
         if self._merged():
-            unmerge_adapters(self.hf)
+            # a weight_update may have stepped a merged base weight: unmerging refuses to drop
+            # that change unless told to (merge's own promise, tested elsewhere)
+            unmerge_adapters(self.hf, discard_changes=True)
             return
         sets = adapter_sets(self.hf)
         mergeable = [n for n, spec in sets.items() if spec.method in ("lora", "ia3")]
