@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from adarec.rec.item_encoder import ItemEncoder
+from adarec.rec.side_encoding import eval_flags
 from adarec.state_key import StateKey, autocast_state
 
 
@@ -67,15 +68,8 @@ def table_key(model: ItemTower) -> StateKey:
 @contextmanager
 def inference(model: nn.Module | Any) -> Iterator[None]:
     """Eval-mode flags and no grad, without calling ``train()`` (which drops the cache)."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        for m, _ in flags:
-            m.training = False
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
+    with eval_flags(model), torch.no_grad():
+        yield
 
 
 class ItemTableCache:
