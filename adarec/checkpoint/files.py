@@ -107,16 +107,32 @@ def read_json(file: Path) -> dict[str, Any]:
 
 def read_weights(file: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Read a safetensors file whole (checked against ``sha256`` when given) onto the CPU."""
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(_missing_weights(file)) from None
+    data = read_weights_bytes(file)
     if sha256 is not None:
         _check_sha256(data, {"sha256": sha256}, file)
+    return weights_from_bytes(data, file)
+
+
+def read_weights_bytes(file: Path) -> bytes:
+    """The bytes of a weights file, a missing one named as such."""
+    try:
+        return file.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(_missing_weights(file)) from None
+
+
+def weights_from_bytes(data: bytes, file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of safetensors ``data`` read from ``file``."""
     try:
         return safetensors_from_bytes(data)  # safetensors' own parser: never pickle
     except Exception as exc:  # safetensors raises its own error types and a few builtin ones
         raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
+
+
+def config_is_bound(data: bytes, config: Mapping[str, Any], file: Path) -> bool:
+    """Whether the weights ``data`` carry the `config_digest` of ``config`` in their metadata
+    (written by ``write_weights(..., {CONFIG_DIGEST: config_digest(config)})``)."""
+    return _safetensors_metadata(data, file).get(CONFIG_DIGEST) == config_digest(config)
 
 
 def _not_found(file: Path) -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as safetensors_from_bytes
 
 from ..errors import CheckpointError
 from ..folders import MissingFile, read_folder
@@ -17,7 +16,6 @@ from ..version import __version__
 from .files import (
     _FILES,
     ADAPTER_CONFIG,
-    CONFIG_DIGEST,
     FORMAT_VERSION,
     STATE_CONFIG,
     STATE_FORMAT,
@@ -27,8 +25,8 @@ from .files import (
     _need,
     _not_found,
     _parse_json,
-    _safetensors_metadata,
-    config_digest,
+    config_is_bound,
+    weights_from_bytes,
 )
 
 
@@ -75,15 +73,14 @@ def _read_folder(path: PathLike, header_only: bool) -> tuple[dict[str, Any], byt
     data = files[weights_name]
     if not header_only:
         _check_sha256(data, config["weights"], folder / weights_name)
-    if config["format_version"] >= 2:
-        metadata = _safetensors_metadata(data, folder / weights_name)
-        if metadata.get(CONFIG_DIGEST) != config_digest(config):
-            raise CheckpointError(
-                f"{folder / config_name} was edited after it was written: its sha256 does not "
-                f"match the one bound into {weights_name} when both were saved (every field is "
-                "covered: specs, active flags, tensor records, the base-model fingerprint); "
-                "restore the original file or save the checkpoint again"
-            )
+    if config["format_version"] >= 2 and not config_is_bound(data, config,
+                                                              folder / weights_name):
+        raise CheckpointError(
+            f"{folder / config_name} was edited after it was written: its sha256 does not "
+            f"match the one bound into {weights_name} when both were saved (every field is "
+            "covered: specs, active flags, tensor records, the base-model fingerprint); "
+            "restore the original file or save the checkpoint again"
+        )
     return config, data
 
 
@@ -138,11 +135,7 @@ def _read(path: PathLike, fmt: str) -> tuple[dict[str, Any], dict[str, torch.Ten
     if config["format"] != fmt:
         other = "load_model_state" if config["format"] == STATE_FORMAT else "load_adapters"
         raise CheckpointError(f"{folder} is an {config['format']} checkpoint; use {other}")
-    try:
-        tensors = safetensors_from_bytes(data)  # safetensors' own parser: never pickle
-    except Exception as exc:  # safetensors raises its own error types and a few builtin ones
-        raise CheckpointError(f"{folder / _FILES[fmt][1]} is not a readable safetensors file: "
-                              f"{exc}") from None
+    tensors = weights_from_bytes(data, folder / _FILES[fmt][1])
     declared = config["tensors"]
     diffs = [f"{n}: in the file, not in the JSON" for n in tensors if n not in declared]
     diffs += [f"{n}: in the JSON, not in the file" for n in declared if n not in tensors]

@@ -26,7 +26,6 @@ edits are not detected there.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import warnings
 from collections.abc import Hashable, Mapping
@@ -34,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import safetensors.torch
 import torch
 import transformers
 from torch import Tensor, nn
@@ -48,7 +46,13 @@ from adarec.checkpoint import (
     write_json,
     write_weights,
 )
-from adarec.checkpoint.files import _safetensors_metadata
+from adarec.checkpoint.files import (
+    _check_sha256,
+    _need,
+    _parse_json,
+    config_is_bound,
+    weights_from_bytes,
+)
 from adarec.errors import AdapterStateError, CheckpointError, ConfigError
 from adarec.folders import MissingFile, read_folder
 from adarec.inject import (
@@ -199,23 +203,6 @@ def save(model: Any, folder: str | Path, include_base: bool = False,
 
 
 # --------------------------------------------------------------------------------- loading
-def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    value = obj.get(key) if isinstance(obj, dict) else None
-    if not isinstance(value, kind):
-        raise CheckpointError(f"{where}: field {key!r} is missing or malformed: {value!r}")
-    return value
-
-
-def _parse(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        config = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{where} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{where} must hold a JSON object")
-    return config
-
-
 def _validate(config: dict[str, Any], where: str) -> dict[str, Any]:
     if config.get("format") != FORMAT:
         raise CheckpointError(f"{where}: format {config.get('format')!r}, expected {FORMAT!r}")
@@ -258,14 +245,11 @@ def _read(root: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
             raise CheckpointError(f"{root} is an adapter checkpoint (save_adapters); load it "
                                   "into a built model with adarec.load_adapters")
         raise CheckpointError(f"{where} not found: not a TransRec folder (save_pretrained)")
-    config = _validate(_parse(files[CONFIG], where), where)
+    config = _validate(_parse_json(files[CONFIG], root / CONFIG), where)
     data = files[WEIGHTS]
-    if hashlib.sha256(data).hexdigest() != config["weights"]["sha256"]:
-        raise CheckpointError(f"{root / WEIGHTS} is corrupted or truncated: its sha256 does not "
-                              f"match the one recorded when it was written ({len(data)} bytes)")
+    _check_sha256(data, config["weights"], root / WEIGHTS)
     if config["format_version"] >= 2:
-        if _safetensors_metadata(data, root / WEIGHTS).get(CONFIG_DIGEST) != config_digest(
-                config):
+        if not config_is_bound(data, config, root / WEIGHTS):
             raise CheckpointError(
                 f"{where} was edited after it was written: its sha256 does not match the one "
                 f"bound into {WEIGHTS} (every field is covered: settings, item map, adapter "
@@ -275,11 +259,7 @@ def _read(root: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     else:
         warnings.warn(f"{root} is a format-1 TransRec folder: it carries no digest of its JSON, "
                       "so hand edits are not detected; save it again to upgrade", stacklevel=4)
-    try:
-        tensors = dict(safetensors.torch.load(data))
-    except Exception as exc:  # a safetensors error of any kind: the file does not parse
-        raise CheckpointError(f"{root / WEIGHTS} is not a readable safetensors file: "
-                              f"{exc}") from None
+    tensors = weights_from_bytes(data, root / WEIGHTS)
     _check_header(config, tensors, where)
     if config["format_version"] == 1:
         tensors = _upgrade_v1(config, tensors)

@@ -18,8 +18,19 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
-from adarec.checkpoint import config_digest, read_json, read_weights, write_json, write_weights
-from adarec.checkpoint.files import _safetensors_metadata
+from adarec.checkpoint import (
+    CONFIG_DIGEST,
+    config_digest,
+    read_json,
+    write_json,
+    write_weights,
+)
+from adarec.checkpoint.files import (
+    _check_sha256,
+    config_is_bound,
+    read_weights_bytes,
+    weights_from_bytes,
+)
 from adarec.errors import CheckpointError, StateMismatchError
 from adarec.folders import atomic_folder
 
@@ -73,7 +84,7 @@ def save_transferable(model: Transferable, path: str | Path) -> Path:
     config: dict[str, Any] = {"format": FORMAT, "layout": _layout(state)}
     with atomic_folder(path, CONFIG) as tmp:
         config["weights"] = write_weights(tmp, WEIGHTS, state,
-                                          metadata={"config_sha256": config_digest(config)})
+                                          metadata={CONFIG_DIGEST: config_digest(config)})
         write_json(tmp / CONFIG, config)
     return Path(path)
 
@@ -103,11 +114,12 @@ def load_transferable(model: Transferable, path: str | Path) -> Transferable:
         raise CheckpointError(f"{folder / CONFIG} is not a transfer checkpoint (format "
                               f"{config.get('format')!r}; expected {FORMAT}, with a layout and "
                               "weights record)")
-    state = read_weights(folder / WEIGHTS, sha256=config["weights"].get("sha256"))
-    header = _safetensors_metadata((folder / WEIGHTS).read_bytes(), folder / WEIGHTS)
-    if header.get("config_sha256") != config_digest(config):
+    data = read_weights_bytes(folder / WEIGHTS)  # read once: sha256, binding, tensors
+    _check_sha256(data, config["weights"], folder / WEIGHTS)
+    if not config_is_bound(data, config, folder / WEIGHTS):
         raise CheckpointError(f"{folder / CONFIG} does not match the digest bound into {WEIGHTS}: "
                               "the folder was edited or mixed; save it again")
+    state = weights_from_bytes(data, folder / WEIGHTS)
     if _layout(state) != config["layout"]:
         raise CheckpointError(f"{folder / WEIGHTS} does not hold the tensors {CONFIG} lists")
     diff = _differences(config["layout"], _layout(model.transferable_state_dict()))
