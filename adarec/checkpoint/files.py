@@ -129,6 +129,25 @@ def weights_from_bytes(data: bytes, file: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
 
 
+def tensor_record_differences(declared: Mapping[str, Any],
+                              tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """How a weights file's tensors differ from the JSON's tensor records (names, shapes,
+    dtypes); empty when they agree."""
+    def dtype(t: torch.Tensor) -> str:
+        return str(t.dtype).removeprefix("torch.")
+
+    diffs = [f"{n}: in the file, not in the JSON" for n in tensors if n not in declared]
+    diffs += [f"{n}: in the JSON, not in the file" for n in declared if n not in tensors]
+    diffs += [
+        f"{n}: JSON says {declared[n].get('shape')} {declared[n].get('dtype')}, file has "
+        f"{list(t.shape)} {dtype(t)}"
+        for n, t in tensors.items()
+        if n in declared and (declared[n].get("shape") != list(t.shape)
+                              or declared[n].get("dtype") != dtype(t))
+    ]
+    return diffs
+
+
 def config_is_bound(data: bytes, config: Mapping[str, Any], file: Path) -> bool:
     """Whether the weights ``data`` carry the `config_digest` of ``config`` in their metadata
     (written by ``write_weights(..., {CONFIG_DIGEST: config_digest(config)})``)."""

@@ -26,6 +26,7 @@ from .files import (
     _not_found,
     _parse_json,
     config_is_bound,
+    tensor_record_differences,
     weights_from_bytes,
 )
 
@@ -136,16 +137,7 @@ def _read(path: PathLike, fmt: str) -> tuple[dict[str, Any], dict[str, torch.Ten
         other = "load_model_state" if config["format"] == STATE_FORMAT else "load_adapters"
         raise CheckpointError(f"{folder} is an {config['format']} checkpoint; use {other}")
     tensors = weights_from_bytes(data, folder / _FILES[fmt][1])
-    declared = config["tensors"]
-    diffs = [f"{n}: in the file, not in the JSON" for n in tensors if n not in declared]
-    diffs += [f"{n}: in the JSON, not in the file" for n in declared if n not in tensors]
-    diffs += [
-        f"{n}: JSON says {declared[n].get('shape')} {declared[n].get('dtype')}, file has "
-        f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}"
-        for n, t in tensors.items()
-        if n in declared and (declared[n]["shape"] != list(t.shape)
-                              or declared[n].get("dtype") != str(t.dtype).removeprefix("torch."))
-    ]
+    diffs = tensor_record_differences(config["tensors"], tensors)
     if diffs:
         raise CheckpointError(f"{folder}: JSON and weights disagree:\n  " + "\n  ".join(diffs))
     if config["format_version"] < 2:

@@ -51,6 +51,7 @@ from adarec.checkpoint.files import (
     _need,
     _parse_json,
     config_is_bound,
+    tensor_record_differences,
     weights_from_bytes,
 )
 from adarec.errors import AdapterStateError, CheckpointError, ConfigError
@@ -272,12 +273,7 @@ def read_config(folder: str | Path) -> dict[str, Any]:
 
 
 def _check_header(config: dict[str, Any], tensors: dict[str, Tensor], where: str) -> None:
-    declared = config["tensors"]
-    diffs = [f"{n}: in the file, not in the JSON" for n in tensors if n not in declared]
-    diffs += [f"{n}: in the JSON, not in the file" for n in declared if n not in tensors]
-    diffs += [f"{n}: JSON says {declared[n].get('shape')}, file has {list(t.shape)}"
-              for n, t in tensors.items()
-              if n in declared and declared[n].get("shape") != list(t.shape)]
+    diffs = tensor_record_differences(config["tensors"], tensors)
     if diffs:
         raise CheckpointError(f"{where}: JSON and weights disagree:\n  " + "\n  ".join(diffs))
 
