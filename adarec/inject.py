@@ -29,6 +29,7 @@ from .errors import AdapterStateError
 from .freezing import mark_only_adapters_trainable, restore_requires_grad_below
 from .hf import guard_save_pretrained
 from .hooks import add_forward_hook, iter_hooks, remove_hooks
+from .merge_state import check_merge_state, release
 from .planning import attach_point, module_widths, plan_sites
 from .registry import AttachContext, BuildContext, SetState, method_info
 from .sets import active_adapters, adapter_sets, iter_adapters
@@ -170,8 +171,6 @@ def set_active_adapters(model: nn.Module, names: str | Sequence[str] | None) -> 
     missing = [n for n in wanted if n not in present]
     if missing:
         raise AdapterStateError(f"no adapter set named {missing}; sets present: {list(present)}")
-    from .merge import check_merge_state
-
     check_merge_state(model, active=lambda a: a.set_name in wanted)
     for _, _, a in iter_adapters(model):
         a.active = a.set_name in wanted
@@ -219,8 +218,6 @@ def eject_adapters(
             f"adapter set(s) {inside} were injected into a module that contains "
             f"{type(model).__name__}; eject them from that module (or one containing it)"
         )
-    from .merge import release
-
     release(model, [a for _, _, a in leaving], keep_merged=keep_merged)  # checks, then unmerges
     for _, module, adapter in leaving:
         container = getattr(module, ADAPTERS_ATTR)
