@@ -2,8 +2,9 @@
 
 A spec is a method name plus the values of the fields *that method uses*. The fields are a shared
 vocabulary: the ones several methods understand (``bottleneck``, ``dropout``, ``layers``, ...) are
-declared here, and a method adds its own (a rank, the blocks a tapping network reads ...) in its own
-file when it registers (`adarec.registry.register_method`). So this file knows no method by name.
+declared in `adarec.spec_fields` (re-exported here), and a method adds its own (a rank, the blocks
+a tapping network reads ...) in its own file when it registers (`adarec.registry.register_method`).
+So this file knows no method by name.
 
 Every value is checked when the spec is built, however it is built (the constructor, `preset`
 with overrides, `from_dict`, `replace`): an unknown field, a field the method does not use, an
@@ -16,192 +17,48 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import math
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import SpecError
-
-MAX_WIDTH = 1 << 16
-"""Largest adapter width (bottleneck, rank, number of soft tokens) a spec accepts: far above any
-use, far below what makes the allocator fail with an unreadable error."""
-MAX_INDEX = 1 << 20
-"""Largest block index (either sign) a spec accepts."""
-
-
-# ------------------------------------------------------------------------------ field vocabulary
-@dataclass(frozen=True)
-class SpecField:
-    """One spec field: its default, what it accepts, and which fields it cancels.
-
-    ``check(value)`` returns ``True`` for an acceptable value; ``allowed`` says in words what is
-    accepted (it becomes the error message). ``sequence`` fields take any sequence and store a
-    tuple. Setting a field listed in ``excludes`` (``bottleneck`` vs ``reduction_factor``) leaves
-    this one unset instead of at its default.
-    """
-
-    name: str
-    default: Any
-    check: Callable[[Any], bool]
-    allowed: str
-    doc: str = ""
-    sequence: bool = False
-    excludes: tuple[str, ...] = ()
-
-    def normalise(self, value: Any) -> Any:
-        if self.sequence and isinstance(value, (list, range)):
-            return tuple(value)
-        return value
-
-
-def is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def int_in(lo: int, hi: int) -> Callable[[Any], bool]:
-    return lambda x: is_int(x) and lo <= x <= hi
-
-
-def number_in(lo: float, hi: float, *, low_open: bool = False, high_open: bool = False
-              ) -> Callable[[Any], bool]:
-    def ok(x: Any) -> bool:
-        if not is_number(x):
-            return False
-        return (lo < x if low_open else lo <= x) and (x < hi if high_open else x <= hi)
-
-    return ok
-
-
-def distinct_from(choices: Sequence[str], *, min_size: int = 1) -> Callable[[Any], bool]:
-    """A tuple of distinct values from ``choices`` with at least ``min_size`` items."""
-    return lambda x: (isinstance(x, tuple) and len(x) >= min_size and len(set(x)) == len(x)
-                      and all(isinstance(v, str) and v in choices for v in x))
-
-
-def block_indices(*, allow_none: bool) -> Callable[[Any], bool]:
-    """``None`` (when allowed: every block) or a non-empty tuple of distinct block indices."""
-    def ok(x: Any) -> bool:
-        if x is None:
-            return allow_none
-        return (isinstance(x, tuple) and len(x) > 0 and len(set(x)) == len(x)
-                and all(is_int(i) and -MAX_INDEX <= i < MAX_INDEX for i in x))
-
-    return ok
-
-
-def _activations() -> tuple[str, ...]:
-    from transformers.activations import ACT2FN
-
-    return tuple(sorted(ACT2FN))
-
-
-def _valid_targets(tm: Any) -> bool:
-    if tm is None:
-        return True
-    if isinstance(tm, str):
-        try:
-            re.compile(tm)
-        except re.error:
-            return False
-        return tm != ""
-    return isinstance(tm, tuple) and len(tm) > 0 and all(isinstance(t, str) and t for t in tm)
-
-
-POSITIONS = ("mha", "ffn")
-"""Sublayers a bottleneck adapter can follow: self-attention and feed-forward."""
-
-BOTTLENECK = SpecField(
-    "bottleneck", 64, lambda x: x is None or (is_int(x) and 1 <= x <= MAX_WIDTH),
-    f"must be None or an integer in [1, {MAX_WIDTH}]", "bottleneck width",
-    excludes=("reduction_factor",),
+from .methods_table import (
+    DEFAULT_METHOD,
+    MethodDef,
+    Placement,
+    ensure_builtins,
+    method_info,
+    method_names,
 )
-REDUCTION_FACTOR = SpecField(
-    "reduction_factor", None, lambda x: x is None or number_in(1 / 16, MAX_WIDTH)(x),
-    f"must be None or a number in [0.0625, {MAX_WIDTH}] (bottleneck = hidden / factor)",
-    "bottleneck = hidden size / reduction_factor", excludes=("bottleneck",),
+from .spec_fields import (
+    ACTIVATION,
+    BOTTLENECK,
+    COMMON_FIELDS,
+    DROPOUT,
+    FIELDS,
+    LAYERS,
+    MAX_INDEX,
+    MAX_WIDTH,
+    POSITIONS,
+    POSITIONS_FIELD,
+    REDUCTION_FACTOR,
+    SCALING,
+    TARGET_MODULES,
+    TUNE_LAYERNORM,
+    SpecField,
+    block_indices,
+    distinct_from,
+    forget_fields,
+    int_in,
+    is_int,
+    is_number,
+    number_in,
+    register_fields,
+    spec_fields,
 )
-POSITIONS_FIELD = SpecField(
-    "positions", POSITIONS, distinct_from(POSITIONS, min_size=0),
-    f"must be distinct values from {list(POSITIONS)}", "sublayers that get an adapter",
-    sequence=True,
-)
-LAYERS = SpecField(
-    "layers", None, block_indices(allow_none=True),
-    "must be None (all blocks) or a non-empty sequence of distinct block indices",
-    "block indices; negative counts from the top", sequence=True,
-)
-ACTIVATION = SpecField(
-    "activation", "gelu", lambda x: isinstance(x, str) and x in _activations(),
-    "must be a name in transformers.activations.ACT2FN", "activation inside the bottleneck",
-)
-DROPOUT = SpecField(
-    "dropout", 0.0, number_in(0.0, 1.0, high_open=True), "must be a probability in [0, 1)",
-    "dropout inside the adapter",
-)
-SCALING = SpecField(
-    "scaling", 1.0, number_in(0.0, 1e6, low_open=True), "must be a number in (0, 1e6]",
-    "multiplier of the adapter's output",
-)
-TARGET_MODULES = SpecField(
-    "target_modules", None, _valid_targets,
-    "must be None, a valid regex string, or a non-empty sequence of module-name suffixes",
-    "explicit targets instead of the layout", sequence=True,
-)
-TUNE_LAYERNORM = SpecField(
-    "tune_layernorm", False, lambda x: isinstance(x, bool), "must be a bool",
-    "also train the norm layers",
-)
-COMMON_FIELDS = (TUNE_LAYERNORM,)
-"""Fields every method takes (besides ``method`` and ``extra``)."""
-
-_FIELDS: dict[str, SpecField] = {}
-
-
-def register_fields(fields: Iterable[SpecField]) -> None:
-    """Add fields to the vocabulary; a name may be declared once (by one definition)."""
-    for f in fields:
-        if f.name in ("method", "extra") or f.name.startswith("_"):
-            raise SpecError(f"{f.name!r} cannot be a spec field name")
-        known = _FIELDS.get(f.name)
-        if known is not None and known is not f:
-            raise SpecError(
-                f"spec field {f.name!r} is already declared with another definition; "
-                "reuse that SpecField object or choose another name"
-            )
-        _FIELDS[f.name] = f
-
-
-register_fields([BOTTLENECK, REDUCTION_FACTOR, POSITIONS_FIELD, LAYERS, ACTIVATION, DROPOUT,
-                 SCALING, TARGET_MODULES, TUNE_LAYERNORM])
-_SHARED = frozenset(_FIELDS)
-
-
-def forget_fields(names: Iterable[str]) -> None:
-    """Drop method-declared fields from the vocabulary (when their last method is unregistered);
-    the shared fields declared here stay."""
-    for name in names:
-        if name not in _SHARED:
-            _FIELDS.pop(name, None)
-
-
-def spec_fields() -> dict[str, SpecField]:
-    """Every field a spec may carry (for some method), by name."""
-    return dict(_FIELDS)
+from .spec_v1 import is_v1, upgrade_v1
 
 
 # ------------------------------------------------------------------------------------- the spec
-def _registry() -> Any:
-    from . import registry
-
-    return registry
-
-
 class AdapterSpec:
     """What to inject and where: a method and the values of the fields it uses.
 
@@ -221,12 +78,11 @@ class AdapterSpec:
     _extra: dict[str, Any]
 
     def __init__(self, method: str | None = None, **fields: Any) -> None:
-        reg = _registry()
         if method is None:
-            method = reg.DEFAULT_METHOD
-        info = reg.method_info(method)  # SpecError for an unknown method
+            method = DEFAULT_METHOD
+        info = method_info(method)  # SpecError for an unknown method
         extra = fields.pop("extra", None)
-        unknown = sorted(n for n in fields if n not in _FIELDS)
+        unknown = sorted(n for n in fields if n not in FIELDS)
         if unknown:
             raise SpecError(_unknown_message(unknown, info))
         uses = info.field_names
@@ -267,7 +123,7 @@ class AdapterSpec:
         values = self._values
         if name in values:
             return values[name]
-        if name in _FIELDS:
+        if name in FIELDS:
             return None  # a field this method does not use
         raise AttributeError(f"AdapterSpec has no field {name!r}")
 
@@ -313,9 +169,8 @@ class AdapterSpec:
     @property
     def is_bottleneck(self) -> bool:
         """A bottleneck adapter at sublayer outputs."""
-        reg = _registry()
-        info = reg.method_info(self._method)
-        return info.placement is reg.Placement.SUBLAYER and "bottleneck" in self._values
+        info = method_info(self._method)
+        return info.placement is Placement.SUBLAYER and "bottleneck" in self._values
 
     @property
     def needs_bottleneck(self) -> bool:
@@ -343,7 +198,7 @@ class AdapterSpec:
         (``reduction_factor``) unsets the other (``bottleneck``)."""
         values: dict[str, Any] = {**self._values, "extra": self._extra}
         for name, value in changes.items():
-            f = _FIELDS.get(name)
+            f = FIELDS.get(name)
             if f is not None and value is not None:
                 for other in f.excludes:
                     if other not in changes:
@@ -367,8 +222,6 @@ class AdapterSpec:
         they did then."""
         if not isinstance(data, Mapping):
             raise SpecError(f"an adapter spec dict must be a mapping, got {type(data).__name__}")
-        from .spec_v1 import is_v1, upgrade_v1
-
         data = upgrade_v1(data) if is_v1(data) else dict(data)
         method = data.pop("method", None)
         if method is not None and not isinstance(method, str):
@@ -378,7 +231,7 @@ class AdapterSpec:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> AdapterSpec:
         """A named preset (every method is one, more may be registered) with field overrides."""
-        _registry().ensure_builtins()
+        ensure_builtins()
         if name not in PRESETS:
             close = difflib.get_close_matches(name, list(PRESETS), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -404,19 +257,19 @@ def _json_copy(extra: Any) -> dict[str, Any]:
         ) from None
 
 
-def _unknown_message(unknown: list[str], info: Any) -> str:
+def _unknown_message(unknown: list[str], info: MethodDef) -> str:
     hints = []
     for name in unknown:
-        close = difflib.get_close_matches(name, [*info.field_names, *_FIELDS], n=1)
+        close = difflib.get_close_matches(name, [*info.field_names, *FIELDS], n=1)
         if close:
             hints.append(f"{name!r}: did you mean {close[0]!r}?")
     hint = (" (" + "; ".join(hints) + ")") if hints else ""
     return (f"unknown AdapterSpec field(s) {unknown}{hint}; method {info.name!r} takes "
             f"{sorted(info.field_names)} (plus 'method' and 'extra'); all fields: "
-            f"{sorted(_FIELDS)}")
+            f"{sorted(FIELDS)}")
 
 
-def _foreign_message(name: str, value: Any, info: Any) -> str:
+def _foreign_message(name: str, value: Any, info: MethodDef) -> str:
     meant = info.hints.get(name)
     if meant is None:
         close = difflib.get_close_matches(name, list(info.field_names), n=1, cutoff=0.5)
@@ -459,7 +312,7 @@ def register_preset(name: str, spec: AdapterSpec) -> None:
     its defaults, so it cannot be taken."""
     if not isinstance(spec, AdapterSpec):
         raise SpecError(f"a preset must be an AdapterSpec, got {type(spec).__name__}")
-    if name in _registry().method_names():
+    if name in method_names():
         raise SpecError(f"preset name {name!r} is a method's name (its defaults); choose another")
     PRESETS[name] = spec
 
@@ -487,12 +340,45 @@ def normalise_layers(
 def __getattr__(name: str) -> Any:
     """``METHODS``, ``MODEL_METHODS`` and ``BOTTLENECK_METHODS`` as they are now registered
     (module attributes of adarec 0.1; prefer `adarec.registry.method_names`)."""
-    reg = _registry()
     if name == "METHODS":
-        return reg.method_names()
+        return method_names()
     if name == "MODEL_METHODS":
-        return reg.method_names(reg.Placement.MODEL)
+        return method_names(Placement.MODEL)
     if name == "BOTTLENECK_METHODS":
-        return tuple(n for n in reg.method_names(reg.Placement.SUBLAYER)
-                     if "bottleneck" in reg.method_info(n).field_names)
+        return tuple(n for n in method_names(Placement.SUBLAYER)
+                     if "bottleneck" in method_info(n).field_names)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ACTIVATION",
+    "BOTTLENECK",
+    "COMMON_FIELDS",
+    "DROPOUT",
+    "FIELDS",
+    "LAYERS",
+    "MAX_INDEX",
+    "MAX_WIDTH",
+    "POSITIONS",
+    "POSITIONS_FIELD",
+    "PRESETS",
+    "REDUCTION_FACTOR",
+    "SCALING",
+    "TARGET_MODULES",
+    "TUNE_LAYERNORM",
+    "AdapterSpec",
+    "SpecField",
+    "as_spec",
+    "block_indices",
+    "distinct_from",
+    "exactly_one",
+    "forget_fields",
+    "int_in",
+    "is_int",
+    "is_number",
+    "normalise_layers",
+    "number_in",
+    "register_fields",
+    "register_preset",
+    "spec_fields",
+]

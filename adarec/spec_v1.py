@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from .methods_table import method_info
+
 V1_DEFAULTS: dict[str, Any] = {
     "method": "houlsby", "bottleneck": 64, "reduction_factor": None,
     "positions": ["mha", "ffn"], "layers": None, "activation": "gelu", "dropout": 0.0,
@@ -32,8 +34,6 @@ def is_v1(data: Mapping[str, Any]) -> bool:
 
 def upgrade_v1(data: Mapping[str, Any]) -> dict[str, Any]:
     """The dict without the fields its method does not use."""
-    from .registry import method_info
-
     method = data.get("method")
     if not isinstance(method, str):
         return dict(data)  # let the spec constructor name the problem

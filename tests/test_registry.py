@@ -9,6 +9,12 @@ from pathlib import Path
 import pytest
 
 import adarec
+import adarec.merge
+import adarec.merge_state
+import adarec.methods_table
+import adarec.registry
+import adarec.spec
+import adarec.spec_fields
 from adarec.registry import Placement, method_info, method_names
 
 PACKAGE = Path(adarec.__file__).parent
@@ -32,15 +38,15 @@ def test_builtin_methods_are_registered_in_order() -> None:
     assert method_names() == BUILTIN
 
 
-@pytest.mark.parametrize("module", ["inject.py", "spec.py", "planning.py", "sites.py",
-                                    "stacks.py", "hooks.py", "attention.py"])
+@pytest.mark.parametrize("module", ["inject.py", "spec.py", "spec_fields.py", "planning.py",
+                                    "sites.py", "stacks.py", "hooks.py", "attention.py"])
 def test_the_core_names_no_method(module: str) -> None:
     """Not in code, strings or prose: a method lives in its own file."""
     names = (*method_names(), *BUILTIN, *DISPLAY)
     assert _mentions((PACKAGE / module).read_text(), names) == []
 
 
-@pytest.mark.parametrize("module", ["merge.py", "interop/peft.py", "freezing.py",
+@pytest.mark.parametrize("module", ["merge.py", "merge_state.py", "interop/peft.py", "freezing.py",
                                     *sorted(p.relative_to(PACKAGE).as_posix() for p in
                                             (PACKAGE / "checkpoint").glob("*.py"))])
 def test_merge_and_peft_ask_the_registry(module: str) -> None:
@@ -76,3 +82,25 @@ def test_module_constants_of_0_1_still_answer() -> None:
     assert spec.METHODS == BUILTIN
     assert spec.MODEL_METHODS == ("kadapter", "prompt", "side", "prefix")
     assert spec.BOTTLENECK_METHODS == ("houlsby", "pfeiffer", "parallel", "compacter")
+
+
+
+_TABLE_ONLY = {"add_to_table", "remove_from_table", "registered_methods"}
+"""The table's own bookkeeping, for `adarec.registry` only (never public there)."""
+
+
+@pytest.mark.parametrize(("public", "home", "names"), [
+    (adarec.registry, adarec.methods_table,
+     sorted(set(adarec.methods_table.__all__) - _TABLE_ONLY)),
+    (adarec.spec, adarec.spec_fields, adarec.spec_fields.__all__),
+    (adarec.merge, adarec.merge_state, ["ORIGINAL_PREFIX", "check_merge_state", "fold_order",
+                                        "merge_state_problems", "refuse_shared_storage",
+                                        "release"]),
+], ids=["registry", "spec", "merge"])
+def test_moved_names_keep_their_import_paths(public: object, home: object,
+                                             names: list[str]) -> None:
+    """The method table, the field vocabulary and the merge state moved below the modules that
+    use them; each name is still importable from where it was, as the same object (one table,
+    one vocabulary, not copies)."""
+    missing = [n for n in names if getattr(public, n, None) is not getattr(home, n)]
+    assert missing == []
