@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from adarec import PRESETS, AdapterSpec, SpecError, as_spec
 from adarec.registry import method_info, method_names
-from adarec.spec import POSITIONS, spec_fields
+from adarec.spec import FIELDS, POSITIONS, TUNE_LAYERNORM, spec_fields
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -240,3 +240,11 @@ def test_valid_specs_round_trip(bottleneck, positions, layers, dropout) -> None:
     assert AdapterSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     assert hash(spec) == hash(AdapterSpec.from_dict(spec.to_dict()))
     assert spec.replace() == spec
+
+
+def test_the_field_vocabulary_is_read_only_outside_registration() -> None:
+    """`FIELDS` is the live vocabulary every spec checks against; writing to it directly would
+    skip `register_fields`' one-definition-per-name check."""
+    assert dict(FIELDS) == spec_fields()
+    with pytest.raises(TypeError):
+        FIELDS["tune_layernorm"] = TUNE_LAYERNORM  # type: ignore[index]
