@@ -244,3 +244,33 @@ def test_add_items_equals_building_with_every_clip(family: str) -> None:
     assert grown.n_items == 6
     torch.testing.assert_close(vectors(grown, [1, 5, 6]), vectors(full, [1, 5, 6]),
                                atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "side"])
+def test_audio_with_text_in_a_multimodal_encoder(fusion: str, tmp_path: Path) -> None:
+    """The second encoder of `MultimodalItemEncoder` may be an audio one: it trains, its side
+    network fuses with the text's, and the folder round-trips."""
+    from tiny_transrec import text_items
+
+    from adarec.rec import MultimodalItemEncoder
+
+    torch.manual_seed(0)
+    item = MultimodalItemEncoder(text_items(), encoder("hubert", chunk_size=5), fusion=fusion,
+                                 **({"side_width": 8, "side_levels": 1} if fusion == "side"
+                                    else {}))
+    model = TransRec(item, user_dim=16, max_len=L, dropout=0.0, loss="sampled_softmax")
+    model.inject_adapters(item="side" if fusion == "side" else "lora")
+    loss = model.loss(batch())
+    loss.backward()
+    audio_grads = [n for n, p in model.named_parameters()
+                   if n.startswith("item_encoder.image.") and p.grad is not None]
+    assert audio_grads
+    model.eval()
+    ids = batch()["input_ids"]
+    with torch.no_grad():
+        scores = model.full_sort_scores(ids)
+    model.save_pretrained(tmp_path / "m", include_base=True)
+    back = TransRec.from_pretrained(tmp_path / "m")
+    assert isinstance(back.item_encoder.image, AudioItemEncoder)
+    with torch.no_grad():
+        assert torch.equal(back.full_sort_scores(ids), scores)
