@@ -123,9 +123,8 @@ def load_audio(clip: Any, sampling_rate: int | None, target_rate: int) -> np.nda
 
 @dataclass(frozen=True)
 class _Family:
-    """How one model family takes its input: the keyword, the time axis of a feature row, whether
-    the extractor pads to a fixed length, and whether the model normalises over the whole clip
-    (wav2vec2-base's GroupNorm), so a padded batch would change a clip's states."""
+    """How one model family takes its input: the keyword, the time axis of a feature row, and
+    whether the extractor pads every clip to one fixed length (Whisper, AST)."""
 
     input_name: str
     time_axis: int
@@ -159,9 +158,8 @@ def _deterministic(model: nn.Module) -> None:
     """No SpecAugment masks and no layer drop in training mode: an item's vector is a function
     of its clip (and side networks see every block run)."""
     config = hf_config(model)
-    for name in ("apply_spec_augment",):
-        if hasattr(config, name):
-            setattr(config, name, False)
+    if hasattr(config, "apply_spec_augment"):
+        config.apply_spec_augment = False
     for name in ("layerdrop", "encoder_layerdrop"):
         if hasattr(config, name):
             setattr(config, name, 0.0)
