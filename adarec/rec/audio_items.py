@@ -91,8 +91,14 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 def load_audio(clip: Any, sampling_rate: int | None, target_rate: int) -> np.ndarray:
-    """One clip (a 1-D array with its ``sampling_rate``, or a WAV path) as float32 samples at
-    ``target_rate``."""
+    """One clip (a 1-D array with its ``sampling_rate``, an ``(array, rate)`` pair, or a WAV
+    path) as float32 samples at ``target_rate``. Pairs let `TransRec.add_items`, which passes
+    clips alone, carry each clip's rate."""
+    if isinstance(clip, tuple):
+        if len(clip) != 2:
+            raise DataError(f"an audio pair must be (samples, sampling_rate), got {len(clip)} "
+                            "items")
+        clip, sampling_rate = clip
     if isinstance(clip, (str, Path)):
         x, rate = read_wav(clip)
         where = str(clip)
@@ -263,8 +269,8 @@ class AudioItemEncoder(SideEncoding, ItemEncoderBase):
                    sampling_rate: int | Sequence[int] | None = None,
                    **kwargs: Any) -> AudioItemEncoder:
         """Preprocess the clips of items ``1..n`` (``clips[0]`` is item 1: 1-D arrays recorded
-        at ``sampling_rate``, or WAV paths) with the model's own feature extractor; the padding
-        row is all zeros."""
+        at ``sampling_rate``, ``(array, rate)`` pairs, or WAV paths) with the model's own
+        feature extractor; the padding row is silence."""
         values, lengths = extract(feature_extractor, clips, sampling_rate)
         # the padding row: silence as long as the shortest clip (a model's convolutions need
         # some samples to run on)

@@ -274,3 +274,20 @@ def test_audio_with_text_in_a_multimodal_encoder(fusion: str, tmp_path: Path) ->
     assert isinstance(back.item_encoder.image, AudioItemEncoder)
     with torch.no_grad():
         assert torch.equal(back.full_sort_scores(ids), scores)
+
+
+def test_serving_add_items_takes_clips_with_their_rates() -> None:
+    """The serving path passes clips alone: ``(array, rate)`` pairs carry the rate."""
+    from adarec.rec import serving
+
+    full = encoder("hubert", n=6)
+    torch.manual_seed(0)
+    model = TransRec(encoder("hubert", n=4), user_dim=16, max_len=L, dropout=0.0)
+    assert serving.add_items(model, [5, 6], [(c, RATE) for c in clips(6)[4:]]) == [5, 6]
+    assert model.item_encoder.n_items == 6
+    torch.testing.assert_close(vectors(model.item_encoder, [5, 6]), vectors(full, [5, 6]),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(DataError, match="sampling_rate"):
+        serving.add_items(model, [7], [clips(1)[0]])
+    with pytest.raises(DataError, match="pair"):
+        audio.load_audio((clips(1)[0], RATE, 1), None, RATE)
