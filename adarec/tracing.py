@@ -457,6 +457,10 @@ def dry_run_inputs(model: nn.Module) -> Any:
         size = getattr(config, "image_size", 32)
         h, w = (size, size) if isinstance(size, int) else tuple(size)[-2:]
         batch[main] = torch.randn(2, getattr(config, "num_channels", 3), h, w, generator=g)
+    elif main == "input_values" and getattr(config, "max_length", None) and getattr(
+            config, "num_mel_bins", None):  # AST: [B, frames, mel bins] of a fixed length
+        batch[main] = torch.randn(2, int(config.max_length), int(config.num_mel_bins),
+                                  generator=g)
     elif main == "input_values":
         batch[main] = torch.randn(2, 1600, generator=g)
     elif main == "input_features" and getattr(config, "num_mel_bins", None):

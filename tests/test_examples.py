@@ -76,3 +76,16 @@ def test_quickstart_on_a_csv_then_recommend(tmp_path: Path,
     assert "Movie number" in (out2 / "recommend.log").read_text()
     with pytest.raises(SystemExit):
         quickstart.parse_args(["--method", "id", "--id-fusion", "add"])
+
+
+def test_audio_items_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The audio example trains, scores and reloads to identical scores (tiny random HuBERT)."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    import audio_items
+
+    metrics = audio_items.main(["--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert set(metrics) == {"hr@5", "ndcg@5", "mrr@5"}
+    assert (tmp_path / "run" / "model" / "transrec_config.json").is_file()
+    assert len(list((tmp_path / "run" / "clips").glob("*.wav"))) == audio_items.N_ITEMS
+    assert "reloaded scores identical: True" in capsys.readouterr().out

@@ -111,6 +111,7 @@ LAYERS: dict[str, int] = {
     "adarec.rec.transfer": 21,
     "adarec.rec.text_items": 25,
     "adarec.rec.image_items": 25,
+    "adarec.rec.audio_items": 25,
     "adarec.rec.table_items": 25,
     "adarec.rec.multimodal_items": 26,
     "adarec.rec.item_encoders": 27,

@@ -23,6 +23,7 @@ from adarec.rec.early_stopping import EarlyStopping
 from adarec.rec.item_adaptors import IDFusion, WhiteningMoEAdaptor
 from adarec.rec.item_encoder import ItemEncoder, ItemEncoderBase
 from adarec.rec.item_encoders import (
+    AudioItemEncoder,
     IDItemEncoder,
     ImageItemEncoder,
     InterModalSide,
@@ -66,6 +67,7 @@ __all__ = [
     "PAD",
     "POLICIES",
     "TIES",
+    "AudioItemEncoder",
     "Candidates",
     "ColdItemSplit",
     "EarlyStopping",

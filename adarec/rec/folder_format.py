@@ -26,6 +26,7 @@ edits are not detected there.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import warnings
 from collections.abc import Hashable, Mapping
@@ -278,8 +279,23 @@ def _check_header(config: dict[str, Any], tensors: dict[str, Tensor], where: str
         raise CheckpointError(f"{where}: JSON and weights disagree:\n  " + "\n  ".join(diffs))
 
 
+def _model_class(ref: dict[str, Any]) -> Any:
+    """The transformers class a base was saved as: a top-level name, or one of its model type's
+    modeling module (Whisper's encoder, ``WhisperEncoder``, is not exported at the top)."""
+    name = str(ref.get("class"))
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        kind = str(ref.get("config", {}).get("model_type", "")).replace("-", "_")
+        try:
+            module = importlib.import_module(f"transformers.models.{kind}.modeling_{kind}")
+        except ImportError:
+            return None
+        cls = getattr(module, name, None)
+    return cls
+
+
 def _load_base(ref: dict[str, Any], base: Any, where: str, local_files_only: bool) -> nn.Module:
-    cls = getattr(transformers, str(ref.get("class")), None)
+    cls = _model_class(ref)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise CheckpointError(f"{where}: base class {ref.get('class')!r} is not a transformers "
                               "model class")
