@@ -40,12 +40,11 @@ DECODERS: dict[str, Callable[[], torch.nn.Module]] = {
 }
 FAMILIES = list(DECODERS)
 
-WORDS = ("toy story heat the usual suspects a much longer title of film fargo twelve monkeys "
-         "and more casino braveheart apollo babe seven dead man walking clueless").split()
 TEXTS = ["", "toy story", "a much longer title of a film", "heat", "the usual suspects",
          "fargo", "twelve monkeys and more", "casino", "braveheart", "apollo", "babe", "seven",
          "dead man walking"]
 N_ITEMS = len(TEXTS) - 1
+WORDS = sorted({w for t in TEXTS for w in t.split()} | {"clueless"})
 
 
 def decoder(family: str, seed: int = 0) -> torch.nn.Module:
