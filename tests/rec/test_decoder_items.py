@@ -6,6 +6,7 @@ tokenizer)."""
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -282,3 +283,28 @@ def test_side_network_refuses_cls_on_a_causal_model() -> None:
     with pytest.raises(UnsupportedModuleError, match="side_pooling='cls' would read an empty"):
         adarec.inject_adapters(decoder("gpt2"), adarec.AdapterSpec.preset("side", bottleneck=8))
     adarec.inject_adapters(copy.deepcopy(decoder("gpt2")), side_spec())  # 'last' is fine
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_frozen_layer_cache_on_a_decoder_matches_the_plain_forward(family: str) -> None:
+    """The quickstart encodes with ``cache_frozen_layers=True``: on a decoder (rotary or learnt
+    positions) the cached path gives the plain forward's vectors, without falling back."""
+    enc = items(family, cache_frozen_layers=True)
+    adarec.inject_adapters(enc.model, adarec.AdapterSpec.preset("lora", layers=(2,)))
+    adarec.mark_only_adapters_trainable(enc.model)
+    everything = torch.arange(1, N_ITEMS + 1)
+    with torch.no_grad():
+        cached = enc(everything)
+        assert enc.cache_frozen_layers and enc._prefix is not None
+        enc.cache_frozen_layers = False
+        torch.testing.assert_close(cached, enc(everything), atol=1e-5, rtol=0)
+
+
+def test_the_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    text = (Path(__file__).parents[2] / "docs" / "transrec.md").read_text()
+    start = text.index("## Decoder LLM as item encoder\n")
+    end = text.find("\n## ", start + 1)
+    blocks = re.findall(r"```python\n(.*?)```", text[start:end], re.S)
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "docs/transrec.md", "exec"), {"__name__": "__docs__"})
+    assert capsys.readouterr().out.strip() == "torch.Size([1, 6])"
