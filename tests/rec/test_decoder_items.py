@@ -20,6 +20,7 @@ import adarec
 from adarec.adapters.side import pool_hidden
 from adarec.errors import ConfigError, SpecError, UnsupportedModuleError
 from adarec.rec.item_encoders import TextItemEncoder
+from adarec.rec.recipes import apply_method
 from adarec.rec.text_items import tokenize_texts
 from adarec.rec.transrec import TransRec
 
@@ -308,3 +309,14 @@ def test_the_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(blocks) == 1
     exec(compile(blocks[0], "docs/transrec.md", "exec"), {"__name__": "__docs__"})
     assert capsys.readouterr().out.strip() == "torch.Size([1, 6])"
+
+
+def test_the_side_recipe_on_a_decoder_reads_the_last_token() -> None:
+    """`apply_method(model, "side")` (the quickstart's default) works on a decoder item encoder:
+    its side network takes the item encoder's last-token pooling."""
+    torch.manual_seed(0)
+    model = TransRec(items("qwen2"), user_dim=16, max_len=5, dropout=0.0)
+    apply_method(model, "side")
+    (side,) = adarec.adapters.side.side_networks(model.item_encoder.model)
+    assert side.options.pooling == "last"
+    model.loss(batch()).backward()
