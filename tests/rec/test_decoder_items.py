@@ -320,3 +320,28 @@ def test_the_side_recipe_on_a_decoder_reads_the_last_token() -> None:
     (side,) = adarec.adapters.side.side_networks(model.item_encoder.model)
     assert side.options.pooling == "last"
     model.loss(batch()).backward()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_gradient_checkpointing_and_bf16_autocast_run_and_agree(family: str) -> None:
+    """Hugging Face gradient checkpointing passes through (same loss and LoRA gradients), and
+    a bf16-autocast step is close to the float32 one."""
+    def step(checkpointing: bool, bf16: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        model = TransRec(items(family), user_dim=16, max_len=5, dropout=0.0)
+        model.inject_adapters(item="lora")
+        if checkpointing:
+            model.item_encoder.model.gradient_checkpointing_enable()
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model.loss(batch())
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()
+                             if p.grad is not None and "lora" in n}
+
+    plain, ckpt, bf16 = step(False, False), step(True, False), step(False, True)
+    assert plain[1] and plain[1].keys() == ckpt[1].keys()
+    assert ckpt[0] == pytest.approx(plain[0], abs=1e-6)
+    for n in plain[1]:
+        torch.testing.assert_close(ckpt[1][n], plain[1][n], atol=1e-6, rtol=1e-5, msg=n)
+    assert bf16[0] == pytest.approx(plain[0], rel=5e-2)
