@@ -165,9 +165,15 @@ def test_deepcopy_and_state_dict_round_trip() -> None:
     torch.testing.assert_close(output(fresh, batch), output(model, batch), atol=0, rtol=0)
 
 
-def test_refuses_causal_models_and_bad_options() -> None:
-    with pytest.raises(UnsupportedModuleError, match="causal"):
+def test_causal_models_need_last_or_mean_pooling_and_bad_options_are_refused() -> None:
+    """On a decoder the first token has seen nothing: side_pooling='cls' is refused there, the
+    last real token (or the mean) is read instead."""
+    with pytest.raises(UnsupportedModuleError, match="causal: its first token has seen nothing"):
         adarec.inject_adapters(build("gpt2"), side_spec())
+    for pooling in ("last", "mean"):
+        model = build("gpt2")
+        adarec.inject_adapters(model, side_spec(pooling=pooling))
+        assert the_side(model).options.pooling == pooling
     for bad, field in (({"states": "both"}, "states"), ({"stride": 0}, "stride"),
                        ({"gate_temperature": -1}, "gate_temperature"), ({"colour": 1}, "colour")):
         with pytest.raises(SpecError, match=f"side_{field}"):

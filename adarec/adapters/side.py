@@ -21,10 +21,11 @@ The computation (``k`` tapped blocks ``t_1 < ... < t_k``, side width ``r``, hidd
 ``"tokens"`` mode also a small self-attention over the item's tokens); ``up`` (r -> H) maps back.
 
 States (``"pooled"`` or ``"tokens"``): ``"pooled"`` pools every tapped state first (as the item
-encoder pools: [CLS] or masked mean), so the side network works on one vector per item and layer
-and a cache holds ``(n_items + 1) * (k + 1) * H`` numbers (IISAN's choice); ``"tokens"`` keeps
-every token, lets the side blocks attend across them and pools at the end, at ``T`` times the
-cache memory and compute. adarec measured both (docs/benchmarks.md) and defaults to ``"pooled"``.
+encoder pools: [CLS], masked mean or, on a causal model, the last real token), so the side
+network works on one vector per item and layer and a cache holds ``(n_items + 1) * (k + 1) * H``
+numbers (IISAN's choice); ``"tokens"`` keeps every token, lets the side blocks attend across
+them and pools at the end, at ``T`` times the cache memory and compute. adarec measured both
+(docs/benchmarks.md) and defaults to ``"pooled"``.
 
 Initialisation: gates at 0.5; ``down``/blocks with torch's default Linear init; ``up`` is zero,
 so at initialisation the representation is exactly the frozen encoder's pooled output (the strong
@@ -80,7 +81,7 @@ from ..stacks import MASK_ARGS
 from .base import AdapterLayer
 
 STATE_MODES = ("pooled", "tokens")
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "last")
 Pool = Callable[[Tensor, Tensor | None], Tensor]
 """``pool(hidden [B, T, d], mask [B, T] | None) -> [B, d]``."""
 
@@ -140,13 +141,22 @@ def side_taps(layers: Sequence[int] | None, n_blocks: int, stride: int) -> list[
 
 
 def pool_hidden(hidden: Tensor, mask: Tensor | None, pooling: str) -> Tensor:
-    """[CLS] (the first real token: the first position unless the row is left-padded) or the
-    mean over real tokens (``mask`` 1 on them)."""
-    if pooling == "cls":
+    """The one pooling of adarec (item encoders and side networks call it): ``"cls"`` the first
+    real token (the first position unless the row is left-padded), ``"mean"`` the mean over real
+    tokens (``mask`` 1 on them), ``"last"`` the last real token, found from the mask whatever
+    side the row is padded on (a causal model's only state that has read the whole text). A row
+    with no real token pools position 0 (``"cls"``, ``"last"``)."""
+    if pooling in ("cls", "last"):
         if mask is None:
-            return hidden[:, 0]
-        first = mask.to(torch.float32).argmax(1)  # first maximum: the first real position
-        return hidden[torch.arange(hidden.size(0), device=hidden.device), first.to(hidden.device)]
+            return hidden[:, 0 if pooling == "cls" else -1]
+        real = mask.to(device=hidden.device, dtype=torch.long)
+        if pooling == "cls":
+            at = real.argmax(1)  # first maximum: the first real position
+        else:  # the largest position holding a real token; 0 for an empty row
+            at = (real * torch.arange(1, real.size(1) + 1, device=real.device)).argmax(1)
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), at]
+    if pooling != "mean":
+        raise SpecError(f"pooling={pooling!r} is not one of {list(POOLINGS)}")
     if mask is None:
         return hidden.mean(1)
     m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -326,7 +336,10 @@ def validate(spec: AdapterSpec) -> None:
 
 def place(ctx: PlaceContext) -> list[Site]:
     """One side network, hosted by the module the user calls (its output gets the correction);
-    an encoder with one block stack, called once per block, not causal."""
+    a model with one block stack, called once per block. On a causal model (a decoder LLM as an
+    item encoder) it reads the last real token's (or the mean) state of each tapped block;
+    ``side_pooling='cls'`` is refused there. Its direct-call output adds one per-sequence
+    correction to every position: a pooled read-out, not next-token states."""
     name = type(ctx.model).__name__
     if len(ctx.stacks) != 1:
         raise UnsupportedModuleError(
@@ -345,10 +358,11 @@ def place(ctx: PlaceContext) -> list[Site]:
             f"{name} ({type(block).__name__}) take torch's src_mask/src_key_padding_mask, which "
             "it does not read: use it on a Hugging Face encoder (as the item encoders do)"
         )
-    if stack.causal:
+    if stack.causal and ctx.spec.side_pooling == "cls":
         raise UnsupportedModuleError(
-            f"{name} is causal; a side network pools over the whole sequence, which would let a "
-            "position see later ones: use it on encoders")
+            f"{name} is causal: its first token has seen nothing, so side_pooling='cls' would "
+            "read an empty state; use side_pooling='last' (the last real token, IISAN-Versa "
+            "style) or 'mean'")
     side_taps(ctx.spec.layers, n, ctx.spec.side_stride)  # refuse bad layers early
     return [Site(stack.root, stack.root, "side", None, stack.name)]
 

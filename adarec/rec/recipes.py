@@ -42,9 +42,11 @@ def apply_method(model: TransRec, method: str, *, adapter_layers: int = 0, top_b
     if method in ADAPTER_METHODS:
         layers = tuple(range(-adapter_layers, 0)) if adapter_layers else None
         spec = AdapterSpec.preset(method, layers=layers)
-        if method == "side":
+        if method == "side":  # a decoder's items pool their last token: so does its side net
+            last = "last" if getattr(model.item_encoder, "pooling", None) == "last" else None
             spec = spec.replace(**{k: v for k, v in (("bottleneck", side_width),
-                                                      ("side_states", side_states))
+                                                      ("side_states", side_states),
+                                                      ("side_pooling", last))
                                    if v is not None})
         summary = model.inject_adapters(item=spec, user=method if user_adapters else None)
         assert summary is not None  # policy "adapters" returns its table

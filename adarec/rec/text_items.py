@@ -13,6 +13,7 @@ import torch
 import transformers
 from torch import Tensor, nn
 
+from adarec.adapters.side import POOLINGS, pool_hidden
 from adarec.errors import ConfigError, DataError
 from adarec.layouts import iter_blocks
 from adarec.rec.data import refuse_identical_items, right_align
@@ -26,6 +27,7 @@ from adarec.rec.item_encoder import (
 from adarec.rec.kinds import PartSource, register_kind
 from adarec.rec.side_encoding import SideEncoding
 from adarec.rec.state_cache import HiddenStateCache
+from adarec.stacks import detect_causal
 from adarec.state_key import StateKey, autocast_state
 
 
@@ -57,6 +59,10 @@ class TextItemEncoder(SideEncoding, ItemEncoderBase):
     ``cache_states`` (default on) computes the states the side network reads once for all items
     (`adarec.rec.side_encoding`), stored in ``cache_dtype`` and, with ``cache_dir``, in a
     memory-mapped file there.
+
+    ``pooling``: ``"cls"`` (the default for encoders), ``"mean"`` (over real tokens) or
+    ``"last"`` (the last real token, found from the attention mask; the default for a causal
+    model, a decoder LLM, whose first token has read nothing: ``"cls"`` is refused there).
     """
 
     transferable = True
@@ -69,12 +75,14 @@ class TextItemEncoder(SideEncoding, ItemEncoderBase):
         hf_model: nn.Module,
         input_ids: Tensor,
         attention_mask: Tensor,
-        pooling: str = "cls",
+        pooling: str | None = None,
         chunk_size: int | None = 256,
         cache_frozen_layers: bool = False,
         cache_dtype: torch.dtype | None = None,
         cache_states: bool = True,
         cache_dir: str | None = None,
+        template: str | None = None,
+        append_eos: bool = False,
     ) -> None:
         super().__init__()
         if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
@@ -85,7 +93,8 @@ class TextItemEncoder(SideEncoding, ItemEncoderBase):
         input_ids, attention_mask = right_align(input_ids, attention_mask)
         refuse_identical_items(input_ids * attention_mask, "tokens")
         self.model = hf_model
-        self.pooling = check_pooling(pooling)
+        self.pooling = resolve_pooling(hf_model, pooling)
+        self.template, self.append_eos = check_template(template), bool(append_eos)
         self.chunk_size = chunk_size
         self.dim = int(hf_config(hf_model).hidden_size)
         self.register_buffer("input_ids", input_ids.long(), persistent=False)
@@ -100,7 +109,9 @@ class TextItemEncoder(SideEncoding, ItemEncoderBase):
         self._state_cache: HiddenStateCache | None = None
         self.tokenizer: Any = None
         """The tokenizer the table was built with, when known (`from_texts` keeps it): used by
-        `add_texts` and saved by `TransRec.save_pretrained`."""
+        `add_texts` and saved by `TransRec.save_pretrained`. It is used as given, never changed:
+        a tokenizer without a pad token (GPT-2, Llama) gets its rows padded here, with its EOS
+        (else UNK) id under a zero mask."""
 
     @classmethod
     def from_texts(
@@ -109,12 +120,14 @@ class TextItemEncoder(SideEncoding, ItemEncoderBase):
         tokenizer: Any,
         texts: Sequence[str],
         max_length: int = 30,
-        pooling: str = "cls",
+        pooling: str | None = None,
         chunk_size: int | None = 256,
         cache_frozen_layers: bool = False,
         cache_dtype: torch.dtype | None = None,
         cache_states: bool = True,
         cache_dir: str | None = None,
+        template: str | None = None,
+        append_eos: bool = False,
     ) -> TextItemEncoder:
         """Tokenise the item table once, up front: ``texts[i]`` is item ``i``'s text and
         ``texts[0]`` the padding item's ``""``, as in ``InteractionData.item_texts``.
@@ -122,6 +135,11 @@ class TextItemEncoder(SideEncoding, ItemEncoderBase):
         A list whose first entry is not ``""`` is refused: it is almost always items ``1..n``
         without the padding row, and would shift every item's text onto its neighbour. For
         such a list use `from_item_texts`.
+
+        ``template`` (e.g. ``'This item: "{text}" means in one word:'``) wraps every text
+        before tokenisation, and ``append_eos`` ends every row with the EOS token (kept under
+        truncation): prompts that make a decoder's last token summarise the item. Both are
+        recorded in the folder config, so `add_texts` after loading tokenises new items alike.
         """
         texts = list(texts)
         if not texts or texts[0] != "":
@@ -131,10 +149,9 @@ class TextItemEncoder(SideEncoding, ItemEncoderBase):
                 "table with its padding row (data.item_texts); for items 1..n use "
                 "TextItemEncoder.from_item_texts"
             )
-        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length,
-                        return_tensors="pt")
-        encoder = cls(hf_model, enc["input_ids"], enc["attention_mask"], pooling, chunk_size,
-                      cache_frozen_layers, cache_dtype, cache_states, cache_dir)
+        ids, mask = tokenize_texts(tokenizer, texts, max_length, template, append_eos)
+        encoder = cls(hf_model, ids, mask, pooling, chunk_size, cache_frozen_layers,
+                      cache_dtype, cache_states, cache_dir, template, append_eos)
         encoder.tokenizer = tokenizer
         return encoder
 
@@ -148,7 +165,8 @@ class TextItemEncoder(SideEncoding, ItemEncoderBase):
     def to_config(self) -> dict[str, Any]:
         return {"pooling": self.pooling, "chunk_size": self.chunk_size,
                 "cache_frozen_layers": self.cache_frozen_layers,
-                "cache_dtype": dtype_name(self.cache_dtype), "cache_states": self.cache_states}
+                "cache_dtype": dtype_name(self.cache_dtype), "cache_states": self.cache_states,
+                "template": self.template, "append_eos": self.append_eos}
 
     def features(self) -> dict[str, Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
@@ -164,7 +182,9 @@ class TextItemEncoder(SideEncoding, ItemEncoderBase):
                       chunk_size=config.get("chunk_size"),
                       cache_frozen_layers=bool(config.get("cache_frozen_layers")),
                       cache_dtype=getattr(torch, dtype) if dtype else None,
-                      cache_states=bool(config.get("cache_states", True)))
+                      cache_states=bool(config.get("cache_states", True)),
+                      template=config.get("template"),
+                      append_eos=bool(config.get("append_eos", False)))
         encoder.tokenizer = source.preprocessor("tokenizer", transformers.AutoTokenizer)
         return encoder
 
@@ -180,10 +200,9 @@ class TextItemEncoder(SideEncoding, ItemEncoderBase):
             raise ConfigError("no tokenizer: pass the one the item table was built with")
         if not texts:
             return
-        enc = tokenizer(list(texts), padding="max_length", truncation=True,
-                        max_length=self.input_ids.size(1), return_tensors="pt")
-        ids, mask = right_align(enc["input_ids"].to(self.input_ids),
-                                enc["attention_mask"].to(self.attention_mask))
+        ids, mask = tokenize_texts(tokenizer, texts, self.input_ids.size(1), self.template,
+                                   self.append_eos)
+        ids, mask = right_align(ids.to(self.input_ids), mask.to(self.attention_mask))
         self.input_ids = torch.cat([self.input_ids, ids])
         self.attention_mask = torch.cat([self.attention_mask, mask])
         self.lengths = self.attention_mask.sum(1)
@@ -209,12 +228,7 @@ class TextItemEncoder(SideEncoding, ItemEncoderBase):
 
     # what SideEncoding needs
     def _pool(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        if mask is None:
-            return hidden.mean(1)
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return pool_hidden(hidden, mask, self.pooling)
 
     def _backbone(self, ids: Tensor) -> tuple[Tensor, Tensor | None]:
         width = self._width(ids)
@@ -352,6 +366,65 @@ class TextItemEncoder(SideEncoding, ItemEncoderBase):
             self.model.train(was)
 
 
+def is_causal(model: nn.Module) -> bool:
+    """Whether a Hugging Face model is causal (a decoder: each token sees only earlier ones)."""
+    return detect_causal(model, "")
+
+
+def resolve_pooling(model: nn.Module, pooling: str | None) -> str:
+    """``pooling``, or the model's default (``"last"`` for a causal model, else ``"cls"``);
+    ``"cls"`` on a causal model is refused: its first token has seen nothing of the text."""
+    causal = is_causal(model)
+    if pooling is None:
+        return "last" if causal else "cls"
+    check_pooling(pooling, POOLINGS)
+    if causal and pooling == "cls":
+        raise ConfigError(
+            f"pooling='cls' on {type(model).__name__}, a causal model: its first token has seen "
+            "nothing of the text; use pooling='last' (the default there) or 'mean'")
+    return pooling
+
+
+def check_template(template: str | None) -> str | None:
+    if template is not None and (not isinstance(template, str) or "{text}" not in template):
+        raise ConfigError(f"template={template!r} must be a string holding '{{text}}'")
+    return template
+
+
+def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_length: int,
+                   template: str | None = None, append_eos: bool = False
+                   ) -> tuple[Tensor, Tensor]:
+    """Token rows ``[N, max_length]`` and their mask, real tokens first.
+
+    Padding is done here, not by the tokenizer, so a tokenizer without a pad token (GPT-2,
+    Llama) works unchanged: padded positions hold its pad id, else EOS, else UNK (any id: the
+    mask hides them). A text with no token at all (``""`` without special tokens) becomes one
+    such token, marked real, so no row is fully masked (which some attention kernels turn into
+    NaN). ``append_eos`` ends each row with EOS after truncating to ``max_length - 1``.
+    """
+    if max_length < 1 + int(append_eos):
+        raise ConfigError(f"max_length={max_length} leaves no room for a token")
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if append_eos and eos is None:
+        raise ConfigError(f"append_eos=True, but {type(tokenizer).__name__} has no EOS token")
+    pad = next((i for i in (getattr(tokenizer, "pad_token_id", None), eos,
+                            getattr(tokenizer, "unk_token_id", None)) if i is not None), 0)
+    template = check_template(template)
+    texts = [t if template is None else template.replace("{text}", t) for t in texts]
+    room = max_length - int(append_eos)
+    rows = tokenizer(texts, truncation=True, max_length=room, padding=False)["input_ids"]
+    ids = torch.full((len(rows), max_length), int(pad), dtype=torch.long)
+    mask = torch.zeros(len(rows), max_length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        row = list(row)[:room]
+        if append_eos and (not row or row[-1] != eos):
+            row.append(eos)
+        row = row or [int(pad)]
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
 class _Stop(Exception):
     """Raised by the capture hook to end a forward pass early."""
 
@@ -385,4 +458,4 @@ def _start_at(stack: nn.ModuleList, k: int, hidden: Tensor) -> Iterator[None]:
             stack[i] = block
 
 
-__all__ = ["TextItemEncoder"]
+__all__ = ["TextItemEncoder", "is_causal", "resolve_pooling", "tokenize_texts"]
