@@ -68,6 +68,7 @@ LAYERS: dict[str, int] = {
     "adarec.hf": 11,
     # 13: injection, then merging on top of it
     "adarec.inject": 13,
+    "adarec.mixed": 13,
     "adarec.merge": 14,
     # 15: checkpoints: file primitives, then what they record, then save/load
     "adarec.checkpoint.files": 15,
