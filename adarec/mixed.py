@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .adapters.base import AdapterLayer
 from .errors import AdapterStateError, ConfigError
 from .sets import adapter_sets, iter_adapters
 
@@ -67,12 +68,21 @@ def mixed_batch(model: nn.Module, set_names: Sequence[str | None]) -> Iterator[n
     adapters = [a for _, _, a in iter_adapters(model)]
     saved = [(a.active, getattr(a, "_mixed_rows", None), getattr(a, "_mixed_batch", 0))
              for a in adapters]
-    index = {n: torch.tensor(rows, dtype=torch.long) for n, rows in groups.items()
-             if n is not None}
+    index: dict[tuple[str, torch.device], torch.Tensor] = {}  # rows of a set, on a device
+
+    def rows_of(a: AdapterLayer) -> torch.Tensor | None:
+        if a.set_name not in groups:
+            return None
+        ref = next(a.parameters(), None)
+        key = (a.set_name, ref.device if ref is not None else torch.device("cpu"))
+        if key not in index:
+            index[key] = torch.tensor(groups[a.set_name], dtype=torch.long, device=key[1])
+        return index[key]
+
     try:
         for a in adapters:
-            a.active = a.set_name in index
-            a._mixed_rows = index.get(a.set_name)
+            a._mixed_rows = rows_of(a)
+            a.active = a._mixed_rows is not None
             a._mixed_batch = len(set_names)
         yield model
     finally:

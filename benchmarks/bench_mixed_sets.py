@@ -14,7 +14,7 @@ each with item-encoder LoRA and user-encoder Houlsby adapters (perturbed, so the
 Every way must return the same top-k (checked); the table prints seconds per call of all
 requests and the speed-up of mixed over the others.
 
-    python benchmarks/bench_mixed_sets.py                 # ~1-2 min on 2 cores
+    python benchmarks/bench_mixed_sets.py                 # ~1-3 min on 2 shared cores
     python benchmarks/bench_mixed_sets.py --items 5000 --requests 512
 """
 
@@ -72,8 +72,8 @@ def timed(fn: Callable[[], Recommendations], repeats: int) -> tuple[float, Recom
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sets", type=int, default=8)
-    p.add_argument("--items", type=int, default=2000)
-    p.add_argument("--requests", type=int, default=256)
+    p.add_argument("--items", type=int, default=1000)
+    p.add_argument("--requests", type=int, default=128)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--text-len", type=int, default=16)
     p.add_argument("--dim", type=int, default=64)
