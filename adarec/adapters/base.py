@@ -75,6 +75,8 @@ def apply_to_rows(
             f"{adapter.set_name!r} whose module output has shape {tuple(y.shape)}: its first "
             "dimension must be the batch (set names go one per row of the model's input)"
         )
+    if rows.numel() == y.size(0):  # the set serves every row (a tile of one set): no split
+        return adapter(x, y)
     rows = rows.to(y.device)
     if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.size(0) != y.size(0):
         x = None

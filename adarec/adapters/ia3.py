@@ -76,7 +76,7 @@ class IA3Adapter(AdapterLayer):
         rows and ones on the others (``[B, 1, ..., width]``)."""
         scale = self.full_scale().to(a.dtype)
         rows = self._mixed_rows
-        if rows is None:
+        if rows is None or rows.numel() == a.size(0):
             return scale
         if a.dim() < 2 or a.size(0) != self._mixed_batch:
             raise AdapterStateError(

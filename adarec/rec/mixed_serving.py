@@ -84,10 +84,15 @@ def mixed_user_vectors(model: Any, history_ids: Tensor, set_names: Sequence[SetN
             out = model.sequence_output(tile, emb)[:, -1]
         return prepare(out.float(), model.similarity)
 
+    # rows of one set side by side, so most tiles hold one set and run without a split
+    order = sorted(range(len(set_names)), key=lambda i: (set_names[i] is not None,
+                                                         set_names[i] or ""))
+    perm = torch.tensor(order, dtype=torch.long)
     with inference(model):
-        users = in_user_tiles(encode, history_ids.to(device_of(model)), list(set_names))
+        users = in_user_tiles(encode, history_ids[perm].to(device_of(model)),
+                              [set_names[i] for i in order])
     check_finite(users, "the user vectors")
-    return users
+    return users[torch.argsort(perm).to(users.device)]
 
 
 def set_item_vectors(model: Any, tables: Mapping[SetName, Tensor]) -> dict[SetName, Tensor]:

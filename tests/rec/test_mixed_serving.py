@@ -104,3 +104,17 @@ def test_bad_set_names_are_refused(model: TransRec) -> None:
         model.recommend(helpers.SEQS, k=K, set_names=["m0", "zz", None, None])
     with pytest.raises(ConfigError, match="3 set names for 4 histories"):
         model.recommend(helpers.SEQS, k=K, set_names=["m0", None, None])
+
+
+def test_many_tiles_and_batches(model: TransRec) -> None:
+    """Rows beyond one user tile (16) and one ``batch_size``: rows are regrouped by set inside
+    and put back in order."""
+    g = torch.Generator().manual_seed(4)
+    histories = [helpers.SEQS[int(i)] for i in torch.randint(0, 4, (37,), generator=g)]
+    choices = [None, *SETS]
+    names = [choices[int(i)] for i in torch.randint(0, len(choices), (37,), generator=g)]
+    mixed = model.recommend(histories, k=K, set_names=names, batch_size=20)
+    for row in range(37):
+        scores, indices = _alone(model, histories[row], names[row])
+        assert torch.equal(mixed.indices[row], indices), row
+        torch.testing.assert_close(mixed.scores[row], scores, rtol=1e-6, atol=1e-6)
