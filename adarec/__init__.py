@@ -66,6 +66,7 @@ from .interop import export_peft_lora, import_peft_lora
 from .layouts import Layout, register_layout
 from .logs import setup_logging
 from .merge import merge_adapters, unmerge_adapters
+from .mixed import mixed_batch
 from .precision import native_bf16, resolve_precision
 from .registry import (
     AttachContext,
@@ -144,6 +145,7 @@ __all__ = [
     "merge_adapters",
     "method_info",
     "method_names",
+    "mixed_batch",
     "native_bf16",
     "parameter_summary",
     "plan_sites",

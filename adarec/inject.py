@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from .adapters.base import ADAPTERS_ATTR, AdapterLayer, hook_owner, is_adapter
+from .adapters.base import ADAPTERS_ATTR, AdapterLayer, apply_to_rows, hook_owner, is_adapter
 from .errors import AdapterStateError
 from .freezing import mark_only_adapters_trainable, restore_requires_grad_below
 from .hf import guard_save_pretrained
@@ -55,7 +55,8 @@ def _apply_adapters(
     y = output[0] if isinstance(output, tuple) else output
     for adapter in adapters.values():
         if adapter.active:
-            y = adapter(x, y)
+            rows = getattr(adapter, "_mixed_rows", None)
+            y = adapter(x, y) if rows is None else apply_to_rows(adapter, x, y, rows)
         elif getattr(adapter, "merged", False):  # switched off by hand: its update still acts
             raise AdapterStateError(
                 f"adapter set {adapter.set_name!r} is merged into the base weights but switched "

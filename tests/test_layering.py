@@ -73,6 +73,7 @@ LAYERS: dict[str, int] = {
     # 12: the merge rules and taking merged sets out (inject checks them)
     "adarec.merge_state": 12,
     "adarec.inject": 13,
+    "adarec.mixed": 13,
     "adarec.merge": 14,
     # 15: checkpoints: file primitives, then what they record, then save/load
     "adarec.checkpoint.files": 15,
@@ -120,6 +121,7 @@ LAYERS: dict[str, int] = {
     "adarec.rec.objective": 28,
     "adarec.rec.folder_format": 28,
     "adarec.rec.evaluation": 29,
+    "adarec.rec.mixed_serving": 28,
     "adarec.rec.serving": 29,
     "adarec.rec.transrec": 30,
     "adarec.rec.pretrained": 31,

@@ -5,16 +5,20 @@ and ``y`` the output of the module it is attached to. It carries:
 
 - ``active``: whether the hook applies it (switched by `set_active_adapters`);
 - ``set_name`` / ``spec``: which named adapter set it belongs to and how it was built;
-- ``adapter_params()``: the names of its trainable parameters, relative to itself.
+- ``adapter_params()``: the names of its trainable parameters, relative to itself;
+- ``mixed_batch_refusal``: ``None`` when each row of its output depends on that row alone, so
+  rows of one batch may use different sets (`adarec.mixed`), else the reason they may not.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeGuard
 
 import torch
 from torch import nn
+
+from ..errors import AdapterStateError
 
 if TYPE_CHECKING:
     from ..sites import Site
@@ -36,6 +40,14 @@ class AdapterLayer(nn.Module):
         self.active = True
         self.set_name = ""
         self.spec: Any = None
+        self._mixed_rows: torch.Tensor | None = None
+        """Within `adarec.mixed.mixed_batch`: the batch rows this set serves (else all)."""
+        self._mixed_batch = 0
+
+    mixed_batch_refusal: ClassVar[str | None] = (
+        "it does not declare that each row of its output depends on that row alone (a layer "
+        "that does sets mixed_batch_refusal = None)"
+    )
 
     def adapter_params(self) -> list[str]:
         """Names (relative to this module) of the parameters that belong to the adapter."""
@@ -43,6 +55,32 @@ class AdapterLayer(nn.Module):
 
     def forward(self, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def rows_forward(
+        self, x: torch.Tensor | None, y: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """The adapter on rows ``rows`` of the batch only (a layer reading more than ``x`` and
+        ``y``, such as a tapped sublayer input, selects those rows of it too)."""
+        return self(None if x is None else x.index_select(0, rows), y.index_select(0, rows))
+
+
+def apply_to_rows(
+    adapter: AdapterLayer, x: Any, y: torch.Tensor, rows: torch.Tensor
+) -> torch.Tensor:
+    """``y`` with ``adapter`` applied to rows ``rows`` (batch dimension 0) and the other rows
+    untouched: the one place a mixed batch is split by set (out of place, so autograd works)."""
+    if y.dim() == 0 or y.size(0) != adapter._mixed_batch:
+        raise AdapterStateError(
+            f"a mixed batch of {adapter._mixed_batch} rows reached an adapter of set "
+            f"{adapter.set_name!r} whose module output has shape {tuple(y.shape)}: its first "
+            "dimension must be the batch (set names go one per row of the model's input)"
+        )
+    if rows.numel() == y.size(0):  # the set serves every row (a tile of one set): no split
+        return adapter(x, y)
+    rows = rows.to(y.device)
+    if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.size(0) != y.size(0):
+        x = None
+    return y.index_copy(0, rows, adapter.rows_forward(x, y, rows).to(y.dtype))
 
 
 class Mergeable(Protocol):

@@ -51,6 +51,8 @@ def zero_linear(d_in: int, d_out: int) -> nn.Linear:
 class BottleneckAdapter(AdapterLayer):
     """``y + s * up(drop(act(down(h))))`` where ``h`` is ``y`` (serial) or the sublayer input."""
 
+    mixed_batch_refusal = None
+
     def __init__(
         self,
         down: nn.Module,
@@ -81,6 +83,13 @@ class BottleneckAdapter(AdapterLayer):
             h = y
         assert h is not None
         return y + self.scaling * self.up(self.dropout(self.act(self.down(h))))
+
+    def rows_forward(
+        self, x: torch.Tensor | None, y: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        if self.parallel and self._tapped is not None:
+            self._tapped = self._tapped.index_select(0, rows.to(self._tapped.device))
+        return super().rows_forward(x, y, rows)
 
     def extra_repr(self) -> str:
         return f"scaling={self.scaling}, parallel={self.parallel}"

@@ -37,6 +37,8 @@ IA3_TARGETS = SpecField(
 class IA3Adapter(AdapterLayer):
     """Scales channels ``start:stop`` of a module's output, or of its input (``scale_input``)."""
 
+    mixed_batch_refusal = None
+
     def __init__(self, width: int, start: int, stop: int, scale_input: bool) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(stop - start))
@@ -65,9 +67,25 @@ class IA3Adapter(AdapterLayer):
         if not self.active or self.merged:
             return None
         if args:
-            return (args[0] * self.full_scale().to(args[0].dtype), *args[1:]), kwargs
+            return (args[0] * self._input_scale(args[0]), *args[1:]), kwargs
         key = next(iter(kwargs))
-        return args, {**kwargs, key: kwargs[key] * self.full_scale().to(kwargs[key].dtype)}
+        return args, {**kwargs, key: kwargs[key] * self._input_scale(kwargs[key])}
+
+    def _input_scale(self, a: torch.Tensor) -> torch.Tensor:
+        """The factor for input ``a``: the scale, or in a mixed batch the scale on this set's
+        rows and ones on the others (``[B, 1, ..., width]``)."""
+        scale = self.full_scale().to(a.dtype)
+        rows = self._mixed_rows
+        if rows is None or rows.numel() == a.size(0):
+            return scale
+        if a.dim() < 2 or a.size(0) != self._mixed_batch:
+            raise AdapterStateError(
+                f"a mixed batch of {self._mixed_batch} rows reached an (IA)^3 adapter of set "
+                f"{self.set_name!r} whose input has shape {tuple(a.shape)}: its first "
+                "dimension must be the batch")
+        factor = scale.new_ones(a.size(0), scale.numel())
+        factor = factor.index_copy(0, rows.to(a.device), scale.expand(rows.numel(), -1))
+        return factor.view(a.size(0), *([1] * (a.dim() - 2)), scale.numel())
 
     def _oriented(self, base: nn.Module) -> torch.Tensor:
         """The scale shaped to multiply ``base.weight``: Linear is (out, in), Conv1D (in, out)."""

@@ -123,6 +123,11 @@ class KAdapter(AdapterLayer):
     its masks instead (``layer_args``).
     """
 
+    mixed_batch_refusal = (
+        "its side network taps the blocks of the whole batch and replaces the last block's "
+        "output; serve its sets one per call (group rows by set)"
+    )
+
     def __init__(
         self, hidden: int, k: int, slots: list[int], host: int, depth: int, heads: int,
         activation: str, dropout: float, causal: bool, batch_first: bool = True,

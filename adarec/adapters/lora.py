@@ -34,6 +34,8 @@ LORA_TARGETS = SpecField(
 
 
 class LoRAAdapter(AdapterLayer):
+    mixed_batch_refusal = None
+
     def __init__(self, d_in: int, d_out: int, r: int, alpha: float, dropout: float) -> None:
         super().__init__()
         self.lora_A = nn.Linear(d_in, r, bias=False)

@@ -63,6 +63,11 @@ class PrefixAdapter(AdapterLayer):
     """The prefix of one attention module: ``prefix_key``/``prefix_value`` (folded) or
     ``embedding`` + ``mlp`` (reparametrised)."""
 
+    mixed_batch_refusal = (
+        "it extends the keys, values and attention mask of the whole batch inside the "
+        "attention call, not a per-row output; serve its sets one per call (group rows by set)"
+    )
+
     def __init__(self, length: int, k_width: int, v_width: int, hidden: int,
                  mlp_hidden: int | None, causal: bool) -> None:
         super().__init__()

@@ -51,6 +51,11 @@ class PromptAdapter(AdapterLayer):
     parameters, so positional calls are handled too.
     """
 
+    mixed_batch_refusal = (
+        "it prepends soft tokens to the whole batch's input (every row's length and mask "
+        "change); serve its sets one per call (group rows by set)"
+    )
+
     def __init__(self, init: torch.Tensor) -> None:
         super().__init__()
         self.prompt = nn.Parameter(init.clone())

@@ -205,6 +205,11 @@ def attention_allowed(mask: Tensor | None, t: int, device: torch.device) -> Tens
 class SideNetwork(AdapterLayer):
     """The side network of one adapter set (see the module docstring)."""
 
+    mixed_batch_refusal = (
+        "its side network taps the blocks of the whole batch and replaces the model's output; "
+        "serve its sets one per call (group rows by set)"
+    )
+
     decoupled = True
     """Trains beside the backbone, never inside it: policies must not unfreeze backbone norms
     for it, and item encoders run the backbone without autograd and may cache its states."""

@@ -30,9 +30,14 @@ def user_vectors(model: Any, history_ids: Tensor) -> Tensor:
 
 def item_vectors(model: Any, batch_size: int = 512) -> Tensor:
     """The item table as scores read it (float32, normalised for cosine)."""
-    table = prepare(model.item_table(batch_size).float(), model.similarity)
-    check_finite(table[1:], "the item vectors")
-    return table
+    return as_item_vectors(model, model.item_table(batch_size))
+
+
+def as_item_vectors(model: Any, table: Tensor) -> Tensor:
+    """A raw item table ``[n_items + 1, dim]`` as scores read it (also per adapter set)."""
+    vectors = prepare(table.float(), model.similarity)
+    check_finite(vectors[1:], "the item vectors")
+    return vectors
 
 
 @torch.no_grad()
@@ -59,4 +64,6 @@ def full_sort_scores(model: Any, history_ids: Tensor, exclude_history: bool = Tr
     return scores
 
 
-__all__ = ["candidate_scores", "full_sort_scores", "item_vectors", "user_vectors"]
+__all__ = [
+    "as_item_vectors", "candidate_scores", "full_sort_scores", "item_vectors", "user_vectors",
+]

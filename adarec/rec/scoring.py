@@ -21,7 +21,8 @@ item vectors are refused (`check_finite`), never ranked.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,18 +84,25 @@ def prepare(x: Tensor, similarity: str) -> Tensor:
     return F.normalize(x, dim=-1) if similarity == "cosine" else x
 
 
-def in_user_tiles(encode: Callable[[Tensor], Tensor], histories: Tensor) -> Tensor:
+def in_user_tiles(encode: Callable[..., Tensor], histories: Tensor,
+                  labels: Sequence[Any] | None = None) -> Tensor:
     """``encode`` over tiles of exactly ``USER_TILE`` rows (the last one filled up with copies of
-    its first row), so a user's vector does not depend on who else is in the batch."""
+    its first row), so a user's vector does not depend on who else is in the batch. With
+    ``labels`` (one per history, e.g. the adapter set serving it) ``encode(tile, tile_labels)``
+    gets the tile's labels, filled up the same way."""
     if histories.size(0) == 0:
-        return encode(histories)
+        return encode(histories) if labels is None else encode(histories, [])
     out = []
     for start in range(0, histories.size(0), USER_TILE):
         tile = histories[start : start + USER_TILE]
         rows = tile.size(0)
         if rows < USER_TILE:
             tile = torch.cat([tile, tile[:1].expand(USER_TILE - rows, *tile.shape[1:])])
-        out.append(encode(tile)[:rows])
+        if labels is None:
+            out.append(encode(tile)[:rows])
+            continue
+        mine = list(labels[start : start + rows])
+        out.append(encode(tile, mine + mine[:1] * (USER_TILE - rows))[:rows])
     return torch.cat(out)
 
 

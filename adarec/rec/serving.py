@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 
 from adarec.errors import ConfigError, DataError, UnknownItemError
+from adarec.mixed import row_groups
+from adarec.rec import mixed_serving
 from adarec.rec.data import PAD, pad_left, pad_right
 from adarec.rec.inference import item_vectors, user_vectors
 from adarec.rec.scoring import topk, topk_of_candidates
@@ -90,8 +92,10 @@ def recommend(
     unknown: str = "raise",
     batch_size: int = 256,
     item_chunk: int = 65536,
+    set_names: Sequence[str | None] | None = None,
 ) -> Recommendations:
-    """Top-``k`` items for each history (see `TransRec.recommend`)."""
+    """Top-``k`` items for each history (see `TransRec.recommend`); with ``set_names`` row ``i``
+    is served by adapter set ``set_names[i]`` (`adarec.rec.mixed_serving`)."""
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
     if isinstance(histories, Tensor):
@@ -101,6 +105,8 @@ def recommend(
         histories = [[i for i in row if i != PAD] for row in histories.tolist()]
     if candidates is not None and len(candidates) != len(histories):
         raise ConfigError(f"{len(candidates)} candidate lists for {len(histories)} histories")
+    if set_names is not None and len(set_names) != len(histories):
+        raise ConfigError(f"{len(set_names)} set names for {len(histories)} histories")
     if exclude is not None and len(exclude) != len(histories):
         raise ConfigError(f"{len(exclude)} exclude lists for {len(histories)} histories")
     seqs = [item_index(model, h, unknown) for h in histories]
@@ -112,33 +118,53 @@ def recommend(
     cands = ([list(dict.fromkeys(item_index(model, c, unknown))) for c in candidates]
              if candidates is not None else None)  # a candidate listed twice counts once
     length = int(model.user_encoder.max_len)
-    table = item_vectors(model)
+    raw = mixed_serving.set_tables(model, set_names) if set_names is not None else None
+    tables: dict[str | None, Tensor] = (mixed_serving.set_item_vectors(model, raw)
+                                         if raw is not None else {None: item_vectors(model)})
     scores_out, index_out = [], []
     for start in range(0, len(seqs), batch_size):
-        rows = range(start, min(start + batch_size, len(seqs)))
-        user = user_vectors(model, pad_left([seqs[r] for r in rows], length))
-        drop = [[PAD, *(seqs[r] if exclude_seen else []), *(extra[r] if extra else [])]
-                for r in rows]
-        excluded = pad_right(drop).to(table.device)
-        if cands is None:
-            values, idx = topk(user, table, min(k, table.size(0)), model.temperature,
-                               excluded, item_chunk)
+        rows = list(range(start, min(start + batch_size, len(seqs))))
+        histories_in = pad_left([seqs[r] for r in rows], length)
+        if raw is None or set_names is None:
+            user = user_vectors(model, histories_in)
+            groups: dict[str | None, list[int]] = {None: list(range(len(rows)))}
         else:
-            values, idx = topk_of_candidates(
-                user, table, pad_right([cands[r] for r in rows]).to(table.device), k,
-                model.temperature, excluded)
-        idx = idx.masked_fill(values == float("-inf"), PAD)
-        scores_out.append(values.cpu())
-        index_out.append(idx.cpu())
+            names = [set_names[r] for r in rows]
+            user = mixed_serving.mixed_user_vectors(model, histories_in, names, raw)
+            groups = row_groups(names)
+        values = torch.full((len(rows), k), float("-inf"))
+        indices_b = torch.zeros(len(rows), k, dtype=torch.long)
+        for name, members in groups.items():
+            table = tables[name]
+            values_g, idx = _rank(model, user[members], table, [rows[m] for m in members],
+                                  seqs, extra, cands, exclude_seen, k, item_chunk)
+            values[members, : values_g.size(1)] = values_g.cpu()
+            indices_b[members, : idx.size(1)] = idx.cpu()
+        scores_out.append(values)
+        index_out.append(indices_b)
     scores, indices = torch.cat(scores_out), torch.cat(index_out)
-    if scores.size(1) < k:  # fewer items than k in the catalogue or the candidate lists
-        pad = k - scores.size(1)
-        scores = torch.cat([scores, scores.new_full((scores.size(0), pad), float("-inf"))], 1)
-        indices = torch.cat([indices, indices.new_zeros(indices.size(0), pad)], 1)
     names = model.item_ids
     items = [[names[i] if names is not None else i for i in row if i != PAD]
              for row in indices.tolist()]
     return Recommendations(items, scores, indices)
+
+
+def _rank(model: Any, user: Tensor, table: Tensor, rows: list[int], seqs: list[list[int]],
+          extra: list[list[int]] | None, cands: list[list[int]] | None, exclude_seen: bool,
+          k: int, item_chunk: int) -> tuple[Tensor, Tensor]:
+    """Top-k of users ``rows`` against ``table``: scores and indices (index 0 where a row has
+    fewer than k rankable items)."""
+    drop = [[PAD, *(seqs[r] if exclude_seen else []), *(extra[r] if extra else [])]
+            for r in rows]
+    excluded = pad_right(drop).to(table.device)
+    if cands is None:
+        values, idx = topk(user, table, min(k, table.size(0)), model.temperature,
+                           excluded, item_chunk)
+    else:
+        values, idx = topk_of_candidates(
+            user, table, pad_right([cands[r] for r in rows]).to(table.device), k,
+            model.temperature, excluded)
+    return values, idx.masked_fill(values == float("-inf"), PAD)
 
 
 def add_items(model: Any, item_ids: Sequence[Hashable], inputs: Sequence[Any],

@@ -102,6 +102,7 @@ class TransRec(nn.Module):
         self.item_texts: list[str] | None = None
         self._index: dict[Hashable, int] = {}
         self._items = ItemTableCache()
+        self._set_items: dict[str | None, ItemTableCache] = {}  # per adapter set (mixed serving)
 
     @property
     def n_items(self) -> int:
@@ -126,11 +127,13 @@ class TransRec(nn.Module):
         operations, optimizer steps, loads or mode switches (the caches key on the model's
         state); needed after writes no version counter sees (``p.data.copy_(...)``)."""
         self._items.clear()
+        self._set_items.clear()
         self.item_encoder.invalidate_cache()
 
     def train(self, mode: bool = True) -> TransRec:
         if mode:  # free the memory while training (the key would not match anyway)
             self._items.clear()
+            self._set_items.clear()
         return super().train(mode)
 
     @contextmanager
@@ -192,13 +195,16 @@ class TransRec(nn.Module):
                   exclude_seen: bool = True, exclude: Sequence[Sequence[Hashable]] | None = None,
                   candidates: Sequence[Sequence[Hashable]] | None = None,
                   unknown: str = "raise", batch_size: int = 256,
-                  item_chunk: int = 65536) -> Recommendations:
+                  item_chunk: int = 65536,
+                  set_names: Sequence[str | None] | None = None) -> Recommendations:
         """Top-``k`` items per history (oldest item first; raw ids with an item map, else
         indices), eval mode, no grad. ``exclude_seen`` removes the whole history (the encoder
         reads the last ``max_len``), ``exclude`` more; ``candidates`` re-ranks given lists.
-        Scores are `score`'s; ties go to the lower index at any ``item_chunk``/``batch_size``."""
+        Scores are `score`'s; ties go to the lower index at any ``item_chunk``/``batch_size``.
+        ``set_names``: one adapter set per history (``None``: none), all served in one call, each
+        row as if served alone with its set active (`adarec.rec.mixed_serving`)."""
         return serving.recommend(self, histories, k, exclude_seen, exclude, candidates,
-                                 unknown, batch_size, item_chunk)
+                                 unknown, batch_size, item_chunk, set_names)
 
     def add_items(self, item_ids: Sequence[Hashable], texts: Sequence[str] | None = None,
                   tokenizer: Any = None, *, images: Sequence[Any] | None = None,
