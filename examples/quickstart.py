@@ -16,6 +16,7 @@ papers'); ties count against the target; compared with popularity.
     python examples/quickstart.py --interactions ratings.csv --items movies.csv \
         --user-col userId --item-col movieId --item-key movieId --text title   # your own CSV
     python examples/quickstart.py --atomic dataset/Scientific   # RecBole atomic files
+    python examples/quickstart.py --dataset amazon-games   # a shared data set (DATASETS below)
     python examples/quickstart.py --resume        # continue a killed run where it stopped
 
 It writes ``--out``/model (a self-describing checkpoint for examples/recommend.py and
@@ -49,6 +50,27 @@ METHODS = ("houlsby", "pfeiffer", "parallel", "compacter", "lora", "side", "full
            "id")  # adarec.rec.recipes.METHODS (not imported here: --help stays instant)
 log = logging.getLogger("quickstart")
 
+# The shared data sets by name: each is read through the same CSV options a user's own data
+# goes through (--interactions, --items, --user-col, ...), relative to --data-root.
+# ml-100k is RecBole's bundled copy (the default data, no folder needed).
+DATASETS: dict[str, dict[str, str]] = {
+    "ml-100k": {},
+    "ml-latest-small": dict(interactions="ml-latest-small/ratings.csv",
+                            items="ml-latest-small/movies.csv", user_col="userId",
+                            item_col="movieId", item_key="movieId",
+                            text="{title}. Genres: {genres}"),
+    "ml-1m-subset": dict(interactions="ml-1m-subset/interactions.csv",
+                         items="ml-1m-subset/items.csv", user_col="user", item_col="item",
+                         text="{title}. Genres: {genres}"),
+    "amazon-games": dict(interactions="amazon-games/interactions.csv",
+                         items="amazon-games/items.csv", user_col="user", item_col="item",
+                         text="text"),
+    "lastfm": dict(interactions="lastfm/interactions.csv", items="lastfm/items.csv",
+                   user_col="user", item_col="item", text="text"),
+}
+DATA_ROOT_ENV = "ADAREC_DATA"
+DEFAULT_DATA_ROOT = "../shared/data"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -64,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "NAME.train/valid/test.inter (used as given; UniSRec's NAME.text + "
                            "NAME.item2index are found and matched)")
     data.add_argument("--atomic-name", default=None, help="NAME in --atomic (if several)")
+    data.add_argument("--dataset", default=None, choices=sorted(DATASETS),
+                      help="a shared data set by name: sets --interactions, --items and the "
+                           "column options from the DATASETS table (files under --data-root)")
+    data.add_argument("--data-root", default=None, metavar="FOLDER",
+                      help=f"where --dataset looks (default: ${DATA_ROOT_ENV}, else "
+                           f"{DEFAULT_DATA_ROOT})")
     data.add_argument("--user-col", default="user_id", help="user column of --interactions")
     data.add_argument("--item-col", default="item_id", help="item column of --interactions")
     data.add_argument("--time-col", default="timestamp",
@@ -141,6 +169,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-after-steps", type=int, default=0,
                    help=argparse.SUPPRESS)  # tests: SIGKILL itself after N steps of this run
     args = p.parse_args(argv)
+    if args.dataset:
+        if args.interactions or args.atomic or args.data:
+            p.error("--dataset names the data: leave out --interactions, --atomic and --data")
+        try:
+            apply_dataset(args)
+        except FileNotFoundError as exc:
+            p.error(str(exc))
+    elif args.data_root:
+        p.error("--data-root goes with --dataset")
     if args.interactions and args.atomic:
         p.error("--interactions and --atomic are two sources: pick one")
     if args.items and not args.interactions:
@@ -150,6 +187,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.method == "id" and (args.dtl != "linear" or args.id_fusion):
         p.error("--dtl and --id-fusion are item-text options: --method id has neither")
     return args
+
+
+def data_root(given: str | None = None) -> Path:
+    """--data-root, else $ADAREC_DATA, else ../shared/data (relative to the working folder)."""
+    return Path(given or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
+
+
+def apply_dataset(args: argparse.Namespace) -> None:
+    """Fill the CSV options from ``DATASETS[args.dataset]``; a missing file is named with the
+    folder it was looked for in and how to point there."""
+    entry, root = DATASETS[args.dataset], data_root(args.data_root)
+    for key in ("interactions", "items"):
+        if key in entry:
+            path = root / entry[key]
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"--dataset {args.dataset}: {path} not found; pass --data-root FOLDER or set "
+                    f"{DATA_ROOT_ENV} to the folder that holds {entry[key].split('/')[0]}/")
+            setattr(args, key, str(path))
+    for key in ("user_col", "item_col", "item_key", "text"):
+        if key in entry:
+            setattr(args, key, entry[key])
 
 
 def load_data(args: argparse.Namespace) -> tuple[InteractionData, LeaveOneOutSplit]:
@@ -162,7 +221,7 @@ def load_data(args: argparse.Namespace) -> tuple[InteractionData, LeaveOneOutSpl
         data = InteractionData.from_csv(
             args.interactions, args.user_col, args.item_col, args.time_col or None,
             items=args.items, item_key=args.item_key, text=args.text, delimiter=args.delimiter,
-            min_user_interactions=args.min_user_interactions,
+            min_user_interactions=args.min_user_interactions, name=args.dataset,
         )
     elif args.atomic:
         data = load_atomic(args.atomic, args.atomic_name, text=args.text,
