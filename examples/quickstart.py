@@ -1,6 +1,7 @@
 """Quickstart: adapter-tuned TransRec on MovieLens-100k, on any CPU, in about a minute.
 
-all-MiniLM-L6-v2 encodes each movie's title/year/genres (30 tokens, CLS), a DTL maps it to 64
+all-MiniLM-L6-v2 encodes each movie's title/year/genres (30 tokens, CLS; ``--text-len auto``:
+the shortest length at which the items stay distinct), a DTL maps it to 64
 dims, a 2-layer SASRec reads the user's recent movies. By default a side network (``--method
 side``: a small network beside the frozen encoder, reading its per-block states, which are
 computed once per item and cached, so training never runs the encoder) is trained with the DTL
@@ -70,6 +71,20 @@ DATASETS: dict[str, dict[str, str]] = {
 }
 DATA_ROOT_ENV = "ADAREC_DATA"
 DEFAULT_DATA_ROOT = "../shared/data"
+
+
+def text_len(value: str) -> int | str:
+    """``--text-len``: a positive int or ``auto``."""
+    if value == "auto":
+        return value
+    try:
+        length = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of tokens or 'auto', got {value!r}") from None
+    if length < 1:
+        raise argparse.ArgumentTypeError(f"--text-len must be >= 1, got {length}")
+    return length
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -145,7 +160,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--similarity", default="dot", choices=("dot", "cosine"),
                    help="score = user . item, or their cosine / --temperature")
     p.add_argument("--temperature", type=float, default=1.0, help="divides every score")
-    p.add_argument("--text-len", type=int, default=30, help="tokens per item text")
+    p.add_argument("--text-len", type=text_len, default=30,
+                   help="tokens per item text, or 'auto': the shortest length up to "
+                        "--text-len-cap at which the items' token sequences are as distinct as "
+                        "they get (items still identical are counted in a warning)")
+    p.add_argument("--text-len-cap", type=int, default=64, help="longest --text-len auto tries")
     p.add_argument("--out", default="runs/quickstart", help="output folder")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--cache-dtype", default="fp32", choices=("fp32", "bf16"),
@@ -247,6 +266,7 @@ def build_model(args: argparse.Namespace, data: InteractionData) -> tuple[TransR
 
     from adarec.rec.item_encoders import IDItemEncoder, TextItemEncoder
     from adarec.rec.recipes import apply_method
+    from adarec.rec.text_length import choose_text_length, identical_items, warn_identical
     from adarec.rec.transrec import TransRec
 
     common: dict[str, Any] = dict(
@@ -260,9 +280,17 @@ def build_model(args: argparse.Namespace, data: InteractionData) -> tuple[TransR
     from transformers import AutoModel, AutoTokenizer
 
     path = args.encoder or default_encoder()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if args.text_len == "auto":
+        found = choose_text_length(data.item_texts, tokenizer, cap=args.text_len_cap)
+        log.info("--text-len auto: %d tokens (%d of %d items identical at it)", found.length,
+                 found.identical, found.n_items)
+    else:
+        found = identical_items(data.item_texts, tokenizer, args.text_len)
+    warn_identical(found, data.name)
     item = TextItemEncoder.from_texts(
-        AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), data.item_texts,
-        max_length=args.text_len, cache_frozen_layers=True,
+        AutoModel.from_pretrained(path), tokenizer, data.item_texts,
+        max_length=found.length, cache_frozen_layers=True,
         cache_dtype=torch.bfloat16 if args.cache_dtype == "bf16" else None,
         cache_states=not args.no_state_cache,
     )

@@ -105,6 +105,7 @@ LAYERS: dict[str, int] = {
     "adarec.rec.item_encoder": 21,
     "adarec.rec.transfer": 21,
     "adarec.rec.text_items": 25,
+    "adarec.rec.text_length": 24,
     "adarec.rec.image_items": 25,
     "adarec.rec.table_items": 25,
     "adarec.rec.multimodal_items": 26,

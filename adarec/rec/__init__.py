@@ -54,6 +54,12 @@ from adarec.rec.param_groups import param_groups, parameter_roles
 from adarec.rec.recipes import apply_method
 from adarec.rec.splits import ColdItemSplit, cold_item_split, select_users, subsample_users
 from adarec.rec.state_cache import HiddenStateCache, state_cache_bytes
+from adarec.rec.text_length import (
+    TextLength,
+    choose_text_length,
+    identical_items,
+    warn_identical,
+)
 from adarec.rec.training import epoch_order, load_loop_state, save_loop_state, train_step
 from adarec.rec.transfer import load_transferable, save_transferable
 from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, Recommendations, TransRec
@@ -89,6 +95,7 @@ __all__ = [
     "SASRec",
     "SASRecBlock",
     "TextItemEncoder",
+    "TextLength",
     "TrainCollator",
     "TrainDataset",
     "TrainExample",
@@ -96,12 +103,14 @@ __all__ = [
     "WhiteningMoEAdaptor",
     "apply_method",
     "bce_loss",
+    "choose_text_length",
     "cold_item_split",
     "epoch_order",
     "evaluate_full_ranking",
     "full_ranking_counts",
     "full_ranking_ranks",
     "full_softmax_loss",
+    "identical_items",
     "in_batch_candidates",
     "kinds",
     "leave_one_out",
@@ -129,4 +138,5 @@ __all__ = [
     "topk_chunked",
     "train_step",
     "unregister_kind",
+    "warn_identical",
 ]

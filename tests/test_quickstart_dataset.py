@@ -1,0 +1,72 @@
+"""The quickstart's --dataset shortcut and --text-len option (parsing and data loading only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def quickstart(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    import quickstart
+
+    return quickstart
+
+
+def _tiny_lastfm(root: Path) -> None:
+    folder = root / "lastfm"
+    folder.mkdir(parents=True)
+    (folder / "interactions.csv").write_text("user,item,timestamp\n" + "".join(
+        f"{u},{(u + i) % 9},{i}\n" for u in range(4) for i in range(6)))
+    (folder / "items.csv").write_text("item,text\n" + "".join(f"{i},Artist {i}\n"
+                                                              for i in range(9)))
+
+
+def test_every_shared_data_set_is_in_the_table(quickstart) -> None:  # type: ignore[no-untyped-def]
+    assert set(quickstart.DATASETS) == {"ml-100k", "ml-latest-small", "ml-1m-subset",
+                                        "amazon-games", "lastfm"}
+
+
+def test_dataset_reads_through_the_csv_options(quickstart, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _tiny_lastfm(tmp_path)
+    monkeypatch.setenv("ADAREC_DATA", str(tmp_path))
+    args = quickstart.parse_args(["--dataset", "lastfm", "--min-user-interactions", "3"])
+    assert args.interactions == str(tmp_path / "lastfm" / "interactions.csv")
+    assert (args.user_col, args.item_col, args.text) == ("user", "item", "text")
+    data, split = quickstart.load_data(args)
+    assert len(split.users) == 4
+    assert (data.name, data.n_users, data.n_items) == ("lastfm", 4, 9)
+    assert data.item_texts[1].startswith("Artist ")
+    # --data-root wins over the environment
+    other = tmp_path / "other"
+    _tiny_lastfm(other)
+    args = quickstart.parse_args(["--dataset", "lastfm", "--data-root", str(other)])
+    assert args.items == str(other / "lastfm" / "items.csv")
+
+
+def test_absent_dataset_names_the_path_and_how_to_point_there(  # type: ignore[no-untyped-def]
+        quickstart, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        quickstart.parse_args(["--dataset", "amazon-games", "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert str(tmp_path / "amazon-games" / "interactions.csv") in err
+    assert "--data-root" in err and "ADAREC_DATA" in err
+
+
+@pytest.mark.parametrize("argv", [["--dataset", "lastfm", "--atomic", "x"],
+                                  ["--data-root", "x"], ["--text-len", "0"],
+                                  ["--text-len", "long"]])
+def test_conflicting_or_bad_options_are_refused(quickstart, argv: list[str]) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit):
+        quickstart.parse_args(argv)
+
+
+def test_text_len_takes_auto_or_a_number(quickstart) -> None:  # type: ignore[no-untyped-def]
+    assert quickstart.parse_args(["--text-len", "auto"]).text_len == "auto"
+    assert quickstart.parse_args(["--text-len", "12"]).text_len == 12
+    assert quickstart.parse_args([]).text_len == 30
