@@ -37,6 +37,7 @@ from .errors import (
     SpecError,
     StateMismatchError,
     TargetNotFoundError,
+    TrainingError,
     UnknownItemError,
     UnsupportedModuleError,
 )
@@ -120,6 +121,7 @@ __all__ = [
     "StackInfo",
     "StateMismatchError",
     "TargetNotFoundError",
+    "TrainingError",
     "UnknownItemError",
     "UnsupportedModuleError",
     "__version__",

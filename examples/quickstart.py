@@ -287,13 +287,14 @@ def build_model(args: argparse.Namespace, data: InteractionData) -> tuple[TransR
                  found.identical, found.n_items)
     else:
         found = identical_items(data.item_texts, tokenizer, args.text_len)
-    warn_identical(found, data.name)
     item = TextItemEncoder.from_texts(
         AutoModel.from_pretrained(path), tokenizer, data.item_texts,
         max_length=found.length, cache_frozen_layers=True,
         cache_dtype=torch.bfloat16 if args.cache_dtype == "bf16" else None,
         cache_states=not args.no_state_cache,
     )
+    if not args.id_fusion:  # refused above when every text is alike; ID fusion separates them
+        warn_identical(found, data.name)
     model = TransRec(item, user_dim=args.dim, dtl=args.dtl, id_fusion=args.id_fusion, **common)
     side = args.method == "side"
     summary = apply_method(
@@ -347,6 +348,7 @@ def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
     from tqdm.auto import tqdm
 
     from adarec.rec.data import TrainCollator, TrainDataset
+    from adarec.rec.guards import refuse_collapsed
     from adarec.rec.training import (
         batches,
         epoch_order,
@@ -398,6 +400,7 @@ def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
                 tick = time.perf_counter()
         state["train_seconds"].append(state["seconds"] + time.perf_counter() - tick)
         valid = evaluate(model, split.valid, args)
+        refuse_collapsed(model, split.valid, args.max_len, epoch)  # before it can be "best"
         m, u = valid["masked"], valid["unmasked"]
         log.info("epoch %d: loss %.4f  valid HR@10 %.4f  NDCG@10 %.4f (history masked; "
                  "unmasked %.4f / %.4f)  (%.0fs)", epoch, state["loss_sum"] / max(per_epoch, 1),

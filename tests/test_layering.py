@@ -115,6 +115,7 @@ LAYERS: dict[str, int] = {
     "adarec.rec.objective": 28,
     "adarec.rec.folder_format": 28,
     "adarec.rec.evaluation": 29,
+    "adarec.rec.guards": 29,
     "adarec.rec.serving": 29,
     "adarec.rec.transrec": 30,
     "adarec.rec.pretrained": 31,

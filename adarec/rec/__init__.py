@@ -20,6 +20,7 @@ from adarec.rec.data import (
 )
 from adarec.rec.datasets import load_atomic, load_movielens_100k, load_movielens_latest_small
 from adarec.rec.early_stopping import EarlyStopping
+from adarec.rec.guards import all_scores_tied, refuse_collapsed
 from adarec.rec.item_adaptors import IDFusion, WhiteningMoEAdaptor
 from adarec.rec.item_encoder import ItemEncoder, ItemEncoderBase
 from adarec.rec.item_encoders import (
@@ -60,7 +61,13 @@ from adarec.rec.text_length import (
     identical_items,
     warn_identical,
 )
-from adarec.rec.training import epoch_order, load_loop_state, save_loop_state, train_step
+from adarec.rec.training import (
+    check_loss,
+    epoch_order,
+    load_loop_state,
+    save_loop_state,
+    train_step,
+)
 from adarec.rec.transfer import load_transferable, save_transferable
 from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, Recommendations, TransRec
 from adarec.rec.user_encoders import SASRec, SASRecBlock
@@ -101,8 +108,10 @@ __all__ = [
     "TrainExample",
     "TransRec",
     "WhiteningMoEAdaptor",
+    "all_scores_tied",
     "apply_method",
     "bce_loss",
+    "check_loss",
     "choose_text_length",
     "cold_item_split",
     "epoch_order",
@@ -124,6 +133,7 @@ __all__ = [
     "param_groups",
     "parameter_roles",
     "ranking_metrics",
+    "refuse_collapsed",
     "register_kind",
     "sample_negatives",
     "sampled_softmax_loss",
