@@ -32,7 +32,7 @@ def test_a_nan_loss_stops_before_the_step_and_leaves_the_weights(
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     real = TransRec.loss
     monkeypatch.setattr(TransRec, "loss", lambda self, b: real(self, b) * float("nan"))
-    with pytest.raises(TrainingError, match="training loss is nan.*Lower the learning rate"):
+    with pytest.raises(TrainingError, match=r"training loss is nan.*Lower the learning rate"):
         train_step(model, batch(), optimizer, "fp32")
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     with pytest.raises(TrainingError, match="inf at step 7"):
@@ -48,7 +48,7 @@ def test_a_collapsed_model_is_seen_and_refused() -> None:
         model.item_encoder.embedding.weight.fill_(0.25)  # every item the same vector
     model.invalidate_cache()
     assert all_scores_tied(model, PAIRS)
-    with pytest.raises(TrainingError, match="all tied after epoch 2.*4 validation users"):
+    with pytest.raises(TrainingError, match=r"all tied after epoch 2.*4 validation users"):
         refuse_collapsed(model, PAIRS, epoch=2)
     assert not all_scores_tied(model, [])
 
