@@ -287,6 +287,7 @@ def build_model(args: argparse.Namespace, data: InteractionData) -> tuple[TransR
                  found.identical, found.n_items)
     else:
         found = identical_items(data.item_texts, tokenizer, args.text_len)
+    args.text_tokens = found.length  # what --text-len resolved to (results.json)
     item = TextItemEncoder.from_texts(
         AutoModel.from_pretrained(path), tokenizer, data.item_texts,
         max_length=found.length, cache_frozen_layers=True,
@@ -487,6 +488,7 @@ def main(argv: list[str] | None = None) -> None:
         "test": test["masked"], "test_unmasked": test["unmasked"],
         "popularity": popularity["masked"], "popularity_unmasked": popularity["unmasked"],
         "test_by_tie_rule": test_by_rule, "popularity_by_tie_rule": popularity_by_rule,
+        "text_len": getattr(args, "text_tokens", None),
         "train_seconds_per_epoch": train_seconds, "trainable": summary.trainable,
         "total": summary.total, "wall_seconds": time.perf_counter() - start,
     }
