@@ -69,6 +69,7 @@ DATASETS: dict[str, dict[str, str]] = {
     "lastfm": dict(interactions="lastfm/interactions.csv", items="lastfm/items.csv",
                    user_col="user", item_col="item", text="text"),
 }
+DATASET_OPTIONS = ("user_col", "item_col", "item_key", "text")
 DATA_ROOT_ENV = "ADAREC_DATA"
 DEFAULT_DATA_ROOT = "../shared/data"
 
@@ -192,7 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.interactions or args.atomic or args.data:
             p.error("--dataset names the data: leave out --interactions, --atomic and --data")
         try:
-            apply_dataset(args)
+            apply_dataset(args, {k: p.get_default(k) for k in DATASET_OPTIONS})
         except FileNotFoundError as exc:
             p.error(str(exc))
     elif args.data_root:
@@ -213,9 +214,10 @@ def data_root(given: str | None = None) -> Path:
     return Path(given or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
 
 
-def apply_dataset(args: argparse.Namespace) -> None:
-    """Fill the CSV options from ``DATASETS[args.dataset]``; a missing file is named with the
-    folder it was looked for in and how to point there."""
+def apply_dataset(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
+    """Fill the CSV options from ``DATASETS[args.dataset]`` where they still hold their
+    ``defaults`` (an option given on the command line wins, e.g. another ``--text``); a
+    missing file is named with the folder it was looked for in and how to point there."""
     entry, root = DATASETS[args.dataset], data_root(args.data_root)
     for key in ("interactions", "items"):
         if key in entry:
@@ -225,8 +227,8 @@ def apply_dataset(args: argparse.Namespace) -> None:
                     f"--dataset {args.dataset}: {path} not found; pass --data-root FOLDER or set "
                     f"{DATA_ROOT_ENV} to the folder that holds {entry[key].split('/')[0]}/")
             setattr(args, key, str(path))
-    for key in ("user_col", "item_col", "item_key", "text"):
-        if key in entry:
+    for key in DATASET_OPTIONS:
+        if key in entry and getattr(args, key) == defaults[key]:
             setattr(args, key, entry[key])
 
 

@@ -42,6 +42,9 @@ def test_dataset_reads_through_the_csv_options(quickstart, tmp_path: Path,  # ty
     assert len(split.users) == 4
     assert (data.name, data.n_users, data.n_items) == ("lastfm", 4, 9)
     assert data.item_texts[1].startswith("Artist ")
+    # an option given on the command line wins over the table
+    args = quickstart.parse_args(["--dataset", "lastfm", "--text", "Artist: {text}"])
+    assert (args.text, args.item_col) == ("Artist: {text}", "item")
     # --data-root wins over the environment
     other = tmp_path / "other"
     _tiny_lastfm(other)
