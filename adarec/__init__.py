@@ -37,6 +37,7 @@ from .errors import (
     SpecError,
     StateMismatchError,
     TargetNotFoundError,
+    TrainingError,
     UnknownItemError,
     UnsupportedModuleError,
 )
@@ -121,6 +122,7 @@ __all__ = [
     "StackInfo",
     "StateMismatchError",
     "TargetNotFoundError",
+    "TrainingError",
     "UnknownItemError",
     "UnsupportedModuleError",
     "__version__",

@@ -67,3 +67,8 @@ class StateMismatchError(AdarecError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class TrainingError(AdarecError, RuntimeError):
+    """Training cannot go on to a meaningful model: the loss became NaN/inf, or validation
+    scores are all tied (a collapsed model); stopped so that no such model is kept as best."""

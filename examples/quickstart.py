@@ -1,6 +1,7 @@
 """Quickstart: adapter-tuned TransRec on MovieLens-100k, on any CPU, in about a minute.
 
-all-MiniLM-L6-v2 encodes each movie's title/year/genres (30 tokens, CLS), a DTL maps it to 64
+all-MiniLM-L6-v2 encodes each movie's title/year/genres (30 tokens, CLS; ``--text-len auto``:
+the shortest length at which the items stay distinct), a DTL maps it to 64
 dims, a 2-layer SASRec reads the user's recent movies. By default a side network (``--method
 side``: a small network beside the frozen encoder, reading its per-block states, which are
 computed once per item and cached, so training never runs the encoder) is trained with the DTL
@@ -16,6 +17,7 @@ papers'); ties count against the target; compared with popularity.
     python examples/quickstart.py --interactions ratings.csv --items movies.csv \
         --user-col userId --item-col movieId --item-key movieId --text title   # your own CSV
     python examples/quickstart.py --atomic dataset/Scientific   # RecBole atomic files
+    python examples/quickstart.py --dataset amazon-games   # a shared data set (DATASETS below)
     python examples/quickstart.py --resume        # continue a killed run where it stopped
 
 It writes ``--out``/model (a self-describing checkpoint for examples/recommend.py and
@@ -49,6 +51,42 @@ METHODS = ("houlsby", "pfeiffer", "parallel", "compacter", "lora", "side", "full
            "id")  # adarec.rec.recipes.METHODS (not imported here: --help stays instant)
 log = logging.getLogger("quickstart")
 
+# The shared data sets by name: each is read through the same CSV options a user's own data
+# goes through (--interactions, --items, --user-col, ...), relative to --data-root.
+# ml-100k is RecBole's bundled copy (the default data, no folder needed).
+DATASETS: dict[str, dict[str, str]] = {
+    "ml-100k": {},
+    "ml-latest-small": dict(interactions="ml-latest-small/ratings.csv",
+                            items="ml-latest-small/movies.csv", user_col="userId",
+                            item_col="movieId", item_key="movieId",
+                            text="{title}. Genres: {genres}"),
+    "ml-1m-subset": dict(interactions="ml-1m-subset/interactions.csv",
+                         items="ml-1m-subset/items.csv", user_col="user", item_col="item",
+                         text="{title}. Genres: {genres}"),
+    "amazon-games": dict(interactions="amazon-games/interactions.csv",
+                         items="amazon-games/items.csv", user_col="user", item_col="item",
+                         text="text"),
+    "lastfm": dict(interactions="lastfm/interactions.csv", items="lastfm/items.csv",
+                   user_col="user", item_col="item", text="text"),
+}
+DATASET_OPTIONS = ("user_col", "item_col", "item_key", "text")
+DATA_ROOT_ENV = "ADAREC_DATA"
+DEFAULT_DATA_ROOT = "../shared/data"
+
+
+def text_len(value: str) -> int | str:
+    """``--text-len``: a positive int or ``auto``."""
+    if value == "auto":
+        return value
+    try:
+        length = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of tokens or 'auto', got {value!r}") from None
+    if length < 1:
+        raise argparse.ArgumentTypeError(f"--text-len must be >= 1, got {length}")
+    return length
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -64,6 +102,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "NAME.train/valid/test.inter (used as given; UniSRec's NAME.text + "
                            "NAME.item2index are found and matched)")
     data.add_argument("--atomic-name", default=None, help="NAME in --atomic (if several)")
+    data.add_argument("--dataset", default=None, choices=sorted(DATASETS),
+                      help="a shared data set by name: sets --interactions, --items and the "
+                           "column options from the DATASETS table (files under --data-root)")
+    data.add_argument("--data-root", default=None, metavar="FOLDER",
+                      help=f"where --dataset looks (default: ${DATA_ROOT_ENV}, else "
+                           f"{DEFAULT_DATA_ROOT})")
     data.add_argument("--user-col", default="user_id", help="user column of --interactions")
     data.add_argument("--item-col", default="item_id", help="item column of --interactions")
     data.add_argument("--time-col", default="timestamp",
@@ -117,7 +161,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--similarity", default="dot", choices=("dot", "cosine"),
                    help="score = user . item, or their cosine / --temperature")
     p.add_argument("--temperature", type=float, default=1.0, help="divides every score")
-    p.add_argument("--text-len", type=int, default=30, help="tokens per item text")
+    p.add_argument("--text-len", type=text_len, default=30,
+                   help="tokens per item text, or 'auto': the shortest length up to "
+                        "--text-len-cap at which the items' token sequences are as distinct as "
+                        "they get (items still identical are counted in a warning)")
+    p.add_argument("--text-len-cap", type=int, default=64, help="longest --text-len auto tries")
     p.add_argument("--out", default="runs/quickstart", help="output folder")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--cache-dtype", default="fp32", choices=("fp32", "bf16"),
@@ -141,6 +189,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-after-steps", type=int, default=0,
                    help=argparse.SUPPRESS)  # tests: SIGKILL itself after N steps of this run
     args = p.parse_args(argv)
+    if args.dataset:
+        if args.interactions or args.atomic or args.data:
+            p.error("--dataset names the data: leave out --interactions, --atomic and --data")
+        try:
+            apply_dataset(args, {k: p.get_default(k) for k in DATASET_OPTIONS})
+        except FileNotFoundError as exc:
+            p.error(str(exc))
+    elif args.data_root:
+        p.error("--data-root goes with --dataset")
     if args.interactions and args.atomic:
         p.error("--interactions and --atomic are two sources: pick one")
     if args.items and not args.interactions:
@@ -150,6 +207,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.method == "id" and (args.dtl != "linear" or args.id_fusion):
         p.error("--dtl and --id-fusion are item-text options: --method id has neither")
     return args
+
+
+def data_root(given: str | None = None) -> Path:
+    """--data-root, else $ADAREC_DATA, else ../shared/data (relative to the working folder)."""
+    return Path(given or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
+
+
+def apply_dataset(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
+    """Fill the CSV options from ``DATASETS[args.dataset]`` where they still hold their
+    ``defaults`` (an option given on the command line wins, e.g. another ``--text``); a
+    missing file is named with the folder it was looked for in and how to point there."""
+    entry, root = DATASETS[args.dataset], data_root(args.data_root)
+    for key in ("interactions", "items"):
+        if key in entry:
+            path = root / entry[key]
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"--dataset {args.dataset}: {path} not found; pass --data-root FOLDER or set "
+                    f"{DATA_ROOT_ENV} to the folder that holds {entry[key].split('/')[0]}/")
+            setattr(args, key, str(path))
+    for key in DATASET_OPTIONS:
+        if key in entry and getattr(args, key) == defaults[key]:
+            setattr(args, key, entry[key])
 
 
 def load_data(args: argparse.Namespace) -> tuple[InteractionData, LeaveOneOutSplit]:
@@ -162,7 +242,7 @@ def load_data(args: argparse.Namespace) -> tuple[InteractionData, LeaveOneOutSpl
         data = InteractionData.from_csv(
             args.interactions, args.user_col, args.item_col, args.time_col or None,
             items=args.items, item_key=args.item_key, text=args.text, delimiter=args.delimiter,
-            min_user_interactions=args.min_user_interactions,
+            min_user_interactions=args.min_user_interactions, name=args.dataset,
         )
     elif args.atomic:
         data = load_atomic(args.atomic, args.atomic_name, text=args.text,
@@ -188,6 +268,7 @@ def build_model(args: argparse.Namespace, data: InteractionData) -> tuple[TransR
 
     from adarec.rec.item_encoders import IDItemEncoder, TextItemEncoder
     from adarec.rec.recipes import apply_method
+    from adarec.rec.text_length import choose_text_length, identical_items, warn_identical
     from adarec.rec.transrec import TransRec
 
     common: dict[str, Any] = dict(
@@ -201,12 +282,22 @@ def build_model(args: argparse.Namespace, data: InteractionData) -> tuple[TransR
     from transformers import AutoModel, AutoTokenizer
 
     path = args.encoder or default_encoder()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if args.text_len == "auto":
+        found = choose_text_length(data.item_texts, tokenizer, cap=args.text_len_cap)
+        log.info("--text-len auto: %d tokens (%d of %d items identical at it)", found.length,
+                 found.identical, found.n_items)
+    else:
+        found = identical_items(data.item_texts, tokenizer, args.text_len)
+    args.text_tokens = found.length  # what --text-len resolved to (results.json)
     item = TextItemEncoder.from_texts(
-        AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), data.item_texts,
-        max_length=args.text_len, cache_frozen_layers=True,
+        AutoModel.from_pretrained(path), tokenizer, data.item_texts,
+        max_length=found.length, cache_frozen_layers=True,
         cache_dtype=torch.bfloat16 if args.cache_dtype == "bf16" else None,
         cache_states=not args.no_state_cache,
     )
+    if not args.id_fusion:  # refused above when every text is alike; ID fusion separates them
+        warn_identical(found, data.name)
     model = TransRec(item, user_dim=args.dim, dtl=args.dtl, id_fusion=args.id_fusion, **common)
     side = args.method == "side"
     summary = apply_method(
@@ -260,6 +351,7 @@ def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
     from tqdm.auto import tqdm
 
     from adarec.rec.data import TrainCollator, TrainDataset
+    from adarec.rec.guards import refuse_collapsed
     from adarec.rec.training import (
         batches,
         epoch_order,
@@ -311,6 +403,7 @@ def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
                 tick = time.perf_counter()
         state["train_seconds"].append(state["seconds"] + time.perf_counter() - tick)
         valid = evaluate(model, split.valid, args)
+        refuse_collapsed(model, split.valid, args.max_len, epoch)  # before it can be "best"
         m, u = valid["masked"], valid["unmasked"]
         log.info("epoch %d: loss %.4f  valid HR@10 %.4f  NDCG@10 %.4f (history masked; "
                  "unmasked %.4f / %.4f)  (%.0fs)", epoch, state["loss_sum"] / max(per_epoch, 1),
@@ -397,6 +490,7 @@ def main(argv: list[str] | None = None) -> None:
         "test": test["masked"], "test_unmasked": test["unmasked"],
         "popularity": popularity["masked"], "popularity_unmasked": popularity["unmasked"],
         "test_by_tie_rule": test_by_rule, "popularity_by_tie_rule": popularity_by_rule,
+        "text_len": getattr(args, "text_tokens", None),
         "train_seconds_per_epoch": train_seconds, "trainable": summary.trainable,
         "total": summary.total, "wall_seconds": time.perf_counter() - start,
     }

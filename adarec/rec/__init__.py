@@ -20,6 +20,7 @@ from adarec.rec.data import (
 )
 from adarec.rec.datasets import load_atomic, load_movielens_100k, load_movielens_latest_small
 from adarec.rec.early_stopping import EarlyStopping
+from adarec.rec.guards import all_scores_tied, refuse_collapsed
 from adarec.rec.item_adaptors import IDFusion, WhiteningMoEAdaptor
 from adarec.rec.item_encoder import ItemEncoder, ItemEncoderBase
 from adarec.rec.item_encoders import (
@@ -55,7 +56,19 @@ from adarec.rec.param_groups import param_groups, parameter_roles
 from adarec.rec.recipes import apply_method
 from adarec.rec.splits import ColdItemSplit, cold_item_split, select_users, subsample_users
 from adarec.rec.state_cache import HiddenStateCache, state_cache_bytes
-from adarec.rec.training import epoch_order, load_loop_state, save_loop_state, train_step
+from adarec.rec.text_length import (
+    TextLength,
+    choose_text_length,
+    identical_items,
+    warn_identical,
+)
+from adarec.rec.training import (
+    check_loss,
+    epoch_order,
+    load_loop_state,
+    save_loop_state,
+    train_step,
+)
 from adarec.rec.transfer import load_transferable, save_transferable
 from adarec.rec.transrec import LOSS_NAMES, OBJECTIVES, POLICIES, Recommendations, TransRec
 from adarec.rec.user_encoders import SASRec, SASRecBlock
@@ -91,19 +104,24 @@ __all__ = [
     "SASRec",
     "SASRecBlock",
     "TextItemEncoder",
+    "TextLength",
     "TrainCollator",
     "TrainDataset",
     "TrainExample",
     "TransRec",
     "WhiteningMoEAdaptor",
+    "all_scores_tied",
     "apply_method",
     "bce_loss",
+    "check_loss",
+    "choose_text_length",
     "cold_item_split",
     "epoch_order",
     "evaluate_full_ranking",
     "full_ranking_counts",
     "full_ranking_ranks",
     "full_softmax_loss",
+    "identical_items",
     "in_batch_candidates",
     "kinds",
     "leave_one_out",
@@ -117,6 +135,7 @@ __all__ = [
     "param_groups",
     "parameter_roles",
     "ranking_metrics",
+    "refuse_collapsed",
     "register_kind",
     "sample_negatives",
     "sampled_softmax_loss",
@@ -131,4 +150,5 @@ __all__ = [
     "topk_chunked",
     "train_step",
     "unregister_kind",
+    "warn_identical",
 ]

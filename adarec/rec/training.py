@@ -11,6 +11,7 @@ generators and the early-stopping state (best value, counters, best weights).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from adarec.errors import ConfigError
+from adarec.errors import ConfigError, TrainingError
 from adarec.precision import autocast
 from adarec.rec.early_stopping import EarlyStopping
 from adarec.training_state import load_training_state, save_training_state
@@ -52,12 +53,26 @@ def batches(dataset: Sequence[Any], collate: Callable[[list[Any]], Any], order: 
         yield collate([dataset[j] for j in order[i:i + batch_size]])
 
 
+def check_loss(loss: float, step: int | None = None) -> float:
+    """``loss``, or `TrainingError` when it is NaN/inf: a step on it would write NaN into every
+    trained weight, and each later epoch would "evaluate" a model that no longer exists."""
+    if not math.isfinite(loss):
+        at = f" at step {step}" if step is not None else ""
+        raise TrainingError(
+            f"the training loss is {loss}{at}: training diverged (or the batch holds bad "
+            "values); stopped before the optimiser step. Lower the learning rate, check the "
+            "inputs, or train in fp32")
+    return loss
+
+
 def train_step(model: nn.Module, batch: Any, optimizer: torch.optim.Optimizer,
                precision: str = "auto", clip_norm: float | None = 5.0) -> float:
     """One optimiser step on ``model.loss(batch)`` (bf16 autocast where ``precision`` says so,
-    gradients clipped to ``clip_norm``); returns the loss."""
+    gradients clipped to ``clip_norm``); returns the loss. A NaN/inf loss raises `TrainingError`
+    before the step, so the weights stay those of the last finite step."""
     with autocast(precision, "cpu"):
         loss = model.loss(batch)  # type: ignore[operator]
+    check_loss(float(loss.detach()))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if clip_norm is not None:
@@ -133,5 +148,5 @@ def load_loop_state(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     return extra
 
 
-__all__ = ["batches", "epoch_order", "load_loop_state", "n_batches", "save_loop_state",
-           "train_step"]
+__all__ = ["batches", "check_loss", "epoch_order", "load_loop_state", "n_batches",
+           "save_loop_state", "train_step"]
