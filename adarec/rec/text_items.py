@@ -412,7 +412,15 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_length: int,
     template = check_template(template)
     texts = [t if template is None else template.replace("{text}", t) for t in texts]
     room = max_length - int(append_eos)
-    rows = tokenizer(texts, truncation=True, max_length=room, padding=False)["input_ids"]
+    out = tokenizer(texts, truncation=True, max_length=room, padding=False,
+                    return_tensors=None)
+    rows, masks = out["input_ids"], out.get("attention_mask")
+    if isinstance(rows, Tensor):
+        rows = rows.tolist()
+    if masks is not None:  # a tokenizer that pads anyway: keep its real tokens only
+        masks = masks.tolist() if isinstance(masks, Tensor) else masks
+        rows = [[t for t, m in zip(row, mrow, strict=False) if m] for row, mrow in
+                zip(rows, masks, strict=True)]
     ids = torch.full((len(rows), max_length), int(pad), dtype=torch.long)
     mask = torch.zeros(len(rows), max_length, dtype=torch.long)
     for i, row in enumerate(rows):
