@@ -423,4 +423,4 @@ class AudioItemEncoder(SideEncoding, ItemEncoderBase):
         return out[order.argsort()]
 
 
-__all__ = ["RESAMPLER", "AudioItemEncoder", "extract", "load_audio", "read_wav"]
+__all__ = ["AudioItemEncoder", "extract", "load_audio", "read_wav"]
