@@ -98,6 +98,7 @@ LAYERS: dict[str, int] = {
     "adarec.rec.early_stopping": 21,
     "adarec.rec.readers": 22,
     "adarec.rec.atomic": 24,
+    "adarec.rec.tokens": 22,
     "adarec.rec.data": 23,
     "adarec.rec.splits": 24,
     "adarec.rec.datasets": 24,

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, get_worker_info
 from adarec.errors import ConfigError, DataError
 from adarec.rec.readers import csv_interactions, dataframe_interactions
 from adarec.rec.timestamps import TimestampParser, is_missing
+from adarec.rec.tokens import tokenize_texts
 
 PAD = 0
 logger = logging.getLogger(__name__)
@@ -585,11 +586,5 @@ def tokenize_item_texts(
     """
     if not texts or texts[0] != "":
         raise DataError("texts[0] must be '' (the padding item); pass data.item_texts")
-    encoded = tokenizer(
-        list(texts),
-        padding="max_length",
-        truncation=True,
-        max_length=max_length,
-        return_tensors="pt",
-    )
-    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    ids, mask = tokenize_texts(tokenizer, texts, max_length)  # the encoder's own cut
+    return {"input_ids": ids, "attention_mask": mask}
