@@ -150,6 +150,7 @@ TABLES: dict[str, list[Run]] = {
         _r("bitfit", "BitFit (biases)"),
         _r("kadapter", "K-Adapter (side network)", top=None),
         _r("prompt", "prompt tuning (10 tokens)", top=None),
+        _r("prefix", "prefix tuning (10 tokens, MLP 512)", top=None),
         _r("side", "side network (cached hidden states)", top=None),
         _r("side", "side network, uncached", top=None, cache=False),
     ],
