@@ -8,6 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    MODEL_MAPPING_NAMES,
+)
 
 from .calls import arg_locator
 from .errors import UnsupportedModuleError
@@ -23,6 +28,21 @@ convention (True or -inf where attention is *blocked*); a block taking
 
 _CAUSAL_MODEL_TYPES = {"clip_text_model"}
 """Causal models whose attention modules do not say so (CLIP's text tower builds a causal mask)."""
+
+
+def is_causal_architecture(module: nn.Module) -> bool:
+    """Whether ``module`` is the base model or the causal-LM model of an architecture that
+    Transformers knows only as a causal LM (Bloom, whose attention carries no ``is_causal``).
+    Types that are also masked LMs (BERT as a decoder) are left to ``config.is_decoder``; the
+    parts of encoder-decoder models (Whisper's encoder) match neither class name."""
+    config = getattr(module, "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return False
+    if getattr(config, "is_encoder_decoder", False) is True:
+        return False
+    names = {MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[kind], MODEL_MAPPING_NAMES.get(kind)}
+    return type(module).__name__ in names
 
 
 @dataclass(frozen=True)
@@ -72,8 +92,8 @@ def call_root(model: nn.Module, stack: str) -> str:
 
 def detect_causal(model: nn.Module, stack: str) -> bool:
     """A model is causal when a module on the way to its blocks, or in them, has
-    ``is_causal=True`` (HF decoders; give SASRec-like encoders that attribute), or its config
-    says it is a decoder."""
+    ``is_causal=True`` (HF decoders; give SASRec-like encoders that attribute), its config
+    says it is a decoder, or it is a causal-LM-only architecture (`is_causal_architecture`)."""
     path = [model.get_submodule(n) for n in ancestors(stack)]
     for m in [*path, *model.get_submodule(stack).modules()]:
         if getattr(m, "is_causal", None) is True:
@@ -82,6 +102,8 @@ def detect_causal(model: nn.Module, stack: str) -> bool:
         if getattr(config, "is_decoder", False) is True:
             return True
         if getattr(config, "model_type", None) in _CAUSAL_MODEL_TYPES:
+            return True
+        if is_causal_architecture(m):
             return True
     return False
 

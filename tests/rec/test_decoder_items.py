@@ -39,6 +39,9 @@ DECODERS: dict[str, Callable[[], torch.nn.Module]] = {
     "opt": lambda: tf.OPTModel(tf.OPTConfig(hidden_size=H, num_hidden_layers=L,
                                             num_attention_heads=HEADS, ffn_dim=FF, vocab_size=V,
                                             max_position_embeddings=64, word_embed_proj_dim=H)),
+    # ALiBi positions and attention modules without ``is_causal``: causal by its architecture
+    "bloom": lambda: tf.BloomModel(tf.BloomConfig(hidden_size=H, n_layer=L, n_head=HEADS,
+                                                  vocab_size=V)),
 }
 FAMILIES = list(DECODERS)
 
@@ -211,10 +214,14 @@ def test_old_folders_without_the_new_keys_load_with_the_old_behaviour() -> None:
 
 
 @pytest.mark.parametrize("method", ["lora", "houlsby", "ia3"])
-@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "bloom"])
 def test_adapters_inside_a_decoder_item_encoder_train(family: str, method: str) -> None:
     torch.manual_seed(0)
     model = TransRec(items(family), user_dim=16, max_len=5, dropout=0.0)
+    if (family, method) == ("bloom", "ia3"):  # Bloom interleaves q/k/v per head in one Linear
+        with pytest.raises(UnsupportedModuleError, match="interleaved heads"):
+            model.inject_adapters(item=method)
+        return
     summary = model.inject_adapters(item=method)
     assert summary is not None and 0 < summary.trainable < summary.total
     params = adarec.trainable_parameters(model)
@@ -236,7 +243,7 @@ def test_adapters_inside_a_decoder_item_encoder_train(family: str, method: str) 
 
 
 @pytest.mark.parametrize("states", ["pooled", "tokens"])
-@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox", "bloom"])
 def test_side_network_on_a_decoder_cached_equals_uncached(family: str, states: str) -> None:
     out = {}
     for cache in (False, True):
