@@ -45,6 +45,16 @@ def device_of(model: nn.Module | Any) -> torch.device:
     return t.device if t is not None else torch.device("cpu")
 
 
+def recommender_dtype(model: ItemTower) -> torch.dtype:
+    """The floating dtype of the recommender's own layers (DTL, else the user encoder)."""
+    for part in (model.dtl, getattr(model, "user_encoder", None)):
+        if isinstance(part, nn.Module):
+            for p in part.parameters():
+                if p.is_floating_point():
+                    return p.dtype
+    return torch.get_default_dtype()
+
+
 def encode_items(model: ItemTower, ids: Tensor) -> Tensor:
     """Encoder + DTL (+ ID fusion) for a flat id vector, each distinct id encoded once (with
     ``model.dedup``; False: once per occurrence, for tests)."""
@@ -55,7 +65,9 @@ def encode_items(model: ItemTower, ids: Tensor) -> Tensor:
 
 
 def _adapt(model: ItemTower, ids: Tensor, content: Tensor) -> Tensor:
-    emb = model.dtl(content)
+    # an item encoder kept in bf16/fp16 (a large frozen LLM) hands its vectors over in the
+    # recommender's own dtype: the DTL and the user side train in it
+    emb = model.dtl(content.to(recommender_dtype(model)))
     return emb if model.id_fusion is None else model.id_fusion(ids, emb)
 
 

@@ -208,14 +208,21 @@ class TransRec(nn.Module):
 
     def add_items(self, item_ids: Sequence[Hashable], texts: Sequence[str] | None = None,
                   tokenizer: Any = None, *, images: Sequence[Any] | None = None,
+                  audio: Sequence[Any] | None = None, inputs: Sequence[Any] | None = None,
                   processor: Any = None) -> list[int]:
-        """Add items the model never trained on from their texts (or ``images``): the item
-        encoder encodes them like any other, so `recommend` ranks them at once."""
-        if (texts is None) == (images is None):
-            raise ConfigError("pass the new items' texts or their images (one of the two)")
-        inputs = texts if texts is not None else images
-        assert inputs is not None
-        return serving.add_items(self, item_ids, inputs,
+        """Add items the model never trained on from their ``texts``, ``images``, ``audio``
+        clips (arrays with their rate as ``(samples, rate)`` pairs, or WAV paths) or ``inputs``
+        (what the item encoder reads, e.g. ``(text, image)`` pairs for a multimodal one): the
+        item encoder encodes them like any other, so `recommend` ranks them at once.
+        ``processor``: the image processor / feature extractor (default: the encoder's own)."""
+        given = {k: v for k, v in (("texts", texts), ("images", images), ("audio", audio),
+                                   ("inputs", inputs)) if v is not None}
+        if len(given) != 1:
+            raise ConfigError("pass the new items' texts, images, audio or inputs (one of them), "
+                              f"not {sorted(given) or 'none'}")
+        if texts is None and tokenizer is not None:
+            raise ConfigError("tokenizer goes with texts; pass processor= for the other inputs")
+        return serving.add_items(self, item_ids, next(iter(given.values())),
                                  tokenizer if texts is not None else processor, texts)
 
     def save_pretrained(self, folder: str | Path, include_base: bool = False,

@@ -291,3 +291,27 @@ def test_serving_add_items_takes_clips_with_their_rates() -> None:
         serving.add_items(model, [7], [clips(1)[0]])
     with pytest.raises(DataError, match="pair"):
         audio.load_audio((clips(1)[0], RATE, 1), None, RATE)
+
+
+def test_transrec_add_items_takes_audio_and_refuses_two_kinds(tmp_path: Path) -> None:
+    """``add_items(ids, audio=...)`` on a model and on its saved folder encode the clips as a
+    table built with them does; ``inputs=`` hands anything through; two kinds are refused."""
+    full = encoder("hubert", n=6)
+    torch.manual_seed(0)
+    model = TransRec(encoder("hubert", n=4), user_dim=16, max_len=L, dropout=0.0)
+    model.set_item_map([None, *[f"c{i}" for i in range(1, 5)]])
+    model.save_pretrained(tmp_path / "m", include_base=True)
+    loaded = TransRec.from_pretrained(tmp_path / "m")
+    new = [(c, RATE) for c in clips(6)[4:]]
+    assert model.add_items(["c5", "c6"], audio=new) == [5, 6]
+    assert loaded.add_items(["c5", "c6"], inputs=new) == [5, 6]
+    for m in (model, loaded):
+        torch.testing.assert_close(vectors(m.item_encoder, [5, 6]), vectors(full, [5, 6]),
+                                   atol=1e-5, rtol=0)
+    torch.testing.assert_close(loaded.item_table(), model.item_table(), atol=0, rtol=0)
+    with pytest.raises(ConfigError, match="one of them"):
+        model.add_items(["c7"], texts=["x"], audio=new[:1])
+    with pytest.raises(ConfigError, match="one of them"):
+        model.add_items(["c7"])
+    with pytest.raises(ConfigError, match="tokenizer goes with texts"):
+        model.add_items(["c7"], None, object(), audio=new[:1])

@@ -352,3 +352,31 @@ def test_gradient_checkpointing_and_bf16_autocast_run_and_agree(family: str) -> 
     for n in plain[1]:
         torch.testing.assert_close(ckpt[1][n], plain[1][n], atol=1e-6, rtol=1e-5, msg=n)
     assert bf16[0] == pytest.approx(plain[0], rel=5e-2)
+
+
+@pytest.mark.parametrize("method", sorted(adarec.spec.METHODS))
+def test_bf16_weights_item_encoder_trains_every_method(method: str) -> None:
+    """An item encoder loaded in bf16 (``dtype=resolve_precision("auto")`` on hardware that
+    computes it natively) trains with every method: its vectors reach the DTL in the
+    recommender's float32, the adapters take the encoder's dtype and receive gradients, and the
+    loss stays close to the float32 model's (same weights)."""
+    losses = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        enc = TextItemEncoder.from_texts(decoder("llama").to(dtype), tokenizer(), TEXTS,
+                                         max_length=10, chunk_size=4, cache_states=False)
+        model = TransRec(enc, user_dim=16, max_len=5, dropout=0.0)
+        spec = side_spec() if method == "side" else adarec.AdapterSpec.preset(method)
+        model.inject_adapters(item=spec)
+        inside = {n: p for n, p in model.named_parameters()
+                  if p.requires_grad and n.startswith("item_encoder.")}
+        assert inside and {p.dtype for p in inside.values()} == {dtype}
+        assert model.dtl[0].weight.dtype == torch.float32
+        loss = model.loss(batch())
+        loss.backward()
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in inside.values())
+        with torch.no_grad():
+            assert model.item_table().dtype == torch.float32
+        losses[dtype] = loss.item()
+    assert losses[torch.bfloat16] == pytest.approx(losses[torch.float32], rel=5e-2)
