@@ -37,7 +37,9 @@ def is_causal_architecture(module: nn.Module) -> bool:
     parts of encoder-decoder models (Whisper's encoder) match neither class name."""
     config = getattr(module, "config", None)
     kind = getattr(config, "model_type", None)
-    if not isinstance(kind, str) or kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+    if not isinstance(kind, str) or kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return False
+    if kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return False
     if getattr(config, "is_encoder_decoder", False) is True:
         return False

@@ -197,4 +197,20 @@ def add_items(model: Any, item_ids: Sequence[Hashable], inputs: Sequence[Any],
     return new
 
 
-__all__ = ["Recommendations", "add_items", "item_index", "recommend", "set_item_map"]
+def add_items_from(model: Any, item_ids: Sequence[Hashable], *, texts: Sequence[str] | None,
+                   tokenizer: Any, images: Sequence[Any] | None, audio: Sequence[Any] | None,
+                   inputs: Sequence[Any] | None, processor: Any) -> list[int]:
+    """`add_items` from exactly one kind of input (`TransRec.add_items`' keywords)."""
+    given = {k: v for k, v in (("texts", texts), ("images", images), ("audio", audio),
+                               ("inputs", inputs)) if v is not None}
+    if len(given) != 1:
+        raise ConfigError("pass the new items' texts, images, audio or inputs (one of them), "
+                          f"not {sorted(given) or 'none'}")
+    if texts is None and tokenizer is not None:
+        raise ConfigError("tokenizer goes with texts; pass processor= for the other inputs")
+    return add_items(model, item_ids, next(iter(given.values())),
+                     tokenizer if texts is not None else processor, texts)
+
+
+__all__ = ["Recommendations", "add_items", "add_items_from", "item_index", "recommend",
+           "set_item_map"]

@@ -215,15 +215,9 @@ class TransRec(nn.Module):
         (what the item encoder reads, e.g. ``(text, image)`` pairs for a multimodal one): the
         item encoder encodes them like any other, so `recommend` ranks them at once.
         ``processor``: the image processor / feature extractor (default: the encoder's own)."""
-        given = {k: v for k, v in (("texts", texts), ("images", images), ("audio", audio),
-                                   ("inputs", inputs)) if v is not None}
-        if len(given) != 1:
-            raise ConfigError("pass the new items' texts, images, audio or inputs (one of them), "
-                              f"not {sorted(given) or 'none'}")
-        if texts is None and tokenizer is not None:
-            raise ConfigError("tokenizer goes with texts; pass processor= for the other inputs")
-        return serving.add_items(self, item_ids, next(iter(given.values())),
-                                 tokenizer if texts is not None else processor, texts)
+        return serving.add_items_from(self, item_ids, texts=texts, tokenizer=tokenizer,
+                                      images=images, audio=audio, inputs=inputs,
+                                      processor=processor)
 
     def save_pretrained(self, folder: str | Path, include_base: bool = False,
                         tokenizer: Any = None) -> Path:
