@@ -3,11 +3,14 @@ sharing one frozen backbone, all of a batch's rows in one user-encoder call.
 
 Why: switching the active set per request (or per group of requests) runs the user encoder
 once per group and, worse, makes the item table's state key change at every switch, so the
-table is encoded again each time. Here each set's item table (the item encoder and its adapters
-of that set) is cached in a cache of its own, keyed like the model's (`adarec.rec.item_tower`:
-it is reused exactly while the tower computes what it did with that set active alone), and the
-user encoder runs the whole batch once under `adarec.mixed.mixed_batch`. Row ``i`` gets what
-serving it alone with set ``set_names[i]`` active gives (``None``: no set).
+table is encoded again each time. Here each set's item table (the item encoder with that set's
+adapters or side network, then the set's own DTL or the shared one, `adarec.rec.set_dtl`) is
+cached in a cache of its own, keyed like the model's (`adarec.rec.item_tower`: the key skips
+switched-off layers, so a set's table is reused exactly while the tower computes what it did
+with that set active alone, whatever happens to the other sets), side networks of every set
+read the item encoder's one hidden-state cache of the frozen backbone, and the user encoder runs
+the whole batch once under `adarec.mixed.mixed_batch`. Row ``i`` gets what serving it alone
+with set ``set_names[i]`` active gives (``None``: no set).
 """
 
 from __future__ import annotations
