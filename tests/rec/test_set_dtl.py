@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import tiny_transrec as helpers
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import adarec
 from adarec.adapters.side import side_networks
@@ -211,3 +213,42 @@ def test_save_and_load_keep_every_set(tmp_path: Path) -> None:
     got = loaded.recommend(histories, k=4, set_names=names)
     want = model.recommend(histories, k=4, set_names=names)
     assert torch.equal(got.indices, want.indices) and torch.equal(got.scores, want.scores)
+
+
+# ------------------------------------------------------------------ mixed batches of such sets
+@pytest.fixture(scope="module")
+def served() -> TransRec:
+    return build()
+
+
+def alone(model: TransRec, history: list[int], name: str | None, k: int) -> tuple[torch.Tensor,
+                                                                                   torch.Tensor]:
+    adarec.set_active_adapters(model, name)
+    r = model.recommend([history], k=k)
+    return r.scores[0], r.indices[0]
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, len(helpers.SEQS) - 1),
+                          st.sampled_from([None, *SETS])), min_size=1, max_size=24))
+def test_mixed_rows_equal_serving_each_alone(served: TransRec,
+                                             rows: list[tuple[int, str | None]]) -> None:
+    """Row ``i`` of one mixed call is what serving it alone with its set active gives: the same
+    top-k (torch.equal) and the same scores to float32 rounding (1e-6: the user encoder runs the
+    row in a batch of another size)."""
+    histories = [helpers.SEQS[h] for h, _ in rows]
+    names = [n for _, n in rows]
+    adarec.set_active_adapters(served, "lora_moe")
+    mixed = served.recommend(histories, k=4, set_names=names, batch_size=7)
+    assert adarec.active_adapters(served) == ["lora_moe"]
+    for row, (history, name) in enumerate(zip(histories, names, strict=True)):
+        scores, indices = alone(served, history, name, 4)
+        assert torch.equal(mixed.indices[row], indices), (row, name)
+        torch.testing.assert_close(mixed.scores[row], scores, rtol=1e-6, atol=1e-6)
+
+
+def test_every_set_ranks_differently(served: TransRec) -> None:
+    """Not vacuous: one history, six different rankings (five sets and the base model)."""
+    got = served.recommend([helpers.SEQS[0]] * 6, k=6, set_names=[None, *SETS])
+    assert len({tuple(r.tolist()) for r in got.scores}) == 6
