@@ -32,6 +32,9 @@ class SetDTLs(nn.Module):
     """``(x, shared_dtl(x)) -> shared_dtl(x)``: the module the sets' own DTLs attach to (a hook
     on the shared DTL itself would break an ``nn.Sequential`` DTL, which runs every child)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+
     def forward(self, x: Tensor, shared: Tensor) -> Tensor:
         return shared
 

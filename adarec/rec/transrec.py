@@ -57,7 +57,8 @@ class TransRec(nn.Module):
 
     ``dtl``: ``True``/``"linear"``, ``"moe"`` (UniSRec's whitening MoE adaptor), ``False``
     (identity; item width must equal ``user_dim``) or any module mapping item width to
-    ``user_dim``; an adapter set may own another (``inject_adapters(..., dtl=...)``). ``id_fusion="add"``/``"gate"`` adds a learned ID embedding (`IDFusion`).
+    ``user_dim``; an adapter set may own another (``inject_adapters(..., dtl=...)``).
+    ``id_fusion="add"``/``"gate"`` adds a learned ID embedding (`IDFusion`).
     ``similarity="cosine"`` scores L2-normalised vectors divided by ``temperature``. Without
     ``user_encoder`` a `SASRec` of width ``user_dim`` is built from ``max_len``, ``n_layers``,
     ``n_heads``, ``dropout``. ``held_out``: a bool mask ``[n_items + 1]`` of items training must
