@@ -11,6 +11,7 @@ set active) reads the shared DTL ``model.dtl``, which stays as it was (its state
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, cast
 
 from torch import Tensor, nn
@@ -100,6 +101,9 @@ def add_set_dtl(model: Any, name: str, dtl: DTLChoice) -> SetDTL:
         raise ConfigError(f"dtl={dtl!r} for set {name!r} is not True/False, 'linear', 'moe', "
                           "'none', 'copy' or a module")
     layer = SetDTL(module, kind)
+    ref = next(itertools.chain(model.dtl.parameters(), model.parameters()), None)
+    if ref is not None:  # where the model is (its host, `SetDTLs`, holds no tensor to go by)
+        layer.to(device=ref.device, dtype=ref.dtype)
     attach_layer(model.dtl_sets, name, layer, SITE)
     for other in set_dtls(model).values():
         other.active = other is layer

@@ -81,6 +81,14 @@ def test_copy_starts_as_the_shared_dtl_and_is_its_own() -> None:
     assert not torch.equal(model.item_table(), shared)
 
 
+def test_a_new_set_dtl_goes_where_the_model_is() -> None:
+    """Built where the model's weights are (device and dtype), not where torch builds modules."""
+    model = helpers.text_model().double().eval()
+    model.inject_adapters(name="m", policy=None, dtl=True)
+    assert model.item_table().dtype == torch.float64
+    assert set_dtls(model)["m"].dtl[0].weight.dtype == torch.float64
+
+
 def test_two_active_set_dtls_are_refused() -> None:
     model = build()
     adarec.set_active_adapters(model, ["side_dtl_user", "lora_moe"])
