@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -161,6 +161,15 @@ def _attach(
     container.train(module.training)  # a model in eval mode must not run adapter dropout
 
 
+def attach_layer(module: nn.Module, name: str, adapter: AdapterLayer, site: Site,
+                 spec: Any = None) -> None:
+    """Add ``adapter``, built outside the method registry (a TransRec set's own DTL), to set
+    ``name`` on ``module``: switched, disabled, ejected and keyed with the set like a layer
+    `inject_adapters` built."""
+    _attach(module, name, spec, adapter, site, next(_injection_counter))
+    cast(Any, adapter).attached_to = ""  # the module it is attached to is its injection root
+
+
 def _adapters_of(model: nn.Module, name: str | None) -> list[AdapterLayer]:
     return [a for _, _, a in iter_adapters(model) if name is None or a.set_name == name]
 
@@ -292,6 +301,7 @@ __all__ = [
     "active_adapters",
     "adapter_sets",
     "adapters_disabled",
+    "attach_layer",
     "eject_adapters",
     "inject_adapters",
     "iter_adapters",

@@ -37,3 +37,12 @@ def adapter_sets(model: nn.Module) -> dict[str, AdapterSpec]:
 def active_adapters(model: nn.Module) -> list[str]:
     """Names of the sets whose adapters are switched on."""
     return list(dict.fromkeys(a.set_name for _, _, a in iter_adapters(model) if a.active))
+
+
+def inactive_adapters(model: nn.Module) -> list[AdapterLayer]:
+    """The adapter layers switched off and not merged. Such a layer changes no output, so the
+    key of a cache of what ``model`` computes may skip it: one set's cache then outlives edits
+    of another set's weights, and switching sets back finds it valid (a layer switched on again
+    is back in the key)."""
+    return [a for _, _, a in iter_adapters(model)
+            if not a.active and not getattr(a, "merged", False)]

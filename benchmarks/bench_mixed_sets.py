@@ -1,7 +1,9 @@
 """Many adapter sets in one batch: serving requests that each name one of 8 sets.
 
-One TransRec (random small BERT item encoder, SASRec user encoder) holds ``--sets`` adapter sets,
-each with item-encoder LoRA and user-encoder Houlsby adapters (perturbed, so the sets differ).
+One TransRec (random small BERT item encoder, SASRec user encoder) holds ``--sets`` adapter sets
+(perturbed, so the sets differ): ``--variant lora`` gives each item-encoder LoRA and user-encoder
+Houlsby adapters; ``--variant side`` gives each its own side network (over the item encoder's one
+hidden-state cache of the frozen backbone), its own DTL and user-encoder Houlsby adapters.
 ``--requests`` histories, each assigned a set at random, are served three ways:
 
 - switch per request: ``set_active_adapters(model, s); model.recommend([h])`` per request (the
@@ -17,6 +19,7 @@ Every way must return the same top-k (checked); the table prints seconds per cal
 requests and the speed-up of mixed over the others.
 
     python benchmarks/bench_mixed_sets.py                 # ~1-3 min on 2 shared cores
+    python benchmarks/bench_mixed_sets.py --variant side  # sets owning side network + DTL
     python benchmarks/bench_mixed_sets.py --items 5000 --requests 512
 """
 
@@ -51,10 +54,12 @@ def build(args: argparse.Namespace) -> TransRec:
     ids = torch.randint(5, 1000, (rows, args.text_len), generator=g) * mask
     items = TextItemEncoder(tf.BertModel(cfg), ids, mask, chunk_size=256)
     model = TransRec(items, user_dim=args.dim, max_len=args.max_len, dropout=0.0)
+    item = ({"method": "lora", "lora_r": 4} if args.variant == "lora"
+            else {"method": "side", "bottleneck": 16})
     for s in range(args.sets):
-        model.inject_adapters(item={"method": "lora", "lora_r": 4},
-                              user={"method": "houlsby", "bottleneck": 16}, name=f"s{s}",
-                              policy=None)
+        model.inject_adapters(item=item, user={"method": "houlsby", "bottleneck": 16},
+                              name=f"s{s}", policy=None,
+                              dtl=True if args.variant == "side" else None)
     with torch.no_grad():
         for p in adarec.adapter_parameters(model).values():
             p.add_(torch.randn(p.shape, generator=g) * 0.2)
@@ -74,6 +79,8 @@ def timed(fn: Callable[[], Recommendations], repeats: int) -> tuple[float, Recom
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sets", type=int, default=8)
+    p.add_argument("--variant", choices=("lora", "side"), default="lora",
+                   help="what each set owns (see above)")
     p.add_argument("--items", type=int, default=1000)
     p.add_argument("--requests", type=int, default=128)
     p.add_argument("--hidden", type=int, default=64)
@@ -137,7 +144,8 @@ def main() -> None:
         if r is not None:
             assert torch.equal(r.indices, ref.indices), f"{label}: different top-k"
             torch.testing.assert_close(r.scores, ref.scores, rtol=1e-5, atol=1e-5)
-    print(f"# {cpu_line()}, torch threads {args.threads}; {args.sets} sets, {args.items} items, "
+    print(f"# {cpu_line()}, torch threads {args.threads}; {args.sets} sets ({args.variant}), "
+          f"{args.items} items, "
           f"{args.requests} requests, top-{args.k}; identical top-k in every mode")
     print("| mode | s per call | mixed speed-up |\n|---|---|---|")
     for label, (t, _) in results.items():

@@ -119,6 +119,7 @@ LAYERS: dict[str, int] = {
     "adarec.rec.multimodal_items": 26,
     "adarec.rec.item_encoders": 27,
     "adarec.rec.item_tower": 27,
+    "adarec.rec.set_dtl": 26,
     "adarec.rec.inference": 28,
     "adarec.rec.objective": 28,
     "adarec.rec.folder_format": 28,

@@ -41,6 +41,11 @@ def _groups(model: nn.Module, names: set[str] | None) -> dict[tuple[str, str], d
     for mname, _, adapter in iter_adapters(model):
         if names is not None and adapter.set_name not in names:
             continue
+        if not isinstance(adapter.spec, AdapterSpec):  # attached by its owner (attach_layer)
+            raise AdapterStateError(
+                f"adapter set {adapter.set_name!r} holds a {type(adapter).__name__} at "
+                f"{mname!r}, which its owner saves (a TransRec: save_pretrained), not an "
+                "adapter checkpoint")
         root = _injection_root(mname, adapter.site.target)
         key = (root, adapter.set_name)
         g = groups.setdefault(key, {

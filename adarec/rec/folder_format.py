@@ -6,7 +6,8 @@ A folder holds
   adaptor given as a module) by its registered kind and settings (`adarec.rec.kinds`); a
   reference to every base transformer inside the item encoder (``name_or_path``, class, whole
   config, fingerprint and a sha256 digest of every base tensor the folder does not hold); the
-  adapter sets (root, name, spec, active); the training policy; the item id map (and texts);
+  adapter sets (root, name, spec, active) and the sets' own DTLs (name, kind, active); the
+  training policy; the item id map (and texts);
   the preprocessors saved; the tensor list and the weights file's sha256;
 - ``model.safetensors``: every trained tensor (adapters, adaptor, user encoder, tuned norms, any
   base weight that trains under the current policy; all base weights with ``include_base``)
@@ -38,6 +39,7 @@ import torch
 import transformers
 from torch import Tensor, nn
 
+from adarec.adapters.base import ADAPTERS_ATTR
 from adarec.checkpoint import (
     CONFIG_DIGEST,
     atomic_folder,
@@ -71,6 +73,7 @@ from adarec.rec.kinds import (
     features_of,
     preprocessors_of,
 )
+from adarec.rec.set_dtl import add_set_dtl, set_dtls
 from adarec.spec import AdapterSpec
 from adarec.version import __version__
 
@@ -174,6 +177,9 @@ def save(model: Any, folder: str | Path, include_base: bool = False,
         sets += [{"root": root, "name": name, "spec": spec.to_dict(), "active": name in active}
                  for name, spec in adapter_sets(module).items()]
     config["adapter_sets"] = sets
+    own_dtls = [layer.to_record() for layer in set_dtls(model).values()]
+    if own_dtls:
+        config["set_dtls"] = own_dtls
     ids = model.item_ids
     config["items"] = {"n_items": model.n_items,
                        "ids": None if ids is None else [_json_id(i) for i in ids],
@@ -363,6 +369,8 @@ class Loaded:
     user_encoder: nn.Module
     settings: dict[str, Any]
     weights: dict[str, Tensor] = field(default_factory=dict)
+    set_dtls: dict[str, tuple[str | nn.Module, bool]] = field(default_factory=dict)
+    """Set name -> (its own DTL: a kind name or the rebuilt module, whether it is active)."""
 
 
 def read(folder: str | Path, base: Any = None, check_base: bool = True,
@@ -379,7 +387,16 @@ def read(folder: str | Path, base: Any = None, check_base: bool = True,
     settings = {k: v for k, v in config["transrec"].items() if k in SETTINGS}
     if isinstance(settings.get("dtl"), dict):
         settings["dtl"] = build_part(settings["dtl"], source.child("dtl"))
-    return Loaded(root, config, item, user, settings, weights)
+    own: dict[str, tuple[str | nn.Module, bool]] = {}
+    for rec in config.get("set_dtls") or []:
+        name, part = (rec.get("name"), rec.get("dtl")) if isinstance(rec, dict) else (None, None)
+        if not isinstance(name, str) or not isinstance(part, (str, dict)):
+            raise CheckpointError(f"{root / CONFIG}: set DTL record {rec!r} needs a set name and "
+                                  "a DTL kind or part config"[:300])
+        if isinstance(part, dict):
+            part = build_part(part, source.child(f"dtl.{ADAPTERS_ATTR}.{name}.dtl"))
+        own[name] = (part, bool(rec.get("active")))
+    return Loaded(root, config, item, user, settings, weights, own)
 
 
 def restore(model: Any, loaded: Loaded, map_location: str | torch.device = "cpu") -> None:
@@ -399,6 +416,10 @@ def restore(model: Any, loaded: Loaded, map_location: str | torch.device = "cpu"
     for name, module in roots.items():
         if adapter_sets(module):
             set_active_adapters(module, active.get(name, []))
+    for name, (part, _) in loaded.set_dtls.items():
+        add_set_dtl(model, name, part)
+    for name, layer in set_dtls(model).items():
+        layer.active = loaded.set_dtls[name][1]
     _load_weights(model, loaded.weights, base_models(model), where)
     policy = config["transrec"].get("policy")
     if policy is not None:

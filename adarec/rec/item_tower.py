@@ -1,9 +1,11 @@
-"""The item tower of a TransRec-style model: item encoder -> adaptor (DTL) -> ID fusion, each
-distinct item of a batch encoded once, and the cached table of every item.
+"""The item tower of a TransRec-style model: item encoder -> adaptor (DTL; the active set's own
+DTL where it has one, `adarec.rec.set_dtl`) -> ID fusion, each distinct item of a batch encoded
+once, and the cached table of every item.
 
 The table is valid while the modules it is computed from are in the same state (weights and
 their versions, active/merged adapter sets, hooks, modes, item features, the fusion's excluded
-items; `adarec.state_key`) and autocast is as it was; `ItemTableCache` holds it with that key.
+items; `adarec.state_key`; switched-off adapter layers change nothing and are skipped) and
+autocast is as it was; `ItemTableCache` holds it with that key.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from adarec.rec.item_encoder import ItemEncoder
+from adarec.rec.set_dtl import check_one_dtl
 from adarec.rec.side_encoding import eval_flags
+from adarec.sets import inactive_adapters
 from adarec.state_key import StateKey, autocast_state
 
 
@@ -28,6 +32,8 @@ class ItemTower(Protocol):
     def item_encoder(self) -> ItemEncoder: ...
     @property
     def dtl(self) -> nn.Module: ...
+    @property
+    def dtl_sets(self) -> nn.Module: ...
     @property
     def id_fusion(self) -> nn.Module | None: ...
     @property
@@ -67,14 +73,20 @@ def encode_items(model: ItemTower, ids: Tensor) -> Tensor:
 def _adapt(model: ItemTower, ids: Tensor, content: Tensor) -> Tensor:
     # an item encoder kept in bf16/fp16 (a large frozen LLM) hands its vectors over in the
     # recommender's own dtype: the DTL and the user side train in it
-    emb = model.dtl(content.to(recommender_dtype(model)))
+    content = content.to(recommender_dtype(model))
+    check_one_dtl(model.dtl_sets)
+    emb = model.dtl_sets(content, model.dtl(content))
     return emb if model.id_fusion is None else model.id_fusion(ids, emb)
 
 
 def table_key(model: ItemTower) -> StateKey:
+    """The tower's state, switched-off adapter layers skipped (`adarec.sets.inactive_adapters`):
+    a set's table stays valid while other sets' weights change (mixed serving keeps one table
+    per set)."""
     fusion = () if model.id_fusion is None else (model.id_fusion,)
-    return StateKey.of(cast(nn.Module, model.item_encoder), model.dtl, *fusion,
-                       extra=(autocast_state(device_of(model).type),))
+    roots = (cast(nn.Module, model.item_encoder), model.dtl, model.dtl_sets, *fusion)
+    skip = [a for r in roots for a in inactive_adapters(r)]
+    return StateKey.of(*roots, skip=skip, extra=(autocast_state(device_of(model).type),))
 
 
 @contextmanager

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from adarec.adapters.side import SideNetwork, side_networks
 from adarec.errors import AdapterStateError
 from adarec.rec.state_cache import HiddenStateCache
+from adarec.sets import inactive_adapters
 from adarec.state_key import StateKey
 
 logger = logging.getLogger(__name__)
@@ -141,9 +142,14 @@ class SideEncoding:
     def _key(self, sides: Sequence[SideNetwork], slots: Sequence[int], tokens: bool,
              device: torch.device) -> StateKey:
         """What the cached states depend on: every module and tensor of this encoder (backbone,
-        item features, other adapters and their flags) except the side networks themselves
-        (`adarec.state_key`, as for the frozen-prefix cache), and how the states are taken."""
-        return StateKey.of(self, skip=side_networks(self.model, active_only=False), modes=False,
+        item features, the active adapters of other methods and their flags) except the side
+        networks themselves and switched-off adapters (`adarec.state_key`, as for the
+        frozen-prefix cache), and how the states are taken. So the key names the backbone, not
+        the set: sets of side networks tapping the same blocks share one cache, and switching
+        between them never rebuilds it."""
+        skip = [*side_networks(self.model, active_only=False),
+                *inactive_adapters(cast(nn.Module, self))]
+        return StateKey.of(self, skip=skip, modes=False,
                            extra=(tuple(slots), tokens, self.cache_dtype, str(device)))
 
     def _cached(self, sides: Sequence[SideNetwork], slots: Sequence[int], tokens: bool,

@@ -20,7 +20,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from adarec.errors import ConfigError
+from adarec.errors import AdapterStateError, ConfigError
 from adarec.freezing import ParameterSummary
 from adarec.inject import inject_adapters as _inject
 from adarec.rec import evaluation, folder_format, inference, serving, transfer
@@ -35,6 +35,7 @@ from adarec.rec.objective import next_item_loss
 from adarec.rec.policies import apply_policy, policy_names
 from adarec.rec.scoring import check_similarity, prepare
 from adarec.rec.serving import Recommendations
+from adarec.rec.set_dtl import DTLChoice, SetDTLs, add_set_dtl, set_dtls
 from adarec.rec.user_encoders import SASRec
 from adarec.spec import AdapterSpec
 
@@ -56,7 +57,8 @@ class TransRec(nn.Module):
 
     ``dtl``: ``True``/``"linear"``, ``"moe"`` (UniSRec's whitening MoE adaptor), ``False``
     (identity; item width must equal ``user_dim``) or any module mapping item width to
-    ``user_dim``. ``id_fusion="add"``/``"gate"`` adds a learned ID embedding (`IDFusion`).
+    ``user_dim``; an adapter set may own another (``inject_adapters(..., dtl=...)``).
+    ``id_fusion="add"``/``"gate"`` adds a learned ID embedding (`IDFusion`).
     ``similarity="cosine"`` scores L2-normalised vectors divided by ``temperature``. Without
     ``user_encoder`` a `SASRec` of width ``user_dim`` is built from ``max_len``, ``n_layers``,
     ``n_heads``, ``dropout``. ``held_out``: a bool mask ``[n_items + 1]`` of items training must
@@ -87,6 +89,7 @@ class TransRec(nn.Module):
         self.item_encoder: ItemEncoder = item_encoder
         self.dtl = build_adaptor(dtl, item_encoder.dim, user_dim)
         self.dtl_kind = adaptor_name(dtl)  # None for a module passed as ``dtl``
+        self.dtl_sets = SetDTLs()  # where adapter sets' own DTLs go (`adarec.rec.set_dtl`)
         self.id_fusion = IDFusion(self.n_items, user_dim, id_fusion) if id_fusion else None
         self.user_encoder = user_encoder or SASRec(user_dim, n_layers=n_layers, n_heads=n_heads,
                                                    max_len=max_len, dropout=dropout)
@@ -245,9 +248,14 @@ class TransRec(nn.Module):
         return self.loss(batch)
 
     def inject_adapters(self, item: Spec = None, user: Spec = None, name: str = "default",
-                        policy: str | None = "adapters") -> ParameterSummary | None:
+                        policy: str | None = "adapters",
+                        dtl: DTLChoice | None = None) -> ParameterSummary | None:
         """Inject adapter set ``name`` into the item encoder's transformer(s) and/or the user
-        encoder, then apply ``policy`` (see `set_policy`; ``None`` leaves flags alone)."""
+        encoder, then apply ``policy`` (see `set_policy`; ``None`` leaves flags alone).
+        ``dtl``: the set's own DTL (`adarec.rec.set_dtl`: as the model's ``dtl``, or
+        ``"copy"`` of the shared one), used while the set is active; ``None``: the shared DTL."""
+        if dtl is not None and name in set_dtls(self):
+            raise AdapterStateError(f"adapter set {name!r} already has its own DTL")
         if item is not None:
             models = self.item_encoder.hf_models()
             if not models:
@@ -257,6 +265,8 @@ class TransRec(nn.Module):
                 _inject(model, item, name, freeze=False)
         if user is not None:
             _inject(self.user_encoder, user, name, freeze=False)
+        if dtl is not None:
+            add_set_dtl(self, name, dtl)
         self.invalidate_cache()
         return self.set_policy(policy) if policy is not None else None
 
