@@ -16,7 +16,9 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from adarec.errors import ConfigError
 from adarec.rec.item_encoder import ItemEncoder
+from adarec.rec.shard_files import state_fingerprint
 from adarec.rec.side_encoding import eval_flags
 from adarec.state_key import StateKey, autocast_state
 
@@ -65,6 +67,20 @@ def table_key(model: ItemTower) -> StateKey:
                        extra=(autocast_state(device_of(model).type),))
 
 
+def tower_fingerprint(model: ItemTower) -> str:
+    """The persistent twin of `table_key` (`adarec.rec.shard_files.state_fingerprint`), for a
+    table written to disk: equal in another process exactly when the table would be the same."""
+    fusion = () if model.id_fusion is None else (model.id_fusion,)
+    return state_fingerprint(cast(nn.Module, model.item_encoder), model.dtl, *fusion,
+                             modes=False, extra=(autocast_state(device_of(model).type),))
+
+
+def table_chunks(model: ItemTower, batch_size: int = 512) -> list[Tensor]:
+    """The item ids of each batch the table is computed in (row 0, the padding item, first)."""
+    n = int(model.item_encoder.n_items) + 1
+    return list(torch.arange(n, device=device_of(model)).split(batch_size))
+
+
 @contextmanager
 def inference(model: nn.Module | Any) -> Iterator[None]:
     """Eval-mode flags and no grad, without calling ``train()`` (which drops the cache)."""
@@ -91,11 +107,18 @@ class ItemTableCache:
             key = table_key(model)
             if self.table is not None and self.key == key:
                 return self.table
-            n = int(model.item_encoder.n_items) + 1
-            ids = torch.arange(n, device=device_of(model))
-            table = torch.cat([encode_items(model, c) for c in ids.split(batch_size)])
+            table = torch.cat([encode_items(model, c) for c in table_chunks(model, batch_size)])
             self.table, self.key = table, key
             return table
+
+    def put(self, model: ItemTower, table: Tensor) -> None:
+        """Keep ``table`` as ``model``'s current table (one built elsewhere, e.g. by ranks)."""
+        n = int(model.item_encoder.n_items) + 1
+        if table.dim() != 2 or tuple(table.shape) != (n, model.dim):
+            raise ConfigError(f"an item table of shape {tuple(table.shape)}; the model's is "
+                              f"{(n, model.dim)}")
+        with inference(model):  # the key as `get` computes it
+            self.table, self.key = table, table_key(model)
 
     def lookup(self, model: ItemTower, ids: Tensor) -> Tensor:
         """``ids`` of any shape -> ``[*ids.shape, dim]``, from the table when it is valid and no
@@ -106,4 +129,5 @@ class ItemTableCache:
         return encode_items(model, ids.reshape(-1)).view(*ids.shape, model.dim)
 
 
-__all__ = ["ItemTableCache", "ItemTower", "device_of", "encode_items", "inference", "table_key"]
+__all__ = ["ItemTableCache", "ItemTower", "device_of", "encode_items", "inference", "table_chunks",
+           "table_key", "tower_fingerprint"]
