@@ -148,6 +148,35 @@ def test_bad_arguments_are_named(tmp_path: Path) -> None:
         recommend_all(model, {}, tmp_path)
 
 
+def test_the_example_job_on_a_csv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/recommend_all.py on a saved model and a ratings CSV, with the item table built
+    through the sharded path (one rank), gives `recommend`'s rows."""
+    from adarec.rec import InteractionData
+
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("userId,movieId,timestamp\n" + "".join(
+        f"{u},{(u * 5 + i) % N_ITEMS + 1},{100 + i}\n" for u in range(1, 9) for i in range(6)))
+    data = InteractionData.from_csv(ratings, "userId", "movieId", "timestamp")
+    assert data.n_items == N_ITEMS
+    model = text_model(seed=5)
+    model.set_item_map(data.item_ids)
+    model.save_pretrained(tmp_path / "model", include_base=True)
+    monkeypatch.syspath_prepend(str(TESTS.parent / "examples"))
+    import recommend_all as example
+
+    path = example.main(["--model", str(tmp_path / "model"), "--out", str(tmp_path / "job"),
+                         "--k", "2", "--tables", str(tmp_path / "tables"), "--interactions",
+                         str(ratings), "--user-col", "userId", "--item-col", "movieId",
+                         "--threads", "1"])
+    assert (tmp_path / "tables" / "item_table.json").is_file()
+    rec = model.recommend([[data.item_ids[i] for i in s] for s in data.sequences.values()], k=2)
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    assert rows == [[str(u), str(r), str(item), f"{s:.9g}"] for u, items, scores in zip(
+        data.sequences, rec.items, rec.scores.tolist(), strict=True)
+        for r, (item, s) in enumerate(zip(items, scores, strict=False), 1)]
+
+
 def test_parquet_holds_the_csv_rows(one_process: Path, tmp_path: Path) -> None:
     pq = pytest.importorskip("pyarrow.parquet")
     model, users = model_and_users()
