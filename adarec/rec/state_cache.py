@@ -14,7 +14,9 @@ memory is the table plus one chunk's forward pass, never the whole catalogue's a
 With ``directory`` the table is a memory-mapped file there (``torch.from_file``): resident memory
 then stays near one chunk, and the operating system pages the table in and out. The file is new
 for every build and deleted with the cache: a file is never read back by a later process, so no
-stale states can be served from disk.
+stale states can be served from disk. The shards of a sharded build (`adarec.rec.sharded`),
+which do outlive the process, carry a fingerprint of the model state and are refused for any
+other.
 """
 
 from __future__ import annotations

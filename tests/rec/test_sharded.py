@@ -32,9 +32,12 @@ from adarec.rec.transrec import TransRec
 WORLD, TIMEOUT_S, BATCH = 2, 120, 4  # 13 rows: item-table chunks of 4 (4 chunks), states of 5
 
 
-def side_model() -> TransRec:
+def side_model(tokens: bool = False) -> TransRec:
+    """Pooled states ``[13, S, H]``, or token states ``[13, 8, S, H]`` (items of 2..8 tokens, so
+    chunks of different widths leave different tails zero)."""
     model = text_model(seed=3)
-    model.inject_adapters(item=adarec.AdapterSpec.preset("side", bottleneck=8))
+    extra = {"side_states": "tokens", "side_heads": 2} if tokens else {}
+    model.inject_adapters(item=adarec.AdapterSpec.preset("side", bottleneck=8, **extra))
     model.eval()
     return model
 
@@ -44,13 +47,16 @@ def worker(out: Path) -> None:
 
     torch.set_num_threads(1)
     D.setup(timeout_s=60)
-    model = side_model()
-    items = build_item_table(model, out / "tables", batch_size=BATCH, progress=False)
-    states = model.item_encoder._state_cache
-    assert states is not None
-    torch.save({"items": items.clone(), "states": states.table.clone(),
-                "served": model.item_table(BATCH).data_ptr() == items.data_ptr()},
-               out / f"rank{D.get_rank()}.pt")
+    saved = {}
+    for tokens in (False, True):
+        model = side_model(tokens)
+        folder = out / ("tables-tokens" if tokens else "tables")
+        items = build_item_table(model, folder, batch_size=BATCH, progress=False)
+        states = model.item_encoder._state_cache
+        assert states is not None
+        saved[tokens] = {"items": items.clone(), "states": states.table.clone(),
+                         "served": model.item_table(BATCH).data_ptr() == items.data_ptr()}
+    torch.save(saved, out / f"rank{D.get_rank()}.pt")
     D.cleanup()
 
 
@@ -60,14 +66,18 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str
     return out, launch_ranks(__file__, out, WORLD, TIMEOUT_S)
 
 
-@pytest.fixture(scope="module")
-def reference() -> dict[str, torch.Tensor]:
+def one_process(tokens: bool) -> dict[str, torch.Tensor]:
     """The one-process build: `item_table` (which builds the hidden-state cache first)."""
-    model = side_model()
+    model = side_model(tokens)
     items = model.item_table(BATCH).clone()
     cache = model.item_encoder._state_cache
     assert cache is not None
     return {"items": items, "states": cache.table.clone()}
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, torch.Tensor]:
+    return one_process(tokens=False)
 
 
 def test_two_ranks_build_bitwise_what_one_process_builds(
@@ -77,11 +87,14 @@ def test_two_ranks_build_bitwise_what_one_process_builds(
     assert [s["chunks"] for s in manifest["shards"]] == [[0, 2], [2, 4]]
     states = json.loads((out / "tables" / "hidden_states.json").read_text())
     assert [s["chunks"] for s in states["shards"]] == [[0, 1], [1, 3]]  # 13 rows in chunks of 5
+    tokens = one_process(tokens=True)
+    assert tokens["states"].dim() == 4 and reference["states"].dim() == 3
     for res in results:
-        assert res["served"]  # recommend serves from the merged table
-        assert res["states"].dtype == torch.float32 and res["items"].dtype == torch.float32
-        assert torch.equal(res["states"], reference["states"])
-        assert torch.equal(res["items"], reference["items"])
+        for ref, got in ((reference, res[False]), (tokens, res[True])):
+            assert got["served"]  # recommend serves from the merged table
+            assert got["states"].dtype == torch.float32 and got["items"].dtype == torch.float32
+            assert torch.equal(got["states"], ref["states"])
+            assert torch.equal(got["items"], ref["items"])
 
 
 def test_a_later_process_loads_the_shards_of_the_same_state(
