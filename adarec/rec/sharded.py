@@ -64,8 +64,8 @@ def load_state_cache(encoder: Any, folder: Folder) -> HiddenStateCache | None:
     side = _side_encoder(encoder)
     plan = side.state_plan()
     table, file = load_table(folder, STATES, side.state_fingerprint(plan.sides, plan.device),
-                             side.cache_dir)
-    return side.adopt_state_cache(plan, HiddenStateCache(table.to(plan.device), plan.key, file))
+                             side.cache_dir)  # on the CPU, as a one-process build keeps it
+    return side.adopt_state_cache(plan, HiddenStateCache(table, plan.key, file))
 
 
 def build_item_table(model: Any, folder: Folder, batch_size: int = 512,

@@ -207,5 +207,35 @@ def test_fingerprint_follows_the_state() -> None:
     assert shard_files.state_fingerprint(b) != fa
 
 
+def test_shard_range_tiles_the_units_in_order() -> None:
+    from adarec.distributed import shard_range
+
+    for n in range(9):
+        for world in range(1, 5):
+            parts = [shard_range(n, r, world) for r in range(world)]
+            assert [i for p in parts for i in p] == list(range(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert shard_range(5) == range(5)  # no process group: the one rank takes all
+    with pytest.raises(ValueError, match="rank 2 is not in a world of 2"):
+        shard_range(5, 2, 2)
+
+
+def test_atomic_file_leaves_the_old_file_or_the_new_one(tmp_path: Path) -> None:
+    from adarec.folders import atomic_file, remove_temporaries
+
+    target = tmp_path / "part.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old" and not list(tmp_path.glob(".*"))
+    with atomic_file(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    left = tmp_path / ".part.csv.tmp-0123456789ab"  # what a SIGKILL leaves
+    left.write_text("half")
+    assert remove_temporaries(tmp_path) == [left] and not left.exists()
+
+
 if __name__ == "__main__":
     worker(Path(sys.argv[1]))
