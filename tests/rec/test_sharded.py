@@ -189,6 +189,26 @@ def test_one_process_build_resumes_and_redoes_a_damaged_shard(
     assert len(calls) == 4  # the damaged shard was computed again, all 4 chunks
 
 
+def test_more_ranks_than_chunks_leave_empty_shards(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """5 ranks, 4 chunks: one rank writes an empty shard and the table is still whole (the ranks
+    are played one after another in this process, rank 0 last: it writes the manifest)."""
+    from adarec import distributed as D
+
+    model = text_model()
+    reference = model.item_table(BATCH).clone()
+    monkeypatch.setattr(D, "get_world_size", lambda: 5)
+    for rank in (1, 2, 3, 4, 0):
+        monkeypatch.setattr(D, "get_rank", lambda rank=rank: rank)
+        if rank:
+            with pytest.raises(CheckpointError, match="never"):  # no manifest before rank 0's
+                build_item_table(model, tmp_path, batch_size=BATCH)
+        else:
+            assert torch.equal(build_item_table(model, tmp_path, batch_size=BATCH), reference)
+    manifest = json.loads((tmp_path / "item_table.json").read_text())
+    assert [s["rows"] for s in manifest["shards"]] == [0, 4, 4, 4, 1]
+
+
 def test_a_state_cache_needs_a_side_network(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no hidden-state cache"):
         build_state_cache(object(), tmp_path)
