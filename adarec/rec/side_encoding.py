@@ -179,6 +179,7 @@ class SideEncoding:
         sides = list(sides) if sides is not None else self.side_networks()
         device = device if device is not None else self._features()[0].device
         skip, extra = self._key_parts(sides, self._slots(sides), sides[0].tokens, device)
+        extra = (*extra[:-1], device.type)  # not the index: rank r serves from cuda:r
         return state_fingerprint(cast(nn.Module, self), skip=skip, modes=False, extra=extra)
 
     def state_plan(self, sides: Sequence[SideNetwork] | None = None,
