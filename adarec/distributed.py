@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "all_gather_with_grad",
+    "barrier",
     "cleanup",
     "ddp_sync_stats",
     "enable_cross_rank_negatives",
@@ -28,6 +29,7 @@ __all__ = [
     "is_distributed",
     "is_main_process",
     "setup",
+    "shard_range",
     ]
 
 
@@ -70,6 +72,23 @@ def setup(backend: str | None = None, timeout_s: float = 600.0) -> torch.device:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait until every rank gets here; a no-op outside a process group of > 1 ranks."""
+    if is_distributed():
+        dist.barrier()
+
+
+def shard_range(n: int, rank: int | None = None, world_size: int | None = None) -> range:
+    """This rank's contiguous share of ``n`` units (chunks, user shards): rank ``r`` of ``W``
+    takes ``[n*r//W, n*(r+1)//W)``, so the shares tile ``range(n)`` in order and differ in size
+    by at most one. Defaults: this process's rank and world size (0 and 1 without torchrun)."""
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of {world_size} process(es)")
+    return range(n * rank // world_size, n * (rank + 1) // world_size)
 
 
 def _sizes(n: int, group: dist.ProcessGroup | None, device: torch.device) -> list[int]:

@@ -308,11 +308,43 @@ def safetensors_head(f: object) -> bytes:
     return bytes(size) + f.read(min(n, _MAX_HEADER))  # type: ignore[attr-defined]
 
 
+@contextmanager
+def atomic_file(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of file ``path`` (``.NAME.tmp-*``); when the block succeeds it
+    is flushed to disk and renamed to ``path``, so a reader (or a resumed job) sees the old
+    file or the whole new one, never a half-written one. On an error it is deleted; one left
+    by a killed process is removed by `remove_temporaries`."""
+    dest = Path(path).absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, dest)
+        _fsync(dest.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def remove_temporaries(folder: PathLike) -> list[Path]:
+    """Delete the `atomic_file` temporaries in ``folder`` (left by killed writers); call it
+    only when no writer is running there. Returns what was removed."""
+    gone = sorted(Path(folder).glob(".*.tmp-*"))
+    for f in gone:
+        with contextlib.suppress(OSError):
+            os.remove(f)
+    return gone
+
+
 __all__ = [
     "MissingFile",
+    "atomic_file",
     "atomic_folder",
     "folder_lock",
     "read_folder",
+    "remove_temporaries",
     "safetensors_head",
     "target_of",
     "wait_for_writer",

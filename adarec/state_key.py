@@ -27,7 +27,7 @@ Python-level changes to non-plain attributes. After such a write, call the owner
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -38,13 +38,31 @@ from .hooks import global_hook_ids, hook_ids
 _PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device)
 
 
-def _plain_attributes(module: nn.Module, modes: bool) -> tuple[tuple[str, Any], ...]:
+def plain_attributes(module: nn.Module, modes: bool) -> tuple[tuple[str, Any], ...]:
     """Public attributes holding plain values (private ``_*`` ones hold caches and per-call
     scratch state, which must not count)."""
     return tuple(
         (k, v) for k, v in sorted(vars(module).items())
         if not k.startswith("_") and isinstance(v, _PLAIN) and (modes or k != "training")
     )
+
+
+def walk(*roots: nn.Module, skip: Iterable[nn.Module] = ()
+         ) -> Iterator[tuple[str, nn.Module | None]]:
+    """Every module under ``roots`` with its path (``"0.encoder.layer.1"``), depth first in
+    registration order; a subtree in ``skip`` comes as ``(path, None)`` and is not entered. What
+    `StateKey.of` and a persistent fingerprint of the same state (`adarec.rec.shard_files`)
+    both walk."""
+    skipped = {id(m) for m in skip}
+    stack: list[tuple[str, nn.Module]] = [(str(i), r) for i, r in enumerate(roots)][::-1]
+    while stack:
+        name, module = stack.pop()
+        if id(module) in skipped:
+            yield name, None
+            continue
+        yield name, module
+        children = [(f"{name}.{k}", c) for k, c in module._modules.items() if c is not None]
+        stack.extend(reversed(children))
 
 
 def _tensor_facts(t: torch.Tensor) -> tuple[Any, ...]:
@@ -77,17 +95,14 @@ class StateKey:
     ) -> StateKey:
         """The key of ``roots`` and everything below them, except the subtrees in ``skip``;
         ``modes=False`` ignores train/eval flags (for caches that always compute in eval mode)."""
-        skipped = {id(m) for m in skip}
         objects: list[Any] = []
         values: list[Any] = [extra, global_hook_ids()]
-        stack: list[tuple[str, nn.Module]] = [(str(i), r) for i, r in enumerate(roots)][::-1]
-        while stack:
-            name, module = stack.pop()
-            if id(module) in skipped:
+        for name, module in walk(*roots, skip=skip):
+            if module is None:
                 values.append((name, "skipped"))
                 continue
             objects.append(module)
-            values.append((name, type(module), _plain_attributes(module, modes),
+            values.append((name, type(module), plain_attributes(module, modes),
                            *hook_ids(module)))
             for kind, tensors in (("p", module._parameters), ("b", module._buffers)):
                 for tname, t in tensors.items():
@@ -96,8 +111,6 @@ class StateKey:
                         continue
                     objects.append(t)
                     values.append((kind, tname, _tensor_facts(t)))
-            children = [(f"{name}.{k}", c) for k, c in module._modules.items() if c is not None]
-            stack.extend(reversed(children))
         return cls(objects, values)
 
     def __eq__(self, other: object) -> bool:
@@ -127,4 +140,4 @@ def autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
     return (True, torch.get_autocast_dtype(device_type))
 
 
-__all__ = ["StateKey", "autocast_state"]
+__all__ = ["StateKey", "autocast_state", "plain_attributes", "walk"]

@@ -133,6 +133,9 @@ LAYERS: dict[str, int] = {
     "adarec.rec.recipes": 31,
     "adarec.rec.param_groups": 21,
     "adarec.rec.training": 25,
+    "adarec.rec.shard_files": 22,
+    "adarec.rec.sharded": 28,
+    "adarec.rec.batch_recommend": 24,
     "adarec.rec": 32,
     # 29: the package's public face
     "adarec": 29,

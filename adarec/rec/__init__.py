@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from adarec.rec.batch_recommend import recommend_all
 from adarec.rec.data import (
     PAD,
     EvalCollator,
@@ -54,6 +55,12 @@ from adarec.rec.metrics import (
 )
 from adarec.rec.param_groups import param_groups, parameter_roles
 from adarec.rec.recipes import apply_method
+from adarec.rec.sharded import (
+    build_item_table,
+    build_state_cache,
+    load_item_table,
+    load_state_cache,
+)
 from adarec.rec.splits import ColdItemSplit, cold_item_split, select_users, subsample_users
 from adarec.rec.state_cache import HiddenStateCache, state_cache_bytes
 from adarec.rec.text_length import (
@@ -113,6 +120,8 @@ __all__ = [
     "all_scores_tied",
     "apply_method",
     "bce_loss",
+    "build_item_table",
+    "build_state_cache",
     "check_loss",
     "choose_text_length",
     "cold_item_split",
@@ -126,15 +135,18 @@ __all__ = [
     "kinds",
     "leave_one_out",
     "load_atomic",
+    "load_item_table",
     "load_loop_state",
     "load_movielens_100k",
     "load_movielens_latest_small",
+    "load_state_cache",
     "load_transferable",
     "pad_left",
     "pad_right",
     "param_groups",
     "parameter_roles",
     "ranking_metrics",
+    "recommend_all",
     "refuse_collapsed",
     "register_kind",
     "sample_negatives",

@@ -18,8 +18,10 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from adarec.errors import ConfigError
 from adarec.rec.item_encoder import ItemEncoder
 from adarec.rec.set_dtl import check_one_dtl
+from adarec.rec.shard_files import state_fingerprint
 from adarec.rec.side_encoding import eval_flags
 from adarec.sets import inactive_adapters
 from adarec.state_key import StateKey, autocast_state
@@ -79,14 +81,33 @@ def _adapt(model: ItemTower, ids: Tensor, content: Tensor) -> Tensor:
     return emb if model.id_fusion is None else model.id_fusion(ids, emb)
 
 
-def table_key(model: ItemTower) -> StateKey:
-    """The tower's state, switched-off adapter layers skipped (`adarec.sets.inactive_adapters`):
-    a set's table stays valid while other sets' weights change (mixed serving keeps one table
-    per set)."""
+def _tower_parts(model: ItemTower) -> tuple[tuple[nn.Module, ...], list[nn.Module]]:
+    """What the table depends on: the item encoder, the DTL (shared and per set) and the ID
+    fusion, with the switched-off adapter layers skipped (`adarec.sets.inactive_adapters`)."""
     fusion = () if model.id_fusion is None else (model.id_fusion,)
     roots = (cast(nn.Module, model.item_encoder), model.dtl, model.dtl_sets, *fusion)
-    skip = [a for r in roots for a in inactive_adapters(r)]
+    return roots, [a for r in roots for a in inactive_adapters(r)]
+
+
+def table_key(model: ItemTower) -> StateKey:
+    """The tower's state: a set's table stays valid while other sets' weights change (mixed
+    serving keeps one table per set)."""
+    roots, skip = _tower_parts(model)
     return StateKey.of(*roots, skip=skip, extra=(autocast_state(device_of(model).type),))
+
+
+def tower_fingerprint(model: ItemTower) -> str:
+    """The persistent twin of `table_key` (`adarec.rec.shard_files.state_fingerprint`), for a
+    table written to disk: equal in another process exactly when the table would be the same."""
+    roots, skip = _tower_parts(model)
+    return state_fingerprint(*roots, skip=skip, modes=False,
+                             extra=(autocast_state(device_of(model).type),))
+
+
+def table_chunks(model: ItemTower, batch_size: int = 512) -> list[Tensor]:
+    """The item ids of each batch the table is computed in (row 0, the padding item, first)."""
+    n = int(model.item_encoder.n_items) + 1
+    return list(torch.arange(n, device=device_of(model)).split(batch_size))
 
 
 @contextmanager
@@ -115,11 +136,18 @@ class ItemTableCache:
             key = table_key(model)
             if self.table is not None and self.key == key:
                 return self.table
-            n = int(model.item_encoder.n_items) + 1
-            ids = torch.arange(n, device=device_of(model))
-            table = torch.cat([encode_items(model, c) for c in ids.split(batch_size)])
+            table = torch.cat([encode_items(model, c) for c in table_chunks(model, batch_size)])
             self.table, self.key = table, key
             return table
+
+    def put(self, model: ItemTower, table: Tensor) -> None:
+        """Keep ``table`` as ``model``'s current table (one built elsewhere, e.g. by ranks)."""
+        n = int(model.item_encoder.n_items) + 1
+        if table.dim() != 2 or tuple(table.shape) != (n, model.dim):
+            raise ConfigError(f"an item table of shape {tuple(table.shape)}; the model's is "
+                              f"{(n, model.dim)}")
+        with inference(model):  # the key as `get` computes it
+            self.table, self.key = table, table_key(model)
 
     def lookup(self, model: ItemTower, ids: Tensor) -> Tensor:
         """``ids`` of any shape -> ``[*ids.shape, dim]``, from the table when it is valid and no
@@ -130,4 +158,5 @@ class ItemTableCache:
         return encode_items(model, ids.reshape(-1)).view(*ids.shape, model.dim)
 
 
-__all__ = ["ItemTableCache", "ItemTower", "device_of", "encode_items", "inference", "table_key"]
+__all__ = ["ItemTableCache", "ItemTower", "device_of", "encode_items", "inference", "table_chunks",
+           "table_key", "tower_fingerprint"]

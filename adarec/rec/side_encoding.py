@@ -28,7 +28,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -36,6 +37,7 @@ from torch import Tensor, nn
 
 from adarec.adapters.side import SideNetwork, side_networks
 from adarec.errors import AdapterStateError
+from adarec.rec.shard_files import state_fingerprint
 from adarec.rec.state_cache import HiddenStateCache
 from adarec.sets import inactive_adapters
 from adarec.state_key import StateKey
@@ -54,6 +56,25 @@ def eval_flags(model: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@dataclass(frozen=True)
+class StatePlan:
+    """One hidden-state cache build: ``compute(ids)`` gives the states of rows ``ids``, run in
+    chunks of ``chunk_size`` along ``order``; ``key`` is the cache's key (`SideEncoding._key`),
+    ``tokens`` the token table's width (``None``: pooled states)."""
+
+    sides: list[SideNetwork]
+    slots: list[int]
+    token_states: bool
+    device: torch.device
+    n_rows: int
+    compute: Callable[[Tensor], Tensor]
+    key: StateKey
+    dtype: torch.dtype
+    chunk_size: int
+    order: Tensor
+    tokens: int | None
 
 
 class SideEncoding:
@@ -139,8 +160,8 @@ class SideEncoding:
             return torch.stack(states, dim=2), mask
         return torch.stack([self._pool(h, mask) for h in states], dim=1), mask
 
-    def _key(self, sides: Sequence[SideNetwork], slots: Sequence[int], tokens: bool,
-             device: torch.device) -> StateKey:
+    def _key_parts(self, sides: Sequence[SideNetwork], slots: Sequence[int], tokens: bool,
+                   device: torch.device) -> tuple[list[nn.Module], tuple[Any, ...]]:
         """What the cached states depend on: every module and tensor of this encoder (backbone,
         item features, the active adapters of other methods and their flags) except the side
         networks themselves and switched-off adapters (`adarec.state_key`, as for the
@@ -149,16 +170,32 @@ class SideEncoding:
         between them never rebuilds it."""
         skip = [*side_networks(self.model, active_only=False),
                 *inactive_adapters(cast(nn.Module, self))]
-        return StateKey.of(self, skip=skip, modes=False,
-                           extra=(tuple(slots), tokens, self.cache_dtype, str(device)))
+        return skip, (tuple(slots), tokens, self.cache_dtype, str(device))
 
-    def _cached(self, sides: Sequence[SideNetwork], slots: Sequence[int], tokens: bool,
-                device: torch.device) -> HiddenStateCache | None:
-        key = self._key(sides, slots, tokens, device)
-        cache = self._state_cache
-        if cache is not None and cache.key == key:
-            return cache
-        self._state_cache = None  # drop the stale table before building the new one
+    def _key(self, sides: Sequence[SideNetwork], slots: Sequence[int], tokens: bool,
+             device: torch.device) -> StateKey:
+        skip, extra = self._key_parts(sides, slots, tokens, device)
+        return StateKey.of(self, skip=skip, modes=False, extra=extra)
+
+    def state_fingerprint(self, sides: Sequence[SideNetwork] | None = None,
+                          device: torch.device | None = None) -> str:
+        """The persistent twin of the cache's key (`adarec.rec.shard_files.state_fingerprint`):
+        equal in another process exactly when the states would be the same."""
+        sides = list(sides) if sides is not None else self.side_networks()
+        device = device if device is not None else self._features()[0].device
+        skip, extra = self._key_parts(sides, self._slots(sides), sides[0].tokens, device)
+        extra = (*extra[:-1], device.type)  # not the index: rank r serves from cuda:r
+        return state_fingerprint(cast(nn.Module, self), skip=skip, modes=False, extra=extra)
+
+    def state_plan(self, sides: Sequence[SideNetwork] | None = None,
+                   device: torch.device | None = None) -> StatePlan:
+        """How the hidden-state cache of ``sides`` (default: the active side networks) is
+        built: what `_cached` runs in one process and `adarec.rec.sharded` splits over ranks."""
+        sides = list(sides) if sides is not None else self.side_networks()
+        if not sides:
+            raise AdapterStateError(f"{type(self).__name__} has no active side network")
+        device = device if device is not None else self._features()[0].device
+        slots, tokens = self._slots(sides), sides[0].tokens
         n = self._features()[0].size(0)
         rows = torch.arange(n, device=device)
 
@@ -166,19 +203,36 @@ class SideEncoding:
             with torch.autocast(device.type, enabled=False):  # full-precision states
                 return self._computed(ids.to(device), sides, slots, tokens)[0]
 
+        return StatePlan(sides, slots, tokens, device, n, compute,
+                         self._key(sides, slots, tokens, device),
+                         self.cache_dtype or torch.float32, self.chunk_size or n,
+                         self._order(rows).cpu(), self._width(rows) if tokens else None)
+
+    def _cached(self, sides: Sequence[SideNetwork], slots: Sequence[int], tokens: bool,
+                device: torch.device) -> HiddenStateCache | None:
+        cache = self._state_cache
+        if cache is not None and cache.key == self._key(sides, slots, tokens, device):
+            return cache
+        self._state_cache = None  # drop the stale table before building the new one
+        plan = self.state_plan(sides, device)
         cache = HiddenStateCache.build(
-            n, compute, key,
-            dtype=self.cache_dtype or torch.float32, chunk_size=self.chunk_size or n,
-            order=self._order(rows).cpu(), tokens=self._width(rows) if tokens else None,
-            directory=self.cache_dir,
+            plan.n_rows, plan.compute, plan.key, dtype=plan.dtype, chunk_size=plan.chunk_size,
+            order=plan.order, tokens=plan.tokens, directory=self.cache_dir,
             desc=f"{type(self).__name__}: caching hidden states")
-        logger.info("%s: hidden-state cache built, %d rows, %.1f MB", type(self).__name__, n,
-                    cache.nbytes / 2**20)
-        if not self._cache_agrees(cache, sides, slots, tokens, device):
+        return self.adopt_state_cache(plan, cache)
+
+    def adopt_state_cache(self, plan: StatePlan, cache: HiddenStateCache
+                          ) -> HiddenStateCache | None:
+        """Keep ``cache`` (built for ``plan``) as this encoder's, after checking a few rows
+        against a direct forward; ``None`` (and no caching from then on) when they differ."""
+        logger.info("%s: hidden-state cache built, %d rows, %.1f MB", type(self).__name__,
+                    plan.n_rows, cache.nbytes / 2**20)
+        if not self._cache_agrees(cache, plan.sides, plan.slots, plan.token_states,
+                                   plan.device):
             self.cache_states = False
             warnings.warn(f"{type(self).__name__}: cached hidden states differ from a direct "
                           "forward of this model (does it ignore the attention mask?); "
-                          "encoding without the cache", stacklevel=4)
+                          "encoding without the cache", stacklevel=5)
             return None
         self._state_cache = cache
         return cache
@@ -253,4 +307,4 @@ class SideEncoding:
         self.invalidate_state_cache()
 
 
-__all__ = ["SideEncoding", "eval_flags"]
+__all__ = ["SideEncoding", "StatePlan", "eval_flags"]

@@ -14,7 +14,9 @@ memory is the table plus one chunk's forward pass, never the whole catalogue's a
 With ``directory`` the table is a memory-mapped file there (``torch.from_file``): resident memory
 then stays near one chunk, and the operating system pages the table in and out. The file is new
 for every build and deleted with the cache: a file is never read back by a later process, so no
-stale states can be served from disk.
+stale states can be served from disk. The shards of a sharded build (`adarec.rec.sharded`),
+which do outlive the process, carry a fingerprint of the model state and are refused for any
+other.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import math
 import os
 import tempfile
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +87,9 @@ class HiddenStateCache:
         ``progress=None`` shows a tqdm bar on terminals."""
         from tqdm.auto import tqdm
 
-        order = torch.arange(n_rows) if order is None else order.cpu()
         table: Tensor | None = None
         file: Path | None = None
-        chunks: Sequence[Tensor] = order.split(chunk_size)
+        chunks = build_chunks(n_rows, chunk_size, order)
         bar = tqdm(chunks, desc=desc, unit="chunk", leave=False,
                    disable=None if progress is None else not progress)
         try:
@@ -96,7 +97,7 @@ class HiddenStateCache:
                 states = compute(ids)
                 if table is None:
                     shape = (n_rows, *((tokens,) if tokens else ()), *states.shape[-2:])
-                    table, file = _allocate(shape, dtype, directory)
+                    table, file = allocate_table(shape, dtype, directory)
                 if tokens:
                     table[ids, : states.size(1)] = states.to(table.device, dtype)
                 else:
@@ -112,8 +113,19 @@ class HiddenStateCache:
         return cls(table, key, file)
 
 
-def _allocate(shape: tuple[int, ...], dtype: torch.dtype,
-              directory: str | os.PathLike[str] | None) -> tuple[Tensor, Path | None]:
+def build_chunks(n_rows: int, chunk_size: int, order: Tensor | None = None) -> list[Tensor]:
+    """The row ids of each chunk a build computes: ``order`` (default ``0..n_rows-1``) cut
+    into runs of ``chunk_size``. A sharded build (`adarec.rec.sharded`) hands each rank a
+    contiguous run of these same chunks, so every row is computed in the same batch as in one
+    process and the table is bitwise the same."""
+    order = torch.arange(n_rows) if order is None else order.cpu()
+    return list(order.split(chunk_size))
+
+
+def allocate_table(shape: tuple[int, ...], dtype: torch.dtype,
+                   directory: str | os.PathLike[str] | None) -> tuple[Tensor, Path | None]:
+    """A zero table of ``shape``: in memory, or memory-mapped in a new file in ``directory``
+    (deleted with the `HiddenStateCache` that holds it)."""
     if directory is None:
         return torch.zeros(shape, dtype=dtype), None
     folder = Path(directory)
@@ -133,4 +145,4 @@ def _remove(name: str) -> None:
         os.remove(name)
 
 
-__all__ = ["HiddenStateCache", "state_cache_bytes"]
+__all__ = ["HiddenStateCache", "allocate_table", "build_chunks", "state_cache_bytes"]
