@@ -168,8 +168,8 @@ class SideEncoding:
         frozen-prefix cache), and how the states are taken. So the key names the backbone, not
         the set: sets of side networks tapping the same blocks share one cache, and switching
         between them never rebuilds it."""
-        skip = [*side_networks(self.model, active_only=False),
-                *inactive_adapters(cast(nn.Module, self))]
+        skip: list[nn.Module] = [*side_networks(self.model, active_only=False),
+                                 *inactive_adapters(cast(nn.Module, self))]
         return skip, (tuple(slots), tokens, self.cache_dtype, str(device))
 
     def _key(self, sides: Sequence[SideNetwork], slots: Sequence[int], tokens: bool,
