@@ -17,6 +17,7 @@ from adarec.adapters.side import side_networks
 from adarec.errors import AdapterStateError, ConfigError
 from adarec.inject import count_forward_hooks
 from adarec.rec import TransRec
+from adarec.rec.item_tower import tower_fingerprint
 from adarec.rec.mixed_serving import set_item_table
 from adarec.rec.set_dtl import SetDTL, set_dtls
 
@@ -198,6 +199,26 @@ def test_each_sets_table_follows_its_own_dtl_and_side_network() -> None:
             else:
                 assert table is before[name], (changed, name)
         before[changed] = set_item_table(model, changed)
+
+
+def test_the_persistent_table_fingerprint_follows_the_active_sets_dtl() -> None:
+    """A table written to disk (sharded builds) is fingerprinted like the in-memory key: per
+    active set, with a set's own DTL inside and switched-off sets left out."""
+    model = build()
+    prints = {}
+    for name in SETS:
+        adarec.set_active_adapters(model, name)
+        prints[name] = tower_fingerprint(model)
+    assert len(set(prints.values())) == len(SETS)
+    adarec.set_active_adapters(model, "lora_moe")
+    with torch.no_grad():
+        for p in set_dtls(model)["side_dtl"].parameters():  # a switched-off set's DTL
+            p.mul_(1.5)
+    assert tower_fingerprint(model) == prints["lora_moe"]
+    with torch.no_grad():
+        for p in set_dtls(model)["lora_moe"].parameters():
+            p.mul_(1.5)
+    assert tower_fingerprint(model) != prints["lora_moe"]
 
 
 def test_save_and_load_keep_every_set(tmp_path: Path) -> None:
