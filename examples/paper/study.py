@@ -668,10 +668,6 @@ def _header(args: argparse.Namespace) -> str:
     return "\n\n".join(lines) + "\n"
 
 
-def _check_settings(file: Path, args: argparse.Namespace) -> None:
-    """Resuming must not mix runs made with other settings into one table."""
-
-
 def _run_file(args: argparse.Namespace, run: Run, seed: int) -> Path:
     return Path(args.out) / "runs" / run.slug / f"seed{seed}.json"
 
