@@ -74,7 +74,12 @@ from adarec.rec.early_stopping import EarlyStopping
 from adarec.rec.item_encoders import IDItemEncoder, PrecomputedItemEncoder, TextItemEncoder
 from adarec.rec.metrics import PopularityRecommender
 from adarec.rec.param_groups import param_groups
-from adarec.rec.policies import apply_policy, register_policy, top_block_prefixes
+from adarec.rec.policies import (
+    apply_policy,
+    register_policy,
+    top_block_prefixes,
+    unregister_policy,
+)
 from adarec.rec.recipes import apply_method
 from adarec.rec.splits import cold_item_split, subsample_users
 from adarec.rec.training import (
@@ -287,21 +292,26 @@ RECIPES = ("full", "frozen", "id", "pop")
 the code path); the others inject an adarec method (or BitFit) under a `WHERE` policy."""
 
 
-@register_policy("study_item_only")
+def _study_policy(name: str, options: tuple[str, ...] = ()) -> Any:
+    unregister_policy(name)  # the module may be loaded twice in one process (tests, reload)
+    return register_policy(name, options)
+
+
+@_study_policy("study_item_only")
 def _item_only(model: Any, tune_layernorm: bool) -> None:
     """Item-encoder adapters (+ norms) and the DTL train; the user encoder stays fixed."""
     apply_policy(model, "item_adapters", tune_layernorm)
     adarec.freeze(model.user_encoder)
 
 
-@register_policy("study_dtl_only")
+@_study_policy("study_dtl_only")
 def _dtl_only(model: Any, tune_layernorm: bool) -> None:
     """Only the DTL trains: both encoders fixed (adapters in them too)."""
     apply_policy(model, "frozen", tune_layernorm)
     adarec.freeze(model.user_encoder)
 
 
-@register_policy("study_bitfit", options=("top",))
+@_study_policy("study_bitfit", ("top",))
 def _bitfit(model: Any, tune_layernorm: bool, top: int | None = None) -> None:
     """BitFit: the biases of the item encoder's top ``top`` blocks (all blocks: None) train,
     with the DTL and the user encoder; the blocks below stay fixed, so they are cached."""
@@ -352,7 +362,7 @@ def build(run: Run, texts: list[str], args: argparse.Namespace) -> TransRec:
             cache_states=run.cache)
         model = TransRec(item, dtl=cfg["dtl"], id_fusion=cfg["fusion"], **common)
     if run.source is True:  # the paper study's source: a whole model, fine-tuned MiniLM blocks
-        adarec.load_model_state(model, _source_folder(True, args) / "model")
+        adarec.load_model_state(model, source_weights(True, args))
     if run.method in RECIPES:
         top = (run.top or 0) if run.method == "full" else 0
         summary = apply_method(model, "id" if run.method == "pop" else run.method, top_blocks=top)
@@ -377,7 +387,7 @@ def build(run: Run, texts: list[str], args: argparse.Namespace) -> TransRec:
         model.item_encoder = PrecomputedItemEncoder.from_encoder(text)  # a fixed table
         model.invalidate_cache()
     if isinstance(run.source, str) and run.source:
-        load_transferable(model, _source_folder(run.source, args) / "transfer")
+        load_transferable(model, source_weights(run.source, args))
     if run.freeze_user:
         adarec.freeze(model.user_encoder)
     return model
@@ -569,6 +579,11 @@ def _source_folder(source: bool | str, args: argparse.Namespace) -> Path:
     return Path(args.out) / ("source" if source is True else f"source-{source}")
 
 
+def source_weights(source: bool | str, args: argparse.Namespace) -> Path:
+    """Where a source's weights are: the whole model (``True``), else a transfer checkpoint."""
+    return _source_folder(source, args) / ("model" if source is True else "transfer")
+
+
 def pretrain(name: bool | str, args: argparse.Namespace) -> None:
     """Train a source model (``True``: the paper study's; a name: ``SOURCES[name]``) unless
     it is there, and save it: the whole model (``True``) or its transferable weights."""
@@ -589,10 +604,8 @@ def pretrain(name: bool | str, args: argparse.Namespace) -> None:
                                                                         args.patience)
     result = train(model, run, prepare("warm", data, 0), data.n_items, args, 0, epochs,
                    patience, folder / "training_state", verbose=True)
-    if name is True:
-        adarec.save_model_state(model, folder / "model")
-    else:
-        save_transferable(model, folder / "transfer")
+    save = adarec.save_model_state if name is True else save_transferable
+    save(model, source_weights(name, args))
     result.update(settings=_settings(args), inputs=_inputs(args), data=data.name,
                   run=asdict(run), cpu=describe_cpu(), wall_seconds=time.perf_counter() - start)
     _write_json(folder / "result.json", result)
