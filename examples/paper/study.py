@@ -284,8 +284,6 @@ TABLES: dict[str, list[Run]] = {
 }
 
 
-
-
 # ------------------------------------------------------------------------------ building blocks
 RECIPES = ("full", "frozen", "id", "pop")
 """Methods built by `adarec.rec.recipes.apply_method` ("pop" builds an ID model only to share
