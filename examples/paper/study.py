@@ -713,6 +713,7 @@ def execute(tables: Iterable[str], args: argparse.Namespace) -> None:
                 file = _run_file(args, run, seed)
                 if file.exists():
                     _check_settings(file, args)
+                    _drop_state(_state_folder(args, run, seed))  # killed after its result
                 elif (run, seed) not in todo:
                     todo.append((run, seed))
     log.info("%d runs to do", len(todo))
