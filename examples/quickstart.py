@@ -29,7 +29,6 @@ which ``--resume`` continues a killed run bit for bit.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -316,14 +315,7 @@ def optimizer_for(model: TransRec, args: argparse.Namespace) -> torch.optim.Opti
     return torch.optim.AdamW(param_groups(model, lr=args.lr, base_lr=args.encoder_lr))
 
 
-def autocast(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
-    """bf16 autocast where ``--precision`` (auto: the hardware) says so, else a no-op."""
-    import adarec.precision
-
-    return adarec.precision.autocast(args.precision, "cpu")
-
-
-PROTOCOLS = ("masked", "unmasked")
+PROTOCOLS = ("masked", "unmasked")  # adarec.rec.training.PROTOCOLS
 
 
 def evaluate(
@@ -333,11 +325,9 @@ def evaluate(
     """Full ranking of every item with the cached item table, under both protocols: the user's
     history masked (adarec's default) and unmasked (RecBole's sequential full sort); a target
     ranks below every item it ties with (``ties``: adarec.rec.metrics)."""
-    with autocast(args):
-        return {p: model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg", "mrr"),
-                                          max_len=args.max_len, exclude_history=p == "masked",
-                                          ties=ties)  # type: ignore[arg-type]
-                for p in PROTOCOLS}
+    from adarec.rec.training import evaluate_protocols
+
+    return evaluate_protocols(model, pairs, args.max_len, args.precision, ties)
 
 
 def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
@@ -353,12 +343,11 @@ def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
     from adarec.rec.data import TrainCollator, TrainDataset
     from adarec.rec.guards import refuse_collapsed
     from adarec.rec.training import (
-        batches,
         epoch_order,
         load_loop_state,
         n_batches,
         save_loop_state,
-        train_step,
+        train_epoch,
     )
     from adarec.training_state import STATE_JSON
 
@@ -380,28 +369,35 @@ def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
                         generators=generators, extra=state)
 
     per_epoch, steps_run = n_batches(len(dataset), args.batch_size), 0
+    live: dict[str, Any] = {}  # this epoch's progress bar and the start of its timed stretch
+
+    def after_step(step: int, loss: float) -> None:
+        nonlocal steps_run
+        state["loss_sum"] += loss
+        state["step"] = step
+        steps_run += 1
+        live["bar"].update()
+        live["bar"].set_postfix(loss=f"{state['loss_sum'] / step:.4f}")
+        if steps_run == args.stop_after_steps:  # a kill the test can place exactly
+            os.kill(os.getpid(), signal.SIGKILL)
+        if args.save_every_steps and step % args.save_every_steps == 0 and step < per_epoch:
+            state["seconds"] += time.perf_counter() - live["tick"]
+            save()
+            live["tick"] = time.perf_counter()
+
     while state["epoch"] < args.epochs and not stopper.should_stop:
         epoch = state["epoch"] + 1
         if state["order"] is None:
             state["order"] = epoch_order(len(dataset), order_rng)
         model.train()
-        tick = time.perf_counter()
-        bar = tqdm(batches(dataset, collator, state["order"], args.batch_size, state["step"]),
-                   desc=f"epoch {epoch}/{args.epochs}", total=per_epoch, initial=state["step"],
+        bar = tqdm(desc=f"epoch {epoch}/{args.epochs}", total=per_epoch, initial=state["step"],
                    leave=False)
-        for batch in bar:
-            state["loss_sum"] += train_step(model, batch, optimizer, args.precision)
-            state["step"] += 1
-            steps_run += 1
-            bar.set_postfix(loss=f"{state['loss_sum'] / state['step']:.4f}")
-            if steps_run == args.stop_after_steps:  # a kill the test can place exactly
-                os.kill(os.getpid(), signal.SIGKILL)
-            if args.save_every_steps and state["step"] % args.save_every_steps == 0 \
-                    and state["step"] < per_epoch:
-                state["seconds"] += time.perf_counter() - tick
-                save()
-                tick = time.perf_counter()
-        state["train_seconds"].append(state["seconds"] + time.perf_counter() - tick)
+        live.update(bar=bar, tick=time.perf_counter())
+        train_epoch(model, dataset, collator, state["order"], optimizer,
+                    batch_size=args.batch_size, precision=args.precision, start=state["step"],
+                    after_step=after_step)
+        bar.close()
+        state["train_seconds"].append(state["seconds"] + time.perf_counter() - live["tick"])
         valid = evaluate(model, split.valid, args)
         refuse_collapsed(model, split.valid, args.max_len, epoch)  # before it can be "best"
         m, u = valid["masked"], valid["unmasked"]

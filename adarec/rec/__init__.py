@@ -54,6 +54,14 @@ from adarec.rec.metrics import (
 )
 from adarec.rec.param_groups import param_groups, parameter_roles
 from adarec.rec.recipes import apply_method
+from adarec.rec.select import (
+    Recipe,
+    Selection,
+    default_candidates,
+    load_recipe,
+    save_recipe,
+    select_recipe,
+)
 from adarec.rec.splits import ColdItemSplit, cold_item_split, select_users, subsample_users
 from adarec.rec.state_cache import HiddenStateCache, state_cache_bytes
 from adarec.rec.text_length import (
@@ -65,8 +73,10 @@ from adarec.rec.text_length import (
 from adarec.rec.training import (
     check_loss,
     epoch_order,
+    evaluate_protocols,
     load_loop_state,
     save_loop_state,
+    train_epoch,
     train_step,
 )
 from adarec.rec.transfer import load_transferable, save_transferable
@@ -100,9 +110,11 @@ __all__ = [
     "PartSource",
     "PopularityRecommender",
     "PrecomputedItemEncoder",
+    "Recipe",
     "Recommendations",
     "SASRec",
     "SASRecBlock",
+    "Selection",
     "TextItemEncoder",
     "TextLength",
     "TrainCollator",
@@ -116,8 +128,10 @@ __all__ = [
     "check_loss",
     "choose_text_length",
     "cold_item_split",
+    "default_candidates",
     "epoch_order",
     "evaluate_full_ranking",
+    "evaluate_protocols",
     "full_ranking_counts",
     "full_ranking_ranks",
     "full_softmax_loss",
@@ -129,6 +143,7 @@ __all__ = [
     "load_loop_state",
     "load_movielens_100k",
     "load_movielens_latest_small",
+    "load_recipe",
     "load_transferable",
     "pad_left",
     "pad_right",
@@ -140,7 +155,9 @@ __all__ = [
     "sample_negatives",
     "sampled_softmax_loss",
     "save_loop_state",
+    "save_recipe",
     "save_transferable",
+    "select_recipe",
     "select_users",
     "state_cache_bytes",
     "subsample_users",
@@ -148,6 +165,7 @@ __all__ = [
     "tie_counts",
     "tokenize_item_texts",
     "topk_chunked",
+    "train_epoch",
     "train_step",
     "unregister_kind",
     "warn_identical",
