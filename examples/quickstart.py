@@ -476,12 +476,12 @@ def pick_recipe(args: argparse.Namespace, data: InteractionData, split: LeaveOne
     """--method auto: `adarec.rec.select_recipe` on the training and validation split (never
     test), with this run's settings; the pick goes to --out/recipe.json. With --resume and a
     pick already saved there, that pick is used again."""
-    from adarec.rec.select import load_recipe, select_recipe
+    from adarec.rec.select import load_recipe, load_selection, select_recipe
 
     file = Path(args.out) / RECIPE_FILE
     if args.resume and file.is_file():
         log.info("--method auto: the pick saved in %s (--resume)", file)
-        return load_recipe(file), None
+        return load_recipe(file), load_selection(file)
     log.info("--method auto: %d epoch(s) per candidate%s, picked on validation NDCG@10 (%s)",
              args.auto_epochs, f", {args.time_budget:g} s budget" if args.time_budget else "",
              args.select)
