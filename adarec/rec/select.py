@@ -9,14 +9,16 @@ softmax) for a few epochs each, on the training split, compares them on validati
 and returns the table and the pick; `save_recipe` / `load_recipe` keep the pick as JSON, to rerun
 or reuse as a preset.
 
-The search is optuna's (the optional extra ``adarec[auto]``): a seeded `GridSampler` over the
-fixed list, a `MedianPruner` that stops a candidate whose validation score after an epoch is
-below the median of the candidates finished so far, and ``time_budget`` as the study's timeout
-(checked between candidates). Candidates of one encoder share its expensive part: one
-hidden-state cache for every side-network candidate (the backbone is shared, each candidate's
-side network starts from the same initial weights) and one precomputed item table for every
-frozen-encoder candidate, so a candidate costs about an epoch of an ID model per epoch. Each
-candidate trains with the library's loop (`adarec.rec.training.train_epoch`,
+The search is optuna's (the optional extra ``adarec[auto]``): the fixed list enqueued as trials
+of one categorical parameter and run in its order (cheapest first by default, so a time budget
+cuts the dearest candidates, not random ones), a `MedianPruner` that stops a candidate whose
+validation score after an epoch is below the median of the candidates finished so far, and
+``time_budget`` as the study's timeout (checked between candidates). Candidates of one encoder
+share its expensive part: one hidden-state cache for every side-network candidate (the backbone
+is shared, each candidate's side network starts from the same initial weights) and one
+precomputed item table for every frozen-encoder candidate, so a candidate's epoch costs about
+an ID model's (a side network under the full softmax excepted: it encodes every item at every
+step). Each candidate trains with the library's loop (`adarec.rec.training.train_epoch`,
 `evaluate_protocols`, `EarlyStopping`, `refuse_collapsed`), exactly as the chosen recipe is
 trained afterwards. The split's test pairs are never read.
 """
@@ -118,13 +120,15 @@ class Recipe:
         return cls(**values)
 
 
-def default_candidates(methods: Sequence[str] = ("side", "frozen")) -> list[Recipe]:
-    """Every combination of ``methods`` x ID fusion (none, add) x scores (dot, cosine / 0.07)
-    x loss (in-batch sampled softmax, full softmax): 16 candidates for the two methods."""
+def default_candidates(methods: Sequence[str] = ("frozen", "side")) -> list[Recipe]:
+    """Every combination of ``methods`` x loss (in-batch sampled softmax, full softmax) x ID
+    fusion (none, add) x scores (dot, cosine / 0.07): 16 candidates for the two methods, in
+    that order, cheapest first (a frozen table costs least; a side network under the full
+    softmax encodes the whole catalogue every step), so a time budget cuts the dearest."""
     scores = (("dot", 1.0), ("cosine", COSINE_TEMPERATURE))
     return [Recipe(method, None if method == "id" else fusion, sim, temp, loss)
-            for method, fusion, (sim, temp), loss in itertools.product(
-                methods, (None, "add"), scores, ("sampled_softmax", "full_softmax"))
+            for method, loss, fusion, (sim, temp) in itertools.product(
+                methods, ("sampled_softmax", "full_softmax"), (None, "add"), scores)
             if not (method == "id" and fusion)]
 
 
@@ -338,13 +342,15 @@ def select_recipe(
         finally:
             row.seconds = time.perf_counter() - start
 
-    sampler = optuna.samplers.GridSampler({"candidate": list(range(len(rows)))}, seed=seed)
+    sampler = optuna.samplers.TPESampler(seed=seed)  # never asked: every trial is enqueued
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0) if prune
               else optuna.pruners.NopPruner())
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the table below says it all
     try:
         study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+        for index in range(len(rows)):  # the fixed grid, in the order given
+            study.enqueue_trial({"candidate": index})
         study.optimize(objective, n_trials=1, catch=(TrainingError,))  # one, whatever the budget
         left = None if time_budget is None else time_budget - (time.perf_counter() - began)
         if len(rows) > 1 and (left is None or left > 0):
