@@ -12,6 +12,7 @@ import pytest
 import torch
 from tiny_transrec import N_ITEMS, text_items
 
+import adarec.folders as folders
 import adarec.rec.select as select_module
 from adarec.adapters.side import side_networks
 from adarec.errors import ConfigError, DataError
@@ -191,3 +192,18 @@ def test_id_candidates_need_no_encoder() -> None:
         select_recipe(split(), None, n_items=N_ITEMS, candidates=[Recipe("frozen")],
                       echo=None)
 
+
+
+def test_a_failed_write_keeps_the_old_recipe(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    file = tmp_path / "recipe.json"
+    save_recipe(file, Recipe("frozen"))
+
+    def fail(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(folders.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_recipe(file, Recipe("side"))
+    assert load_recipe(file) == Recipe("frozen")
+    assert [p.name for p in tmp_path.iterdir()] == ["recipe.json"]  # no temporary left
