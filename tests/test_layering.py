@@ -131,6 +131,7 @@ LAYERS: dict[str, int] = {
     "adarec.rec.pretrained": 31,
     "adarec.rec.ann": 31,
     "adarec.rec.recipes": 31,
+    "adarec.rec.select": 31,
     "adarec.rec.param_groups": 21,
     "adarec.rec.training": 25,
     "adarec.rec.shard_files": 22,

@@ -55,6 +55,14 @@ from adarec.rec.metrics import (
 )
 from adarec.rec.param_groups import param_groups, parameter_roles
 from adarec.rec.recipes import apply_method
+from adarec.rec.select import (
+    Recipe,
+    Selection,
+    default_candidates,
+    load_recipe,
+    save_recipe,
+    select_recipe,
+)
 from adarec.rec.sharded import (
     build_item_table,
     build_state_cache,
@@ -72,8 +80,10 @@ from adarec.rec.text_length import (
 from adarec.rec.training import (
     check_loss,
     epoch_order,
+    evaluate_protocols,
     load_loop_state,
     save_loop_state,
+    train_epoch,
     train_step,
 )
 from adarec.rec.transfer import load_transferable, save_transferable
@@ -107,9 +117,11 @@ __all__ = [
     "PartSource",
     "PopularityRecommender",
     "PrecomputedItemEncoder",
+    "Recipe",
     "Recommendations",
     "SASRec",
     "SASRecBlock",
+    "Selection",
     "TextItemEncoder",
     "TextLength",
     "TrainCollator",
@@ -125,8 +137,10 @@ __all__ = [
     "check_loss",
     "choose_text_length",
     "cold_item_split",
+    "default_candidates",
     "epoch_order",
     "evaluate_full_ranking",
+    "evaluate_protocols",
     "full_ranking_counts",
     "full_ranking_ranks",
     "full_softmax_loss",
@@ -139,6 +153,7 @@ __all__ = [
     "load_loop_state",
     "load_movielens_100k",
     "load_movielens_latest_small",
+    "load_recipe",
     "load_state_cache",
     "load_transferable",
     "pad_left",
@@ -152,7 +167,9 @@ __all__ = [
     "sample_negatives",
     "sampled_softmax_loss",
     "save_loop_state",
+    "save_recipe",
     "save_transferable",
+    "select_recipe",
     "select_users",
     "state_cache_bytes",
     "subsample_users",
@@ -160,6 +177,7 @@ __all__ = [
     "tie_counts",
     "tokenize_item_texts",
     "topk_chunked",
+    "train_epoch",
     "train_step",
     "unregister_kind",
     "warn_identical",

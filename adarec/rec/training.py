@@ -53,6 +53,39 @@ def batches(dataset: Sequence[Any], collate: Callable[[list[Any]], Any], order: 
         yield collate([dataset[j] for j in order[i:i + batch_size]])
 
 
+def train_epoch(model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any]], Any],
+                order: Sequence[int], optimizer: torch.optim.Optimizer, *, batch_size: int,
+                precision: str = "auto", start: int = 0,
+                after_step: Callable[[int, float], None] | None = None) -> float:
+    """`train_step` on every batch of ``order`` from step ``start`` on; ``after_step(step,
+    loss)`` runs after each (1-based step of the epoch: progress, saves). Returns the summed
+    loss of the steps run. The quickstart and `adarec.rec.select_recipe` both train with it,
+    so a candidate trains exactly as the chosen recipe later does."""
+    total = 0.0
+    for step, batch in enumerate(batches(dataset, collate, order, batch_size, start), start + 1):
+        loss = train_step(model, batch, optimizer, precision)
+        total += loss
+        if after_step is not None:
+            after_step(step, loss)
+    return total
+
+
+PROTOCOLS = ("masked", "unmasked")
+"""The user's history masked (adarec's default) or ranked too (RecBole's full sort)."""
+
+
+def evaluate_protocols(model: Any, pairs: Sequence[tuple[Sequence[int], int]], max_len: int,
+                       precision: str = "auto", ties: str = "pessimistic",
+                       ks: Sequence[int] = (10,)) -> dict[str, dict[str, float]]:
+    """HR / NDCG / MRR at ``ks`` of ``pairs`` under both `PROTOCOLS` (full ranking, ties
+    against the target by default): what the quickstart reports and selection compares."""
+    with autocast(precision, "cpu"):
+        return {p: model.evaluate_ranking(pairs, ks=ks, metrics=("hr", "ndcg", "mrr"),
+                                          max_len=max_len, exclude_history=p == "masked",
+                                          ties=ties)
+                for p in PROTOCOLS}
+
+
 def check_loss(loss: float, step: int | None = None) -> float:
     """``loss``, or `TrainingError` when it is NaN/inf: a step on it would write NaN into every
     trained weight, and each later epoch would "evaluate" a model that no longer exists."""
@@ -148,5 +181,5 @@ def load_loop_state(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     return extra
 
 
-__all__ = ["batches", "check_loss", "epoch_order", "load_loop_state", "n_batches",
-           "save_loop_state", "train_step"]
+__all__ = ["PROTOCOLS", "batches", "check_loss", "epoch_order", "evaluate_protocols",
+           "load_loop_state", "n_batches", "save_loop_state", "train_epoch", "train_step"]
