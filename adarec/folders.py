@@ -195,27 +195,17 @@ def atomic_folder(path: PathLike, marker: str) -> Iterator[Path]:
 
 
 def atomic_write(path: PathLike, data: str | bytes) -> Path:
-    """Write one file so that readers see the old content or the new, never a part: the bytes
-    go to a hidden sibling, are flushed, and the sibling is renamed over ``path`` (under the
-    path's writers' lock, so concurrent writes take turns). Returns the path written."""
+    """Write one file so that readers see the old content or the new, never a part
+    (`atomic_file`), under the path's writers' lock, so concurrent writes take turns.
+    Returns the path written."""
     dest = target_of(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
+    dest.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(dest):
         if dest.is_dir():
             raise CheckpointError(f"{dest} is a folder, not a file")
-        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
-        try:
-            with open(tmp, "xb") as f:
-                f.write(raw)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync(dest.parent)
+        with atomic_file(dest) as tmp, open(tmp, "xb") as f:
+            f.write(raw)
     return dest
 
 
