@@ -33,7 +33,8 @@ spec.loader.exec_module(study)
 die_at, die_in_save = (int(os.environ.get(k, "0")) for k in ("STUDY_DIE_AT_STEP",
                                                              "STUDY_DIE_IN_SAVE"))
 count = {"steps": 0, "saves": 0}
-step, write_bytes = study.train_step, Path.write_bytes
+import adarec.rec.training as training
+step, write_bytes = training.train_step, Path.write_bytes
 def train_step(*args, **kwargs):
     loss = step(*args, **kwargs)
     count["steps"] += 1
@@ -46,7 +47,7 @@ def write(self, data):
         if count["saves"] == die_in_save:
             os.kill(os.getpid(), signal.SIGKILL)
     return write_bytes(self, data)
-study.train_step, Path.write_bytes = train_step, write
+training.train_step, Path.write_bytes = train_step, write
 study.main(sys.argv[2:])
 """
 

@@ -83,12 +83,13 @@ from adarec.rec.policies import (
 from adarec.rec.recipes import apply_method
 from adarec.rec.splits import cold_item_split, subsample_users
 from adarec.rec.training import (
-    batches,
+    PROTOCOLS,
     epoch_order,
+    evaluate_protocols,
     load_loop_state,
     n_batches,
     save_loop_state,
-    train_step,
+    train_epoch,
 )
 from adarec.rec.transfer import load_transferable, save_transferable
 from adarec.rec.transrec import TransRec
@@ -99,8 +100,6 @@ log = logging.getLogger("study")
 
 BLOCKWISE = tuple(m for m in METHODS if m not in MODEL_METHODS)
 """Adapter methods placed per block (the rest, MODEL_METHODS, act on the whole encoder)."""
-PROTOCOLS = ("masked", "unmasked")
-"""History masked (adarec's default) and unmasked (RecBole's sequential full sort)."""
 OPTIONS = ("sampling", "loss", "negatives", "batch_size", "lr", "dropout", "dtl", "fusion",
            "similarity", "temperature", "pooling")
 """Settings a row may override (``Run.opts``)."""
@@ -404,12 +403,10 @@ def bf16(model: TransRec, args: argparse.Namespace) -> bool:
 
 def evaluate(model: TransRec, pairs: list[tuple[list[int], int]], args: argparse.Namespace
              ) -> dict[str, dict[str, float]]:
-    """Both protocols (history masked and unmasked) on one pass of encoding; a target ranks
-    below every item it ties with (adarec's default)."""
-    with adarec.precision.autocast("bf16" if bf16(model, args) else "fp32"):
-        return {p: model.evaluate_ranking(pairs, ks=(10, 20), metrics=("hr", "ndcg", "mrr"),
-                                          max_len=args.max_len, exclude_history=p == "masked")
-                for p in PROTOCOLS}
+    """Both protocols (history masked and unmasked); a target ranks below every item it ties
+    with (adarec's default)."""
+    return evaluate_protocols(model, pairs, args.max_len,
+                              "bf16" if bf16(model, args) else "fp32", ks=(10, 20))
 
 
 @dataclass
@@ -481,14 +478,17 @@ def train(model: TransRec, run: Run, setting: Prepared, n_items: int, args: argp
             loop["order"] = epoch_order(len(dataset), order)
         model.train()
         tick = time.perf_counter()
-        for batch in batches(dataset, collate, loop["order"], size, loop["step"]):
-            train_step(model, batch, opt, precision)
-            loop["step"] += 1
-            if args.save_every_steps and loop["step"] % args.save_every_steps == 0 \
-                    and loop["step"] < per_epoch:
+
+        def after_step(step: int, _loss: float) -> None:
+            nonlocal tick
+            loop["step"] = step
+            if args.save_every_steps and step % args.save_every_steps == 0 and step < per_epoch:
                 loop["spent"] += time.perf_counter() - tick
                 save()
                 tick = time.perf_counter()
+
+        train_epoch(model, dataset, collate, loop["order"], opt, batch_size=size,
+                    precision=precision, start=loop["step"], after_step=after_step)
         loop["seconds"].append(loop["spent"] + time.perf_counter() - tick)
         valid = evaluate(model, setting.valid, args)
         loop["curve"].append(valid)
