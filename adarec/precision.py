@@ -117,6 +117,27 @@ def autocast(precision: str = "auto", device: torch.device | str = "cpu") -> Ite
         yield
 
 
+SIZES_PER_OCTAVE = 8
+"""How finely `stable_size` rounds: 8 sizes between n and 2n, so at most 12.5 % padding."""
+_OCTAVE_BITS = SIZES_PER_OCTAVE.bit_length() - 1
+
+
+def stable_size(n: int, device: torch.device | str = "cpu") -> int:
+    """The size to pad a batch-dependent matmul dimension of ``n`` rows to: under CPU autocast
+    ``n`` rounded up to one of `SIZES_PER_OCTAVE` sizes per power of two, elsewhere ``n``.
+
+    Why: under CPU bf16 autocast oneDNN builds a matmul kernel for every new shape and keeps
+    it for the whole process (about 2 MB each). A training step whose shapes follow the batch
+    (its distinct items, its target positions) meets new shapes every step: training the
+    side network over cached states on MovieLens-100k grew the resident memory by about
+    7 MB a step, 740 MB in one epoch. With rounded sizes the shapes repeat and memory stays
+    flat. fp32 (MKL) and CUDA keep no per-shape state, so they get ``n`` unchanged."""
+    if n <= 16 or torch.device(device).type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return n
+    step = 1 << (n.bit_length() - 1 - _OCTAVE_BITS)  # n in [2^k, 2^(k+1)): steps of 2^(k-3)
+    return -(-n // step) * step
+
+
 def cpu_description() -> str:
     """The CPU model, its core count and whether it computes bf16 natively: what every reported
     number should be stated next to (speeds and the precision "auto" picks depend on both)."""
@@ -132,4 +153,5 @@ def cpu_description() -> str:
     return f"{name}, {os.cpu_count()} cores, native bf16: {'yes' if ok else 'no'} ({why})"
 
 
-__all__ = ["PRECISIONS", "autocast", "cpu_description", "native_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "SIZES_PER_OCTAVE", "autocast", "cpu_description", "native_bf16",
+           "resolve_precision", "stable_size"]

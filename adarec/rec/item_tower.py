@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from adarec.errors import ConfigError
+from adarec.precision import stable_size
 from adarec.rec.item_encoder import ItemEncoder
 from adarec.rec.set_dtl import check_one_dtl
 from adarec.rec.shard_files import state_fingerprint
@@ -65,9 +66,14 @@ def recommender_dtype(model: ItemTower) -> torch.dtype:
 
 def encode_items(model: ItemTower, ids: Tensor) -> Tensor:
     """Encoder + DTL (+ ID fusion) for a flat id vector, each distinct id encoded once (with
-    ``model.dedup``; False: once per occurrence, for tests)."""
+    ``model.dedup``; False: once per occurrence, for tests). Under CPU autocast the distinct
+    ids are padded to a `stable_size` (copies of one id), so their count does not give every
+    batch new matmul shapes."""
     if model.dedup:
         uniq, inverse = torch.unique(ids, return_inverse=True)
+        rows = stable_size(uniq.numel(), uniq.device)  # few shapes under CPU autocast
+        if rows > uniq.numel():  # copies of the first id; ``inverse`` never reads them
+            uniq = torch.cat([uniq, uniq[:1].expand(rows - uniq.numel())])
         return _adapt(model, uniq, model.item_encoder(uniq))[inverse]
     return _adapt(model, ids, model.item_encoder(ids))
 

@@ -10,7 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adarec.errors import DataError
+from adarec.precision import stable_size
 from adarec.rec.data import PAD
+
+_IGNORED = -100
+"""The target of a padded row: `F.cross_entropy` leaves it out of the mean."""
 
 GatherCandidates = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, int]]
 """``(ids, emb) -> (all ids, all emb, offset of the local rows)``: other processes' candidates
@@ -55,19 +59,31 @@ def sampled_softmax_loss(
     unbiased estimate of the full one; only differences matter, so logq may be off by a
     constant). With ``candidate_ids`` ``[C]``, accidental hits are masked: a candidate with the
     positive's id at another column (duplicate in-batch items) or the padding item. Typical
-    use: ``ids, pos_index = torch.unique(target_ids, return_inverse=True)``.
+    use: ``ids, pos_index = torch.unique(target_ids, return_inverse=True)``. Under CPU autocast
+    rows and columns are zero-padded to a `stable_size` (padded logits -inf, padded rows
+    ignored: the same loss), so the batch's counts do not give every step new matmul shapes.
     """
+    m, c = user_repr.size(0), candidates.size(0)
+    rows, cols = stable_size(m, user_repr.device), stable_size(c, candidates.device)
+    targets = pos_index
+    if (rows, cols) != (m, c):  # zero rows and columns: -inf logits, ignored targets
+        user_repr = F.pad(user_repr, (0, 0, 0, rows - m))
+        candidates = F.pad(candidates, (0, 0, 0, cols - c))
+        targets = F.pad(pos_index, (0, rows - m), value=_IGNORED)
     logits = user_repr @ candidates.T / temperature
     if logq is not None:
-        logits = logits - logq
+        logits = logits - F.pad(logq, (0, cols - c))
     if candidate_ids is not None:
         positive_ids = candidate_ids[pos_index]
         hit = (candidate_ids.unsqueeze(0) == positive_ids.unsqueeze(1)) | (
             candidate_ids.unsqueeze(0) == PAD
         )
         hit[torch.arange(len(pos_index), device=hit.device), pos_index] = False
-        logits = logits.masked_fill(hit, float("-inf"))
-    return F.cross_entropy(logits, pos_index)
+        logits = logits.masked_fill(F.pad(hit, (0, cols - c, 0, rows - m)), float("-inf"))
+    if cols > c:
+        logits = logits.masked_fill(torch.arange(cols, device=logits.device) >= c,
+                                    float("-inf"))
+    return F.cross_entropy(logits, targets, ignore_index=_IGNORED)
 
 
 def full_softmax_loss(

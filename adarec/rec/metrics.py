@@ -35,12 +35,23 @@ from torch import Tensor
 
 from adarec.errors import EvaluationError
 from adarec.rec.data import PAD, pad_right
-from adarec.rec.scoring import max_abs, products_are_finite, score_block, score_dtype, topk
+from adarec.rec.scoring import (
+    ITEM_TILE,
+    max_abs,
+    products_are_finite,
+    score_block,
+    score_candidates,
+    score_dtype,
+    topk,
+)
 
 Ties = Literal["pessimistic", "optimistic", "expected", "random"]
 TIES: tuple[Ties, ...] = ("pessimistic", "optimistic", "expected", "random")
 """The tie rules; the first is the default everywhere."""
 METRICS = ("hr", "ndcg", "mrr")
+ITEM_CHUNK = 65536
+"""Items scored at a time in full-ranking evaluation (per user batch): bigger catalogues are
+counted chunk by chunk (at 256 users, 64 MiB of float32 scores whatever N is)."""
 
 
 def _as_ids(ids: Tensor | Sequence[Sequence[int]], device: torch.device) -> Tensor:
@@ -151,14 +162,16 @@ def _counts(
     return higher, at_least - higher, spare
 
 
-def _refuse_nan(scores: Tensor) -> None:
+def _refuse_nan(scores: Tensor, start: int = 0) -> None:
     """A NaN on any rankable column would silently rank below the target (column 0, the
-    padding item, is never ranked)."""
-    nan = torch.isnan(scores[:, 1:])
+    padding item, is never ranked); ``scores`` holds the columns from item ``start`` on."""
+    first = 1 if start == 0 else 0
+    nan = torch.isnan(scores[:, first:])
     if nan.any():
         row, col = (int(i) for i in nan.nonzero()[0])
         raise EvaluationError(
-            f"NaN score for item {col + 1} in row {row} ({int(nan.sum())} NaN scores in all): "
+            f"NaN score for item {start + first + col} in row {row} ({int(nan.sum())} NaN "
+            "scores in all): "
             "a NaN compares false with every score and would silently rank below the target"
         )
 
@@ -166,9 +179,10 @@ def _refuse_nan(scores: Tensor) -> None:
 def _count(
     scores: Tensor, target_scores: Tensor, targets: Tensor,
     exclude: Tensor | Sequence[Sequence[int]] | None, level_counts: bool, in_place: bool,
-    out: Tensor | None = None,
+    out: Tensor | None = None, start: int = 0,
 ) -> Tensor:
-    """Rankable items scoring above (``level_counts``: at or above) the target, per row."""
+    """Rankable items scoring above (``level_counts``: at or above) the target, per row;
+    ``scores`` holds the columns of items ``start ..`` (one chunk of the catalogue)."""
     if out is not None:
         flags = out
     elif in_place and scores.dtype in (torch.float32, torch.float64):
@@ -176,13 +190,24 @@ def _count(
     else:  # 0/1 floats: a float row sum is much faster on CPU than a bool one
         flags = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
     (torch.ge if level_counts else torch.gt)(scores, target_scores, out=flags)
-    flags[:, PAD] = 0
+    if start == 0:
+        flags[:, PAD] = 0
     if isinstance(exclude, Tensor) and exclude.dtype == torch.bool:
-        flags.masked_fill_(exclude.to(scores.device), 0)
+        flags.masked_fill_(exclude[:, start : start + flags.size(1)].to(scores.device), 0)
     elif exclude is not None:  # repeated ids are harmless: zeroing is idempotent
-        flags.scatter_(1, _as_ids(exclude, scores.device), 0)
-    flags.scatter_(1, targets, 0)  # the target stays rankable; it never counts against itself
+        _zero_ids(flags, _as_ids(exclude, scores.device), start)
+    _zero_ids(flags, targets, start)  # the target stays rankable; never counts against itself
     return _row_count(flags)
+
+
+def _zero_ids(flags: Tensor, ids: Tensor, start: int) -> None:
+    """``flags[b, ids[b] - start] = 0`` for the ids among the columns ``flags`` holds."""
+    if start == 0 and (ids.numel() == 0 or int(ids.max()) < flags.size(1)):
+        flags.scatter_(1, ids, 0)
+        return
+    inside = (ids >= start) & (ids < start + flags.size(1))
+    rows, cols = inside.nonzero(as_tuple=True)
+    flags[rows, ids[rows, cols] - start] = 0
 
 
 def _to_ranks(count: Tensor, tied: Tensor | None, ties: Ties, seed: int) -> Tensor:
@@ -273,19 +298,20 @@ def full_ranking_ranks(
     ties: Ties = "pessimistic",
     seed: int = 0,
     temperature: float = 1.0,
+    item_chunk: int = ITEM_CHUNK,
 ) -> Tensor:
     """Ranks of all targets, scoring one user batch at a time against the item table.
 
     ``user_embeddings`` is ``[U, d]`` or a function from user positions (a LongTensor) to
     ``[b, d]`` representations, so a model can encode users lazily. Peak memory is one
-    ``batch_size * (N + 1)`` score table, reused from batch to batch (at 1M items and the
-    default 256 users that is 1 GiB in float32: lower ``batch_size`` for bigger catalogs; the
-    ``"random"`` rule needs a second table of that size).
+    ``batch_size * min(N + 1, item_chunk)`` float32 score table, reused from batch to batch
+    (the ``"expected"`` and ``"random"`` rules need a second one): a catalogue larger than
+    ``item_chunk`` is scored and counted chunk by chunk, with the same ranks, ties included.
     ``item_embeddings`` is ``[N + 1, d]`` (row 0 = padding). ``ties``: see `target_ranks`.
     """
     _check_ties(ties, ranks=True)
     higher, tied = _full_ranking(user_embeddings, item_embeddings, targets, histories,
-                                 batch_size, exclude_history, ties, temperature)
+                                 batch_size, exclude_history, ties, temperature, item_chunk)
     return _to_ranks(higher, tied, ties, seed)
 
 
@@ -298,10 +324,12 @@ def full_ranking_counts(
     batch_size: int = 256,
     exclude_history: bool = True,
     temperature: float = 1.0,
+    item_chunk: int = ITEM_CHUNK,
 ) -> tuple[Tensor, Tensor]:
     """`tie_counts` of every target, scored as in `full_ranking_ranks`: ``(higher, tied)``."""
     higher, tied = _full_ranking(user_embeddings, item_embeddings, targets, histories,
-                                 batch_size, exclude_history, "expected", temperature)
+                                 batch_size, exclude_history, "expected", temperature,
+                                 item_chunk)
     assert tied is not None
     return higher, tied
 
@@ -315,7 +343,11 @@ def _full_ranking(
     exclude_history: bool,
     ties: Ties,
     temperature: float = 1.0,
+    item_chunk: int = ITEM_CHUNK,
 ) -> tuple[Tensor, Tensor | None]:
+    if item_chunk < 1:
+        raise EvaluationError(f"item_chunk must be >= 1, got {item_chunk}")
+    chunk = max(ITEM_TILE, item_chunk // ITEM_TILE * ITEM_TILE)  # the one table's tiles
     device = item_embeddings.device
     items = item_embeddings.to(score_dtype(item_embeddings))
     targets = torch.as_tensor(targets, dtype=torch.long)
@@ -329,13 +361,20 @@ def _full_ranking(
         if torch.promote_types(users.dtype, items.dtype) != items.dtype:  # float64 users
             items = items.to(users.dtype)
         users = users.to(device=device, dtype=items.dtype)
-        scores = score_block(users, items, temperature, out=buffer)
-        if buffer is None or buffer.size(0) < scores.size(0) or buffer.dtype != scores.dtype:
-            buffer = scores
         exclude = None
         if exclude_history and histories is not None:
             exclude = histories[start : start + len(idx)]
-        scan = not products_are_finite(max_abs(users), items_max, users.size(-1), scores.dtype)
+        scan = not products_are_finite(max_abs(users), items_max, users.size(-1), items.dtype)
+        if items.size(0) > chunk:
+            count, level = _chunked_counts(users, items, targets[idx], exclude, ties,
+                                           temperature, chunk, scan)
+            counts.append(count.cpu())
+            if level is not None:
+                tied.append(level.cpu())
+            continue
+        scores = score_block(users, items, temperature, out=buffer)
+        if buffer is None or buffer.size(0) < scores.size(0) or buffer.dtype != scores.dtype:
+            buffer = scores
         count, level, spare = _counts(scores, targets[idx], exclude, ties, in_place=True,
                                       scan_nan=scan, spare=spare)
         counts.append(count.cpu())
@@ -345,6 +384,46 @@ def _full_ranking(
         empty = torch.zeros(0, dtype=torch.long)
         return empty, (empty if ties in ("expected", "random") else None)
     return torch.cat(counts), (torch.cat(tied) if tied else None)
+
+
+def _chunked_counts(users: Tensor, items: Tensor, targets: Tensor,
+                    exclude: Tensor | Sequence[Sequence[int]] | None, ties: Ties,
+                    temperature: float, chunk: int, scan_nan: bool
+                    ) -> tuple[Tensor, Tensor | None]:
+    """`_counts` over the catalogue in chunks of ``chunk`` items, for ``[b, chunk]`` memory
+    instead of ``[b, N + 1]``. Exact: counts of disjoint columns add up, and a score depends on
+    its user and item alone (`adarec.rec.scoring`), so the targets' own scores, taken first,
+    are the floats the one table holds and every comparison is the one it makes."""
+    targets = targets.to(device=items.device, dtype=torch.long).view(-1, 1)
+    if targets.numel() and not 1 <= int(targets.min()) <= int(targets.max()) < items.size(0):
+        raise EvaluationError(f"targets must be item indices in 1..{items.size(0) - 1}")
+    if exclude is not None and not isinstance(exclude, Tensor):
+        exclude = _as_ids(exclude, items.device)  # once, not per chunk
+    target_scores = score_candidates(users, items, targets, temperature)
+    if torch.isnan(target_scores).any():
+        raise EvaluationError("NaN target score: a NaN would silently rank first")
+    two = ties in ("expected", "random")
+    above = torch.zeros(users.size(0), dtype=torch.long, device=items.device)
+    at_least = torch.zeros_like(above)
+    buffer: Tensor | None = None
+    for start in range(0, items.size(0), chunk):
+        part = items[start : start + chunk]
+        if buffer is not None and buffer.size(1) != part.size(0):
+            buffer = None  # the last, narrower chunk
+        scores = buffer = score_block(users, part, temperature, out=buffer)
+        if scan_nan:
+            _refuse_nan(scores, start)
+        if two or ties == "optimistic":
+            above += _count(scores, target_scores, targets, exclude, False,
+                            in_place=ties == "optimistic", start=start)
+        if ties != "optimistic":
+            at_least += _count(scores, target_scores, targets, exclude, True, in_place=True,
+                               start=start)
+    if ties == "optimistic":
+        return above, None
+    if ties == "pessimistic":
+        return at_least, None
+    return above, at_least - above
 
 
 def evaluate_full_ranking(
@@ -359,6 +438,7 @@ def evaluate_full_ranking(
     ties: Ties = "pessimistic",
     seed: int = 0,
     temperature: float = 1.0,
+    item_chunk: int = ITEM_CHUNK,
 ) -> dict[str, float]:
     """Full-ranking HR/NDCG/MRR over every item (see :func:`full_ranking_ranks`); ``ties`` is
     any rule of the module docstring, ``"expected"`` included. Scores are those of
@@ -367,7 +447,7 @@ def evaluate_full_ranking(
     _check_ks(ks)
     _check_ties(ties, ranks=False)
     higher, tied = _full_ranking(user_embeddings, item_embeddings, targets, histories,
-                                 batch_size, exclude_history, ties, temperature)
+                                 batch_size, exclude_history, ties, temperature, item_chunk)
     if ties == "expected":
         return ranking_metrics(higher + 1, ks, metrics, tied=tied)
     return ranking_metrics(_to_ranks(higher, tied, ties, seed), ks, metrics)
