@@ -14,12 +14,28 @@ from adarec.errors import ConfigError, DataError
 from adarec.rec.data import PAD
 from adarec.rec.item_tower import encode_items
 from adarec.rec.losses import (
+    LOSSES,
     bce_loss,
     full_softmax_loss,
     in_batch_candidates,
     sampled_softmax_loss,
 )
 from adarec.rec.scoring import prepare
+
+OBJECTIVES = ("sasrec", "cpc")
+"""Where the loss is taken: every real position (SASRec) or the last one only (CPC)."""
+LOSS_NAMES = tuple(LOSSES)
+
+
+def check_objective(objective: str, loss: str, num_negatives: int) -> None:
+    """Refuse an objective, loss or negative count `next_item_loss` cannot train with."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective={objective!r} is not one of {list(OBJECTIVES)}")
+    if loss not in LOSS_NAMES:
+        raise ConfigError(f"loss={loss!r} is not one of {list(LOSS_NAMES)}")
+    if num_negatives < (0 if loss == "sampled_softmax" else 1):
+        raise ConfigError(f"num_negatives={num_negatives} is too small for loss={loss!r} "
+                          "(0, in-batch negatives only, needs loss='sampled_softmax')")
 
 
 def _loss_mask(model: Any, batch: Mapping[str, Tensor]) -> Tensor:
@@ -83,4 +99,4 @@ def next_item_loss(model: Any, batch: Mapping[str, Tensor]) -> Tensor:
                                 candidate_ids=cands.ids)
 
 
-__all__ = ["next_item_loss", "refuse_held_out"]
+__all__ = ["LOSS_NAMES", "OBJECTIVES", "check_objective", "next_item_loss", "refuse_held_out"]

@@ -29,9 +29,9 @@ from adarec.rec.item_adaptors import IDFusion, adaptor_name, build_adaptor
 from adarec.rec.item_encoder import ItemEncoder
 from adarec.rec.item_tower import ItemTableCache, encode_items
 from adarec.rec.item_tower import inference as _inference_flags
-from adarec.rec.losses import LOSSES, GatherCandidates
+from adarec.rec.losses import GatherCandidates
 from adarec.rec.metrics import METRICS, Ties
-from adarec.rec.objective import next_item_loss
+from adarec.rec.objective import LOSS_NAMES, OBJECTIVES, check_objective, next_item_loss
 from adarec.rec.policies import apply_policy, policy_names
 from adarec.rec.scoring import check_similarity, prepare
 from adarec.rec.serving import Recommendations
@@ -39,8 +39,6 @@ from adarec.rec.set_dtl import DTLChoice, SetDTLs, add_set_dtl, set_dtls
 from adarec.rec.user_encoders import SASRec
 from adarec.spec import AdapterSpec
 
-OBJECTIVES = ("sasrec", "cpc")
-LOSS_NAMES = tuple(LOSSES)
 POLICIES = policy_names()
 Spec = AdapterSpec | str | Mapping[str, Any] | None
 logger = logging.getLogger(__name__)
@@ -73,13 +71,7 @@ class TransRec(nn.Module):
         logq_correction: bool = True, id_fusion: str | None = None, similarity: str = "dot",
     ) -> None:
         super().__init__()
-        if objective not in OBJECTIVES:
-            raise ConfigError(f"objective={objective!r} is not one of {list(OBJECTIVES)}")
-        if loss not in LOSS_NAMES:
-            raise ConfigError(f"loss={loss!r} is not one of {list(LOSS_NAMES)}")
-        if num_negatives < (0 if loss == "sampled_softmax" else 1):
-            raise ConfigError(f"num_negatives={num_negatives} is too small for loss={loss!r} "
-                              "(0, in-batch negatives only, needs loss='sampled_softmax')")
+        check_objective(objective, loss, num_negatives)
         if not isinstance(item_encoder, ItemEncoder):
             raise ConfigError(f"{type(item_encoder).__name__} is not an item encoder (see "
                               "adarec.rec.item_encoder.ItemEncoder / ItemEncoderBase)")
