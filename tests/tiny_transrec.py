@@ -40,6 +40,15 @@ def batch(k: int = 2, seqs: list[list[int]] = SEQS) -> dict[str, torch.Tensor]:
     return TrainCollator(N_ITEMS, L, k, seed=0)([ds[i] for i in range(len(ds))])
 
 
+def step(model: torch.nn.Module) -> tuple[float, dict[str, torch.Tensor]]:
+    """One loss + backward on `batch`: the loss and every gradient (for cached == uncached)."""
+    model.zero_grad()
+    loss = model.loss(batch())
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()
+                         if p.grad is not None}
+
+
 def resign(folder: Path) -> None:
     """Bind a hand-edited ``transrec_config.json`` into its weights file again: the folder a
     writer of those settings would have written (for tests that simulate other versions)."""

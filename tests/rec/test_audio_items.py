@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_audio import FAMILIES, RATE, clips, tiny_audio
-from tiny_transrec import N_ITEMS, L, batch
+from tiny_transrec import N_ITEMS, L, batch, step
 
 import adarec
 from adarec.errors import ConfigError, DataError
@@ -87,14 +87,6 @@ def side_model(family: str, cache: bool, states: str = "pooled") -> TransRec:
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.3)
     return model
-
-
-def step(model: TransRec) -> tuple[float, dict[str, torch.Tensor]]:
-    model.zero_grad()
-    loss = model.loss(batch())
-    loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()
-                         if p.grad is not None}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

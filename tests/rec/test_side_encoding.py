@@ -9,7 +9,7 @@ import itertools
 import pytest
 import torch
 import transformers as tf
-from tiny_transrec import N_ITEMS, batch, text_items
+from tiny_transrec import N_ITEMS, batch, step, text_items
 
 import adarec
 from adarec.adapters.side import side_networks
@@ -67,14 +67,6 @@ def model_with_side(cache: bool, seed: int = 0, encoder: str = "text", **kw: obj
     model.inject_adapters(item=side_spec(**options))
     perturb(model)
     return model
-
-
-def step(model: TransRec) -> tuple[float, dict[str, torch.Tensor]]:
-    model.zero_grad()
-    loss = model.loss(batch())
-    loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()
-                         if p.grad is not None}
 
 
 def assert_same_step(a: TransRec, b: TransRec) -> None:
