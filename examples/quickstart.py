@@ -369,83 +369,55 @@ def evaluate(
 def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
           optimizer: torch.optim.Optimizer, stopper: Any, args: argparse.Namespace,
           t0: float) -> tuple[list[float], int]:
-    """Train until validation NDCG@10 stops improving (or ``--epochs``); returns the training
-    seconds per epoch and the epochs run. The whole loop state goes to ``--out``/training_state
-    at each epoch end (and every ``--save-every-steps`` steps), so ``--resume`` continues a
-    killed run exactly where its last save was."""
+    """Train with `adarec.rec.training.fit` until validation NDCG@10 stops improving (or
+    ``--epochs``), the best epoch restored; returns the training seconds per epoch and the
+    epochs run. The loop state goes to ``--out``/training_state at each epoch end (and every
+    ``--save-every-steps`` steps), so ``--resume`` continues a killed run bit for bit."""
     import torch
     from tqdm.auto import tqdm
 
     from adarec.rec.data import TrainCollator, TrainDataset
     from adarec.rec.guards import refuse_collapsed
-    from adarec.rec.training import (
-        epoch_order,
-        load_loop_state,
-        n_batches,
-        save_loop_state,
-        train_epoch,
-    )
-    from adarec.training_state import STATE_JSON
+    from adarec.rec.training import EpochEnd, StepEnd, fit
 
     dataset = TrainDataset.for_split(split, args.max_len, sampling=args.sampling)
     collator = TrainCollator(n_items, args.max_len, args.negatives, args.seed)
-    order_rng = torch.Generator().manual_seed(args.seed)
-    generators = {"order": order_rng, "negatives": collator.generator}
-    folder = Path(args.out) / "training_state"
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "order": None, "loss_sum": 0.0,
-                             "seconds": 0.0, "train_seconds": []}
-    if args.resume and (folder / STATE_JSON).is_file():
-        state = load_loop_state(folder, model=model, optimizer=optimizer, stopper=stopper,
-                                generators=generators)
-        log.info("resumed from %s: epoch %d, after step %d", folder, state["epoch"] + 1,
-                 state["step"])
+    bar: dict[int, Any] = {}  # this epoch's progress bar
+    steps_run = 0
 
-    def save() -> None:
-        save_loop_state(folder, model=model, optimizer=optimizer, stopper=stopper,
-                        generators=generators, extra=state)
-
-    per_epoch, steps_run = n_batches(len(dataset), args.batch_size), 0
-    live: dict[str, Any] = {}  # this epoch's progress bar and the start of its timed stretch
-
-    def after_step(step: int, loss: float) -> None:
+    def on_step(s: StepEnd) -> None:
         nonlocal steps_run
-        state["loss_sum"] += loss
-        state["step"] = step
         steps_run += 1
-        live["bar"].update()
-        live["bar"].set_postfix(loss=f"{state['loss_sum'] / step:.4f}")
+        if s.epoch not in bar:
+            bar[s.epoch] = tqdm(desc=f"epoch {s.epoch}/{args.epochs}", total=s.steps,
+                                initial=s.step - 1, leave=False)
+        bar[s.epoch].update()
+        bar[s.epoch].set_postfix(loss=f"{s.mean_loss:.4f}")
         if steps_run == args.stop_after_steps:  # a kill the test can place exactly
             os.kill(os.getpid(), signal.SIGKILL)
-        if args.save_every_steps and step % args.save_every_steps == 0 and step < per_epoch:
-            state["seconds"] += time.perf_counter() - live["tick"]
-            save()
-            live["tick"] = time.perf_counter()
 
-    while state["epoch"] < args.epochs and not stopper.should_stop:
-        epoch = state["epoch"] + 1
-        if state["order"] is None:
-            state["order"] = epoch_order(len(dataset), order_rng)
-        model.train()
-        bar = tqdm(desc=f"epoch {epoch}/{args.epochs}", total=per_epoch, initial=state["step"],
-                   leave=False)
-        live.update(bar=bar, tick=time.perf_counter())
-        train_epoch(model, dataset, collator, state["order"], optimizer,
-                    batch_size=args.batch_size, precision=args.precision, start=state["step"],
-                    after_step=after_step)
-        bar.close()
-        state["train_seconds"].append(state["seconds"] + time.perf_counter() - live["tick"])
+    def validate(epoch: int) -> tuple[float, Any]:
+        if epoch in bar:
+            bar.pop(epoch).close()
         valid = evaluate(model, split.valid, args)
         refuse_collapsed(model, split.valid, args.max_len, epoch)  # before it can be "best"
-        m, u = valid["masked"], valid["unmasked"]
+        return valid[args.select]["ndcg@10"], valid
+
+    def on_epoch(e: EpochEnd) -> None:
+        m, u = e.details["masked"], e.details["unmasked"]
         log.info("epoch %d: loss %.4f  valid HR@10 %.4f  NDCG@10 %.4f (history masked; "
-                 "unmasked %.4f / %.4f)  (%.0fs)", epoch, state["loss_sum"] / max(per_epoch, 1),
-                 m["hr@10"], m["ndcg@10"], u["hr@10"], u["ndcg@10"], time.perf_counter() - t0)
-        stopper.step(valid[args.select]["ndcg@10"], model, epoch)
-        state.update(epoch=epoch, step=0, order=None, loss_sum=0.0, seconds=0.0)
-        save()
-    if stopper.should_stop:
+                 "unmasked %.4f / %.4f)  (%.0fs)", e.epoch, e.loss, m["hr@10"], m["ndcg@10"],
+                 u["hr@10"], u["ndcg@10"], time.perf_counter() - t0)
+
+    result = fit(model, dataset, collator, optimizer, epochs=args.epochs,
+                 batch_size=args.batch_size, generator=torch.Generator().manual_seed(args.seed),
+                 generators={"negatives": collator.generator}, validate=validate,
+                 stopper=stopper, precision=args.precision,
+                 state_dir=Path(args.out) / "training_state", resume=args.resume,
+                 save_every_steps=args.save_every_steps, on_step=on_step, on_epoch=on_epoch)
+    if result.stopped == "patience":
         log.info("no better validation NDCG@10 for %d epochs: stopping", args.patience)
-    return state["train_seconds"], state["epoch"]
+    return result.train_seconds, result.epochs_run
 
 
 def save_checkpoints(model: TransRec, data: InteractionData, folder: Path) -> list[str]:
@@ -542,7 +514,6 @@ def main(argv: list[str] | None = None) -> None:
     stopper = EarlyStopping(patience=args.patience)
     train_seconds, epoch = train(model, split, data.n_items, optimizer, stopper, args, start)
 
-    stopper.restore(model)
     rules = ("pessimistic", "expected", "optimistic")
     test_by_rule = {rule: evaluate(model, split.test, args, rule) for rule in rules}
     test = test_by_rule["pessimistic"]

@@ -18,9 +18,10 @@ share its expensive part: one hidden-state cache for every side-network candidat
 is shared, each candidate's side network starts from the same initial weights) and one
 precomputed item table for every frozen-encoder candidate, so a candidate's epoch costs about
 an ID model's (a side network under the full softmax excepted: it encodes every item at every
-step). Each candidate trains with the library's loop (`adarec.rec.training.train_epoch`,
+step). Each candidate trains with the library's loop (`adarec.rec.training.fit`,
 `evaluate_protocols`, `EarlyStopping`, `refuse_collapsed`), exactly as the chosen recipe is
-trained afterwards. The split's test pairs are never read.
+trained afterwards; the pruner sits in `fit`'s ``on_epoch`` hook. The split's test pairs are
+never read.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from adarec.rec.item_encoders import IDItemEncoder, PrecomputedItemEncoder
 from adarec.rec.param_groups import param_groups
 from adarec.rec.recipes import METHODS, apply_method
 from adarec.rec.scoring import check_similarity
-from adarec.rec.training import PROTOCOLS, epoch_order, evaluate_protocols, train_epoch
+from adarec.rec.training import PROTOCOLS, EpochEnd, evaluate_protocols, fit
 from adarec.rec.transrec import LOSS_NAMES, TransRec
 
 logger = logging.getLogger(__name__)
@@ -381,32 +382,34 @@ def _train_candidate(row: Candidate, trial: Any, optuna: Any, build: _Candidates
                      n_items: int, *, epochs: int, select: str, seed: int,
                      patience: int | None, max_len: int, batch_size: int, lr: float,
                      encoder_lr: float, negatives: int, precision: str) -> float:
-    """Train one candidate as the quickstart trains (one loop helper, one evaluation), report
-    each epoch's validation score to the pruner; returns the best score."""
+    """Train one candidate with `fit`, as the quickstart trains, reporting each epoch's
+    validation score to the pruner; returns the best score."""
     model = build.model(row.recipe, negatives)
     optimizer = torch.optim.AdamW(param_groups(model, lr=lr, base_lr=encoder_lr))
     collator = TrainCollator(n_items, max_len, row.recipe.num_negatives(negatives), seed)
-    order = torch.Generator().manual_seed(seed)
     stopper = EarlyStopping(patience=patience)
-    for epoch in range(1, epochs + 1):
-        model.train()
-        train_epoch(model, cast(Sequence[Any], dataset), collator,
-                    epoch_order(len(dataset), order), optimizer, batch_size=batch_size,
-                    precision=precision)
+
+    def validate(epoch: int) -> tuple[float, dict[str, dict[str, float]]]:
         scores = evaluate_protocols(model, valid, max_len, precision)
         refuse_collapsed(model, valid, max_len, epoch)
-        value = scores[select][METRIC]
-        row.epochs_run = epoch
-        if stopper.step(value, model, epoch):
-            row.value, row.best_epoch, row.valid = value, epoch, scores
-        logger.info("candidate %s, epoch %d: valid NDCG@10 %.4f (%s)", row.recipe.name, epoch,
-                    value, select)
-        trial.report(value, epoch)
-        if epoch < epochs and trial.should_prune():
+        return scores[select][METRIC], scores
+
+    def on_epoch(end: EpochEnd) -> None:
+        value = cast(float, end.score)  # validate= is given: every epoch has a score
+        row.epochs_run = end.epoch
+        if end.improved:
+            row.value, row.best_epoch, row.valid = value, end.epoch, end.details
+        logger.info("candidate %s, epoch %d: valid NDCG@10 %.4f (%s)", row.recipe.name,
+                    end.epoch, value, select)
+        trial.report(value, end.epoch)
+        if end.epoch < epochs and trial.should_prune():
             row.state = "pruned"
             raise optuna.TrialPruned()
-        if stopper.should_stop:
-            break
+
+    fit(model, cast(Sequence[Any], dataset), collator, optimizer, epochs=epochs,
+        batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
+        validate=validate, stopper=stopper, precision=precision, on_epoch=on_epoch,
+        restore_best=False)
     if row.value is None or not math.isfinite(row.value):
         raise TrainingError(f"candidate {row.recipe.name}: no finite validation score")
     row.state = "complete"

@@ -11,8 +11,11 @@ generators and the early-stopping state (best value, counters, best weights).
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,9 @@ from torch import Tensor, nn
 from adarec.errors import ConfigError, TrainingError
 from adarec.precision import autocast
 from adarec.rec.early_stopping import EarlyStopping
-from adarec.training_state import load_training_state, save_training_state
+from adarec.training_state import STATE_JSON, load_training_state, save_training_state
+
+logger = logging.getLogger(__name__)
 
 
 def epoch_order(n: int, generator: torch.Generator) -> list[int]:
@@ -59,11 +64,10 @@ def train_epoch(model: nn.Module, dataset: Sequence[Any], collate: Callable[[lis
                 after_step: Callable[[int, float], None] | None = None) -> float:
     """`train_step` on every batch of ``order`` from step ``start`` on; ``after_step(step,
     loss)`` runs after each (1-based step of the epoch: progress, saves). Returns the summed
-    loss of the steps run. The quickstart and `adarec.rec.select_recipe` both train with it,
-    so a candidate trains exactly as the chosen recipe later does."""
+    loss of the steps run. `fit` trains with it, so every caller trains alike."""
     total = 0.0
     for step, batch in enumerate(batches(dataset, collate, order, batch_size, start), start + 1):
-        loss = train_step(model, batch, optimizer, precision)
+        loss = train_step(model, batch, optimizer, precision, step=step)
         total += loss
         if after_step is not None:
             after_step(step, loss)
@@ -99,13 +103,14 @@ def check_loss(loss: float, step: int | None = None) -> float:
 
 
 def train_step(model: nn.Module, batch: Any, optimizer: torch.optim.Optimizer,
-               precision: str = "auto", clip_norm: float | None = 5.0) -> float:
+               precision: str = "auto", clip_norm: float | None = 5.0,
+               step: int | None = None) -> float:
     """One optimiser step on ``model.loss(batch)`` (bf16 autocast where ``precision`` says so,
     gradients clipped to ``clip_norm``); returns the loss. A NaN/inf loss raises `TrainingError`
-    before the step, so the weights stay those of the last finite step."""
+    (naming ``step``) before the step, so the weights stay those of the last finite step."""
     with autocast(precision, "cpu"):
         loss = model.loss(batch)  # type: ignore[operator]
-    check_loss(float(loss.detach()))
+    check_loss(float(loss.detach()), step)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if clip_norm is not None:
@@ -181,5 +186,176 @@ def load_loop_state(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     return extra
 
 
-__all__ = ["PROTOCOLS", "batches", "check_loss", "epoch_order", "evaluate_protocols",
-           "load_loop_state", "n_batches", "save_loop_state", "train_epoch", "train_step"]
+
+# ------------------------------------------------------------------------------ the loop
+@dataclass(frozen=True)
+class StepEnd:
+    """What `fit` tells ``on_step`` after each optimiser step (progress bars, test kills)."""
+
+    epoch: int
+    step: int  # 1-based step of the epoch
+    steps: int  # steps per epoch
+    loss: float
+    mean_loss: float  # of this epoch's steps so far (steps before a resume included)
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """What `fit` tells ``on_epoch`` after each epoch's validation (logs, pruners)."""
+
+    epoch: int
+    loss: float  # mean training loss of the epoch
+    score: float | None  # the validation score (None without ``validate``)
+    details: Any  # what ``validate`` returned beside the score
+    improved: bool  # a new best score: the stopper took a snapshot
+    seconds: float  # training seconds of the epoch, validation and saves excluded
+
+
+@dataclass
+class FitResult:
+    """How a `fit` ended. ``stopped``: ``"epochs"`` (all run), ``"patience"`` (early
+    stopping) or ``"callback"`` (``on_epoch`` returned True)."""
+
+    epochs_run: int
+    best_epoch: int | None
+    best_score: float | None
+    stopped: str
+    losses: list[float] = field(default_factory=list)
+    train_seconds: list[float] = field(default_factory=list)
+    history: list[Any] = field(default_factory=list)  # ``validate``'s details per epoch
+    resumed: bool = False
+
+
+Validation = float | tuple[float, Any]
+"""What ``validate(epoch)`` returns: the score (higher is better unless the stopper's mode
+says otherwise), or the score and details kept per epoch (`FitResult.history`, JSON-able)."""
+
+
+def _fresh_loop() -> dict[str, Any]:
+    return {"epoch": 0, "step": 0, "order": None, "loss_sum": 0.0, "seconds": 0.0,
+            "train_seconds": [], "losses": [], "history": [], "stopped": None}
+
+
+def _loop_from_saved(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """The loop state of a saved ``extra``; states the paper study wrote before `fit` named
+    the partial seconds ``spent``, the per-epoch seconds ``seconds`` and the history ``curve``."""
+    if "spent" in saved:
+        saved = {**saved, "seconds": saved["spent"], "train_seconds": saved["seconds"],
+                 "history": saved.get("curve", [])}
+    loop = _fresh_loop()
+    loop.update({k: saved[k] for k in loop if k in saved})
+    return loop
+
+
+def fit(model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any]], Any],
+        optimizer: torch.optim.Optimizer, *, epochs: int, batch_size: int,
+        generator: torch.Generator, validate: Callable[[int], Validation] | None = None,
+        stopper: EarlyStopping | None = None, precision: str = "auto",
+        state_dir: str | Path | None = None, resume: bool = False,
+        save_every_steps: int | None = None,
+        generators: Mapping[str, torch.Generator] | None = None,
+        on_step: Callable[[StepEnd], None] | None = None,
+        on_epoch: Callable[[EpochEnd], bool | None] | None = None,
+        restore_best: bool = True) -> FitResult:
+    """Train ``model`` for up to ``epochs`` epochs: the one epoch loop of adarec, so that the
+    quickstart, the paper study and `select_recipe` train the same way and a fix lands once.
+
+    Each epoch's order is `epoch_order` from ``generator`` (a shuffling DataLoader's), batches
+    of ``batch_size`` go through `train_step` (a NaN/inf loss raises `TrainingError` naming the
+    epoch and step), then ``validate(epoch)`` scores the model and ``stopper`` (an
+    `EarlyStopping`) keeps the best weights and ends training when the score stops improving;
+    at the end the best weights are put back (``restore_best``). ``on_step`` / ``on_epoch``
+    see each step / epoch; ``on_epoch`` may return True to stop, or raise (a pruner).
+
+    With ``state_dir`` the whole loop state (`save_loop_state`: model, optimizer, every RNG,
+    ``generator`` as ``"order"`` and ``generators`` such as a negative sampler's, the stopper,
+    the position in the epoch) is written atomically at each epoch end and every
+    ``save_every_steps`` steps; ``resume=True`` continues from it when it is there, and the run
+    ends bit for bit as one never interrupted.
+    """
+    if epochs < 0:
+        raise ConfigError(f"epochs must be >= 0, got {epochs}")
+    if save_every_steps is not None and save_every_steps < 0:
+        raise ConfigError(f"save_every_steps must be >= 0 (0/None: epoch ends), got "
+                          f"{save_every_steps}")
+    if stopper is not None and validate is None:
+        raise ConfigError("fit: a stopper needs validate= (the score it stops on)")
+    if state_dir is None and (resume or save_every_steps):
+        raise ConfigError("fit: resume and save_every_steps need state_dir=")
+    if "order" in (generators or {}):
+        raise ConfigError("fit: generators= holds the other generators; 'order' is generator=")
+    rngs = {"order": generator, **(generators or {})}
+    folder = None if state_dir is None else Path(state_dir)
+    loop, resumed = _fresh_loop(), False
+    if resume and folder is not None and (folder / STATE_JSON).is_file():
+        loop = _loop_from_saved(load_loop_state(folder, model=model, optimizer=optimizer,
+                                                stopper=stopper, generators=rngs))
+        resumed = True
+        logger.info("resumed from %s: epoch %d, after step %d", folder, loop["epoch"] + 1,
+                    loop["step"])
+
+    def save() -> None:
+        if folder is not None:
+            save_loop_state(folder, model=model, optimizer=optimizer, stopper=stopper,
+                            generators=rngs, extra=loop)
+
+    per_epoch = n_batches(len(dataset), batch_size)
+    tick = 0.0
+
+    def after_step(step: int, loss: float) -> None:
+        nonlocal tick
+        loop["loss_sum"] += loss
+        loop["step"] = step
+        if on_step is not None:
+            on_step(StepEnd(loop["epoch"] + 1, step, per_epoch, loss, loop["loss_sum"] / step))
+        if save_every_steps and step % save_every_steps == 0 and step < per_epoch:
+            loop["seconds"] += time.perf_counter() - tick
+            save()
+            tick = time.perf_counter()
+
+    while (loop["epoch"] < epochs and loop["stopped"] is None
+           and not (stopper is not None and stopper.should_stop)):
+        epoch = loop["epoch"] + 1
+        if loop["order"] is None:
+            loop["order"] = epoch_order(len(dataset), generator)
+        model.train()
+        tick = time.perf_counter()
+        try:
+            train_epoch(model, dataset, collate, loop["order"], optimizer,
+                        batch_size=batch_size, precision=precision, start=loop["step"],
+                        after_step=after_step)
+        except TrainingError as exc:
+            raise TrainingError(f"epoch {epoch}: {exc}") from exc
+        seconds = loop["seconds"] + time.perf_counter() - tick
+        loss = loop["loss_sum"] / max(per_epoch, 1)
+        score, details, improved = None, None, False
+        if validate is not None:
+            got = validate(epoch)
+            score, details = (float(got[0]), got[1]) if isinstance(got, tuple) else (float(got),
+                                                                                     None)
+            if stopper is not None:
+                improved = stopper.step(score, model, epoch)
+        loop["train_seconds"].append(seconds)
+        loop["losses"].append(loss)
+        loop["history"].append(details)
+        loop.update(epoch=epoch, step=0, order=None, loss_sum=0.0, seconds=0.0)
+        if on_epoch is not None and on_epoch(EpochEnd(epoch, loss, score, details, improved,
+                                                      seconds)):
+            loop["stopped"] = "callback"
+        save()
+    if loop["stopped"] is None:
+        loop["stopped"] = "patience" if stopper is not None and stopper.should_stop else "epochs"
+    best = stopper is not None and stopper.best_step is not None
+    if restore_best and stopper is not None and best:
+        stopper.restore(model)
+    return FitResult(
+        epochs_run=loop["epoch"], best_epoch=stopper.best_step if stopper is not None else None,
+        best_score=stopper.best if stopper is not None and best else None,
+        stopped=loop["stopped"], losses=list(loop["losses"]),
+        train_seconds=list(loop["train_seconds"]), history=list(loop["history"]),
+        resumed=resumed)
+
+
+__all__ = ["PROTOCOLS", "EpochEnd", "FitResult", "StepEnd", "Validation", "batches",
+           "check_loss", "epoch_order", "evaluate_protocols", "fit", "load_loop_state",
+           "n_batches", "save_loop_state", "train_epoch", "train_step"]

@@ -82,15 +82,7 @@ from adarec.rec.policies import (
 )
 from adarec.rec.recipes import apply_method
 from adarec.rec.splits import cold_item_split, subsample_users
-from adarec.rec.training import (
-    PROTOCOLS,
-    epoch_order,
-    evaluate_protocols,
-    load_loop_state,
-    n_batches,
-    save_loop_state,
-    train_epoch,
-)
+from adarec.rec.training import PROTOCOLS, EpochEnd, evaluate_protocols, fit
 from adarec.rec.transfer import load_transferable, save_transferable
 from adarec.rec.transrec import TransRec
 from adarec.spec import METHODS, MODEL_METHODS
@@ -441,10 +433,10 @@ def prepare(setting: str, data: InteractionData, seed: int) -> Prepared:
 def train(model: TransRec, run: Run, setting: Prepared, n_items: int, args: argparse.Namespace,
           seed: int, max_epochs: int, patience: int | None, state: Path,
           verbose: bool = False) -> dict[str, Any]:
-    """Train until validation NDCG@10 (``--select`` protocol) stops improving, restore the best
-    epoch, and evaluate every set under both protocols. The loop's whole state goes to the
-    folder ``state`` at each epoch end (and every ``--save-every-steps`` steps), from which
-    ``--resume`` continues a killed run bit for bit."""
+    """Train with `adarec.rec.training.fit` until validation NDCG@10 (``--select`` protocol)
+    stops improving, restore the best epoch, and evaluate every set under both protocols. The
+    loop's whole state goes to the folder ``state`` at each epoch end (and every
+    ``--save-every-steps`` steps), from which ``--resume`` continues a killed run bit for bit."""
     cfg = config(run, args)
     if setting.held_out:
         model.held_out = torch.zeros(n_items + 1, dtype=torch.bool)
@@ -456,56 +448,30 @@ def train(model: TransRec, run: Run, setting: Prepared, n_items: int, args: argp
     dataset = TrainDataset(setting.train, args.max_len, sampling=cfg["sampling"])
     collate = TrainCollator(n_items, args.max_len, max(1, cfg["negatives"]), seed,
                             exclude_items=setting.held_out)
-    order = torch.Generator().manual_seed(seed)
-    generators = {"order": order, "negatives": collate.generator}
-    stopper, size = EarlyStopping(patience=patience), cfg["batch_size"]
     precision = "bf16" if bf16(model, args) else "fp32"
-    loop: dict[str, Any] = {"epoch": 0, "step": 0, "order": None, "spent": 0.0, "seconds": [],
-                            "curve": []}
-    if _resumable(state, run, seed, args):
-        loop = load_loop_state(state, model=model, optimizer=opt, stopper=stopper,
-                               generators=generators)
-        log.info("%s seed %d: resumed from %s (epoch %d, after step %d)", run.slug, seed, state,
-                 loop["epoch"] + 1, loop["step"])
 
-    def save() -> None:
-        save_loop_state(state, model=model, optimizer=opt, stopper=stopper,
-                        generators=generators, extra=loop)
-
-    per_epoch = n_batches(len(dataset), size)
-    while loop["epoch"] < max_epochs and not stopper.should_stop:
-        if loop["order"] is None:
-            loop["order"] = epoch_order(len(dataset), order)
-        model.train()
-        tick = time.perf_counter()
-
-        def after_step(step: int, _loss: float) -> None:
-            nonlocal tick
-            loop["step"] = step
-            if args.save_every_steps and step % args.save_every_steps == 0 and step < per_epoch:
-                loop["spent"] += time.perf_counter() - tick
-                save()
-                tick = time.perf_counter()
-
-        train_epoch(model, dataset, collate, loop["order"], opt, batch_size=size,
-                    precision=precision, start=loop["step"], after_step=after_step)
-        loop["seconds"].append(loop["spent"] + time.perf_counter() - tick)
+    def validate(_epoch: int) -> tuple[float, Any]:
         valid = evaluate(model, setting.valid, args)
-        loop["curve"].append(valid)
-        stopper.step(valid[args.select]["ndcg@10"], model, loop["epoch"] + 1)
-        loop.update(epoch=loop["epoch"] + 1, step=0, order=None, spent=0.0)
+        return valid[args.select]["ndcg@10"], valid
+
+    def on_epoch(e: EpochEnd) -> None:
         if verbose:
-            log.info("  epoch %d: %.0fs, valid NDCG@10 %.4f masked, %.4f unmasked",
-                     loop["epoch"], loop["seconds"][-1], valid["masked"]["ndcg@10"],
-                     valid["unmasked"]["ndcg@10"])
-        save()
-    stopper.restore(model)
+            log.info("  epoch %d: %.0fs, valid NDCG@10 %.4f masked, %.4f unmasked", e.epoch,
+                     e.seconds, e.details["masked"]["ndcg@10"], e.details["unmasked"]["ndcg@10"])
+
+    stopper = EarlyStopping(patience=patience)
+    fitted = fit(model, dataset, collate, opt, epochs=max_epochs, batch_size=cfg["batch_size"],
+                 generator=torch.Generator().manual_seed(seed),
+                 generators={"negatives": collate.generator}, validate=validate,
+                 stopper=stopper, precision=precision, state_dir=state,
+                 resume=_resumable(state, run, seed, args),
+                 save_every_steps=args.save_every_steps, on_epoch=on_epoch)
     sets = {"test": setting.test, **setting.extra}
     scores = {name: evaluate(model, pairs, args) for name, pairs in sets.items() if pairs}
     summary = adarec.parameter_summary(model)
-    return {"test": scores["test"]["masked"], "eval": scores, "valid": loop["curve"],
-            "best_epoch": stopper.best_step, "epochs_run": len(loop["curve"]),
-            "train_seconds_per_epoch": loop["seconds"], "trainable": summary.trainable,
+    return {"test": scores["test"]["masked"], "eval": scores, "valid": fitted.history,
+            "best_epoch": fitted.best_epoch, "epochs_run": fitted.epochs_run,
+            "train_seconds_per_epoch": fitted.train_seconds, "trainable": summary.trainable,
             "total": getattr(model, "full_size", summary.total), "bf16": precision == "bf16",
             "n_train_examples": len(dataset)}
 
