@@ -67,6 +67,7 @@ import torch
 
 import adarec
 import adarec.precision
+from adarec.folders import atomic_write
 from adarec.machine import describe_cpu, fixed_mmap_threshold
 from adarec.rec.data import InteractionData, TrainCollator, TrainDataset, leave_one_out
 from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
@@ -618,10 +619,7 @@ def _resumable(state: Path, run: Run, seed: int, args: argparse.Namespace) -> bo
 
 def _write_json(file: Path, obj: Any) -> None:
     """Write ``file`` whole or not at all (a kill mid-write leaves the old file)."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(file.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, file)
+    atomic_write(file, json.dumps(obj, indent=1))
 
 
 def _drop_state(state: Path) -> None:
