@@ -186,7 +186,6 @@ def load_loop_state(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     return extra
 
 
-
 # ------------------------------------------------------------------------------ the loop
 @dataclass(frozen=True)
 class StepEnd:
