@@ -351,9 +351,6 @@ def optimizer_for(model: TransRec, args: argparse.Namespace) -> torch.optim.Opti
     return torch.optim.AdamW(param_groups(model, lr=args.lr, base_lr=args.encoder_lr))
 
 
-PROTOCOLS = ("masked", "unmasked")  # adarec.rec.training.PROTOCOLS
-
-
 def evaluate(
     model: TransRec, pairs: list[tuple[list[int], int]], args: argparse.Namespace,
     ties: str = "pessimistic",
@@ -479,6 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     import adarec
     from adarec.rec.early_stopping import EarlyStopping
     from adarec.rec.metrics import PopularityRecommender
+    from adarec.rec.training import PROTOCOLS
 
     out = Path(args.out)
     adarec.setup_logging(out, "quickstart.log")

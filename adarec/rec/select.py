@@ -406,7 +406,7 @@ def _train_candidate(row: Candidate, trial: Any, optuna: Any, build: _Candidates
             row.state = "pruned"
             raise optuna.TrialPruned()
 
-    fit(model, cast(Sequence[Any], dataset), collator, optimizer, epochs=epochs,
+    fit(model, dataset, collator, optimizer, epochs=epochs,
         batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
         validate=validate, stopper=stopper, precision=precision, on_epoch=on_epoch,
         restore_best=False)

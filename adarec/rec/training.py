@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +29,15 @@ from adarec.rec.early_stopping import EarlyStopping
 from adarec.training_state import STATE_JSON, load_training_state, save_training_state
 
 logger = logging.getLogger(__name__)
+
+
+class Examples(Protocol):
+    """What the loop reads training examples from: a length and indexing (a list, a
+    `TrainDataset`, any map-style torch ``Dataset`` with ``__len__``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
 
 
 def epoch_order(n: int, generator: torch.Generator) -> list[int]:
@@ -46,7 +55,7 @@ def n_batches(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
-def batches(dataset: Sequence[Any], collate: Callable[[list[Any]], Any], order: Sequence[int],
+def batches(dataset: Examples, collate: Callable[[list[Any]], Any], order: Sequence[int],
             batch_size: int, start: int = 0) -> Iterator[Any]:
     """The batches of ``order`` from step ``start`` on (``drop_last=False``)."""
     if batch_size < 1:
@@ -58,7 +67,7 @@ def batches(dataset: Sequence[Any], collate: Callable[[list[Any]], Any], order: 
         yield collate([dataset[j] for j in order[i:i + batch_size]])
 
 
-def train_epoch(model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any]], Any],
+def train_epoch(model: nn.Module, dataset: Examples, collate: Callable[[list[Any]], Any],
                 order: Sequence[int], optimizer: torch.optim.Optimizer, *, batch_size: int,
                 precision: str = "auto", start: int = 0,
                 after_step: Callable[[int, float], None] | None = None) -> float:
@@ -246,7 +255,7 @@ def _loop_from_saved(saved: Mapping[str, Any]) -> dict[str, Any]:
     return loop
 
 
-def fit(model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any]], Any],
+def fit(model: nn.Module, dataset: Examples, collate: Callable[[list[Any]], Any],
         optimizer: torch.optim.Optimizer, *, epochs: int, batch_size: int,
         generator: torch.Generator, validate: Callable[[int], Validation] | None = None,
         stopper: EarlyStopping | None = None, precision: str = "auto",
@@ -355,6 +364,6 @@ def fit(model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any]],
         resumed=resumed)
 
 
-__all__ = ["PROTOCOLS", "EpochEnd", "FitResult", "StepEnd", "Validation", "batches",
+__all__ = ["PROTOCOLS", "EpochEnd", "Examples", "FitResult", "StepEnd", "Validation", "batches",
            "check_loss", "epoch_order", "evaluate_protocols", "fit", "load_loop_state",
            "n_batches", "save_loop_state", "train_epoch", "train_step"]
