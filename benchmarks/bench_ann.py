@@ -18,7 +18,8 @@ serialised bytes), latency p50/p99 of one user's top-10 (``--latency`` single-us
 throughput of the faster of two calls for all users (one for exact at 10M), recall@10 against
 the exact top-10 (`adarec.rec.scoring.topk`, ties to the lower item index on both sides: the ANN
 results are re-ranked by the same scoring), the exact path's throughput and latency in the same
-run with the same threads, and the process's peak RSS (`adarec.machine.peak_rss_bytes`) after each size.
+run with the same threads, and the process's peak RSS (`adarec.machine.peak_rss_bytes`) after
+each size.
 ``--json`` writes the rows; ``--plot`` draws cost against catalogue size (log-log) from this
 run's rows and those of ``--plot-from`` files.
 
