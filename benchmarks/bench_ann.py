@@ -27,6 +27,7 @@ run's rows and those of ``--plot-from`` files.
     python benchmarks/bench_ann.py --table spectrum --items 100000 1000000
     python benchmarks/bench_ann.py --table spectrum --items 10000000 --configs ivfpq \\
         --max-gb 12 --json 10m.json
+    python benchmarks/bench_ann.py --items --plot cost.png --plot-from a.json 10m.json
 """
 
 from __future__ import annotations
@@ -261,7 +262,8 @@ def plot(rows: list[dict[str, Any]], path: str, users: int, target: float) -> No
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--items", type=int, nargs="*", default=[100_000, 1_000_000],
+                   help="catalogue sizes; none: only --plot from --plot-from")
     p.add_argument("--table", choices=["random", "spectrum"], default="random")
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS,
                    help="kind[:factory][:l2], {nlist} in a factory: 4 sqrt(items)")
