@@ -189,12 +189,12 @@ class ItemIndex:
         if n < 1:
             raise DataError("the model has no items to index")
         kind = auto_kind(n) if kind == "auto" else kind
-        factory = factory or default_factory(kind, n, dim)
         reduce = l2_reduction
         rows = np.ascontiguousarray(vectors[1:].cpu().numpy(), dtype=np.float32)
         max_norm = float(np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64).max())
                          ) if reduce else None
         rows = mips_to_l2(rows, max_norm)
+        factory = factory or default_factory(kind, n, rows.shape[1])  # d + 1 when reduced
         faiss = _faiss()
         metric = faiss.METRIC_L2 if reduce else faiss.METRIC_INNER_PRODUCT
         index = faiss.index_factory(rows.shape[1], factory, metric)

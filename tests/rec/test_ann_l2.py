@@ -45,9 +45,13 @@ def test_reduction_ranks_like_inner_product() -> None:
     assert mips_to_l2(rows, None) is not None and mips_to_l2(rows, None).shape == rows.shape
 
 
-def test_reduced_flat_index_equals_exact_recommend() -> None:
+@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+def test_reduced_index_equals_exact_recommend(kind: str) -> None:
+    """Flat, and IVF probing every list with a wide N (its default factory is made for the
+    ``d + 1`` reduced dimensions): exact, so equal to `recommend` item for item."""
     model = _model()
-    index = ItemIndex.build(model, "flat", l2_reduction=True)
+    index = (ItemIndex.build(model, kind, l2_reduction=True) if kind == "flat" else
+             ItemIndex.build(model, kind, l2_reduction=True, nprobe=10_000, oversample=100))
     norm = float(model.item_vectors()[1:].norm(dim=1).max())
     assert index.l2_max_norm == pytest.approx(norm, rel=1e-6)
     assert (index.index.d, index.dim) == (D + 1, D)
