@@ -185,7 +185,7 @@ class ItemIndex:
         `mips_to_l2` rows in an L2 index instead of the raw rows by inner product (off by
         default: it lowered HNSW's recall on the tables of docs/benchmarks.md)."""
         vectors = model.item_vectors()
-        n, dim = vectors.size(0) - 1, vectors.size(1)
+        n = vectors.size(0) - 1
         if n < 1:
             raise DataError("the model has no items to index")
         kind = auto_kind(n) if kind == "auto" else kind
