@@ -50,8 +50,12 @@ FILTER_EXACT = 0.05
 items: scoring them all is cheaper than a graph or list search that steps over the rest (and
 HNSW's recall drops under selective filters)."""
 RERANK_ROWS = USER_TILE
+TRAIN_SAMPLE = 100_000
+"""Rows a non-IVF trained index (a scalar quantiser's ranges) learns from."""
 FORMAT = "adarec-ann"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: indexes may hold the MIPS -> L2 reduction (``l2_max_norm`` in the record); 1 read as
+inner-product indexes without it."""
 RECORD, INDEX_FILE = "ann.json", "index.faiss"
 
 
@@ -79,6 +83,30 @@ def table_fingerprint(vectors: Tensor, similarity: str) -> str:
     h = hashlib.sha256(f"{similarity}:{tuple(vectors.shape)}:".encode())
     h.update(vectors.detach().float().contiguous().cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def mips_to_l2(rows: np.ndarray, max_norm: float | None) -> np.ndarray:
+    """Item rows for an L2 index that ranks like inner product (Bachrach et al. 2014, faiss's
+    advice for graphs): append ``sqrt(max_norm^2 - |x|^2)`` so every row has norm ``max_norm``;
+    with queries given a 0 there (`l2_query`), ``|q - x|^2 = |q|^2 + max_norm^2 - 2 q.x``, so
+    the nearest rows are the highest dot products. HNSW's greedy search over inner product
+    (not a metric) is known to miss neighbours; over L2 it keeps its guarantees. Rows above
+    ``max_norm`` (added after the build) get 0 and rank as if their norm were ``max_norm``
+    (the exact re-ranking still scores them right). ``None``: no reduction, rows unchanged."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if max_norm is None:
+        return rows
+    sq = np.einsum("ij,ij->i", rows.astype(np.float64), rows.astype(np.float64))
+    extra = np.sqrt(np.maximum(max_norm**2 - sq, 0.0)).astype(np.float32)
+    return np.ascontiguousarray(np.hstack([rows, extra[:, None]]))
+
+
+def l2_query(queries: np.ndarray, max_norm: float | None) -> np.ndarray:
+    """Queries for an index built with `mips_to_l2`: a 0 appended (``None``: unchanged)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if max_norm is None:
+        return queries
+    return np.ascontiguousarray(np.hstack([queries, np.zeros((len(queries), 1), np.float32)]))
 
 
 def default_factory(kind: str, n_items: int, dim: int) -> str:
@@ -124,13 +152,18 @@ class ItemIndex:
 
     def __init__(self, model: TransRec, index: Any, kind: str, factory: str, fingerprint: str,
                  n_items: int, oversample: int | None = None, ef_search: int = EF_SEARCH,
-                 nprobe: int = NPROBE, removed: Sequence[int] = ()) -> None:
+                 nprobe: int = NPROBE, removed: Sequence[int] = (),
+                 l2_max_norm: float | None = None) -> None:
         if kind not in KINDS:
             raise ConfigError(f"kind={kind!r} is not one of {list(KINDS)}")
         self.model, self.index, self.kind, self.factory = model, index, kind, factory
         self.fingerprint, self.n_items = fingerprint, n_items
         self.oversample = OVERSAMPLE[kind] if oversample is None else oversample
         self.ef_search, self.nprobe = ef_search, nprobe
+        self.l2_max_norm = l2_max_norm
+        """Set when the index holds the MIPS -> L2 reduction (`mips_to_l2`): the build's
+        largest item norm."""
+        self.dim = int(index.d) - (l2_max_norm is not None)
         if self.oversample < 1 or ef_search < 1 or nprobe < 1:
             raise ConfigError(f"oversample, ef_search and nprobe must be >= 1, got "
                               f"{self.oversample}, {ef_search}, {nprobe}")
@@ -145,28 +178,37 @@ class ItemIndex:
     @classmethod
     def build(cls, model: TransRec, kind: str = "auto", *, factory: str | None = None,
               oversample: int | None = None, ef_search: int = EF_SEARCH, nprobe: int = NPROBE,
-              seed: int = 0) -> ItemIndex:
+              seed: int = 0, l2_reduction: bool = False) -> ItemIndex:
         """Index every item of ``model`` (``kind``: ``"flat"``, ``"hnsw"``, ``"ivfpq"`` or
         ``"auto"`` by catalogue size, `auto_kind`; ``factory``: another faiss factory string
-        of that kind). IVF is trained on a seeded sample of the table."""
+        of that kind). IVF is trained on a seeded sample of the table. ``l2_reduction``: index
+        `mips_to_l2` rows in an L2 index instead of the raw rows by inner product. Off by
+        default: on the tables of docs/benchmarks.md it lowered HNSW's recall, but raised IVF's
+        a great deal on a table with a strong common direction (as text encoders' have)."""
         vectors = model.item_vectors()
-        n, dim = vectors.size(0) - 1, vectors.size(1)
+        n = vectors.size(0) - 1
         if n < 1:
             raise DataError("the model has no items to index")
         kind = auto_kind(n) if kind == "auto" else kind
-        factory = factory or default_factory(kind, n, dim)
+        reduce = l2_reduction
+        rows = np.ascontiguousarray(vectors[1:].cpu().numpy(), dtype=np.float32)
+        max_norm = float(np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64).max())
+                         ) if reduce else None
+        rows = mips_to_l2(rows, max_norm)
+        factory = factory or default_factory(kind, n, rows.shape[1])  # d + 1 when reduced
         faiss = _faiss()
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        metric = faiss.METRIC_L2 if reduce else faiss.METRIC_INNER_PRODUCT
+        index = faiss.index_factory(rows.shape[1], factory, metric)
         if kind == "hnsw":
             faiss.downcast_index(index.index).hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        rows = np.ascontiguousarray(vectors[1:].cpu().numpy(), dtype=np.float32)
-        if not index.is_trained:
-            sample = min(n, 40 * int(faiss.extract_index_ivf(index).nlist))
+        if not index.is_trained:  # IVF lists, or a scalar quantiser's ranges
+            ivf = faiss.try_extract_index_ivf(index)
+            sample = min(n, 40 * int(ivf.nlist) if ivf is not None else TRAIN_SAMPLE)
             pick = np.random.default_rng(seed).choice(n, size=sample, replace=False)
             index.train(rows[np.sort(pick)])
         index.add_with_ids(rows, np.arange(1, n + 1, dtype=np.int64))
         out = cls(model, index, kind, factory, table_fingerprint(vectors, model.similarity), n,
-                  oversample, ef_search, nprobe)
+                  oversample, ef_search, nprobe, l2_max_norm=max_norm)
         out._source, out._vectors = model.item_table(), vectors
         return out
 
@@ -211,7 +253,7 @@ class ItemIndex:
                                   "the index with ItemIndex.build(model)")
         new = list(range(self.n_items + 1, n + 1))
         if new:
-            rows = np.ascontiguousarray(vectors[self.n_items + 1 :].cpu().numpy(), np.float32)
+            rows = mips_to_l2(vectors[self.n_items + 1 :].cpu().numpy(), self.l2_max_norm)
             _faiss()
             self.index.add_with_ids(rows, np.asarray(new, dtype=np.int64))
             self.live = torch.cat([self.live, torch.ones(len(new), dtype=torch.bool)])
@@ -289,8 +331,8 @@ class ItemIndex:
         """User vectors and each row's excluded items (its history, with ``exclude_seen``)."""
         model = self.model
         if isinstance(queries, Tensor) and queries.is_floating_point():
-            if queries.dim() != 2 or queries.size(1) != self.index.d:
-                raise ConfigError(f"user vectors must be [B, {self.index.d}], got "
+            if queries.dim() != 2 or queries.size(1) != self.dim:
+                raise ConfigError(f"user vectors must be [B, {self.dim}], got "
                                   f"{tuple(queries.shape)}")
             users = queries.float()
             check_finite(users, "the user vectors")
@@ -312,7 +354,7 @@ class ItemIndex:
             raise DataError(f"histories {empty[:5]} hold no known item; a sequential model needs "
                             "at least one (serve such users from a fallback, e.g. popularity)")
         length = cast(int, model.user_encoder.max_len)
-        users = model.user_vectors(pad_left(seqs, length)) if seqs else torch.zeros(0, self.index.d)
+        users = model.user_vectors(pad_left(seqs, length)) if seqs else torch.zeros(0, self.dim)
         return users, [list(s) if exclude_seen else [] for s in seqs]
 
     def _mask(self, candidates: Sequence[Hashable] | Tensor, unknown: str) -> Tensor:
@@ -362,7 +404,7 @@ class ItemIndex:
             if n >= searchable.numel():
                 cands = searchable[None]  # the same list for every row
             else:
-                query = np.ascontiguousarray(user.cpu().numpy(), dtype=np.float32)
+                query = l2_query(user.cpu().numpy(), self.l2_max_norm)
                 _, found = self.index.search(query, n, params=self._params(faiss, n, allowed))
                 cands = torch.from_numpy(found).clamp_(min=PAD)  # -1: fewer than n found
             values, idx = self._rerank(user, table, cands.to(table.device), k, temperature,
@@ -409,7 +451,8 @@ class ItemIndex:
         record = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind,
             "factory": self.factory, "similarity": self.model.similarity,
-            "n_items": self.n_items, "dim": int(self.index.d), "fingerprint": self.fingerprint,
+            "n_items": self.n_items, "dim": self.dim, "fingerprint": self.fingerprint,
+            "l2_max_norm": self.l2_max_norm,
             "oversample": self.oversample, "ef_search": self.ef_search, "nprobe": self.nprobe,
             "removed": self.removed, "index_bytes": len(blob),
             "index_sha256": hashlib.sha256(blob).hexdigest(), "faiss_version": faiss.__version__,
@@ -444,6 +487,8 @@ class ItemIndex:
             oversample, ef_search = int(record["oversample"]), int(record["ef_search"])
             nprobe = int(record["nprobe"])
             removed = [int(i) for i in record["removed"]]
+            norm = record.get("l2_max_norm")  # absent in format 1: inner product
+            l2_max_norm = None if norm is None else float(norm)
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{path}/{RECORD} is not a valid index record: {e}") from None
         blob = files[INDEX_FILE]
@@ -464,7 +509,7 @@ class ItemIndex:
                     "has another adapter set active or other items; pass rebuild=True to "
                     "build the index again")
             out = cls.build(model, kind, oversample=oversample, ef_search=ef_search,
-                            nprobe=nprobe)
+                            nprobe=nprobe, l2_reduction=l2_max_norm is not None)
             out._remove(removed)
             return out
         faiss = _faiss()
@@ -472,8 +517,11 @@ class ItemIndex:
             index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
         except RuntimeError as e:
             raise CheckpointError(f"faiss cannot read {path}/{INDEX_FILE}: {e}") from None
+        if int(index.d) != int(record.get("dim", index.d)) + (l2_max_norm is not None):
+            raise CheckpointError(f"{path}/{INDEX_FILE} has {index.d} dimensions, the record "
+                                  f"{record.get('dim')} (reduction: {l2_max_norm is not None})")
         out = cls(model, index, kind, str(record["factory"]), current, n_items, oversample,
-                  ef_search, nprobe, removed)
+                  ef_search, nprobe, removed, l2_max_norm)
         out._source, out._vectors = model.item_table(), vectors
         return out
 
@@ -484,5 +532,7 @@ __all__ = [
     "StaleIndexError",
     "auto_kind",
     "default_factory",
+    "l2_query",
+    "mips_to_l2",
     "table_fingerprint",
 ]
