@@ -96,9 +96,13 @@ def mips_to_l2(rows: np.ndarray, max_norm: float | None) -> np.ndarray:
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     if max_norm is None:
         return rows
-    sq = np.einsum("ij,ij->i", rows.astype(np.float64), rows.astype(np.float64))
-    extra = np.sqrt(np.maximum(max_norm**2 - sq, 0.0)).astype(np.float32)
+    extra = np.sqrt(np.maximum(max_norm**2 - _squared_norms(rows), 0.0)).astype(np.float32)
     return np.ascontiguousarray(np.hstack([rows, extra[:, None]]))
+
+
+def _squared_norms(rows: np.ndarray) -> np.ndarray:
+    """Each row's squared norm, summed in float64 (the reduction's max norm and padding)."""
+    return np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
 
 
 def l2_query(queries: np.ndarray, max_norm: float | None) -> np.ndarray:
@@ -190,14 +194,12 @@ class ItemIndex:
         if n < 1:
             raise DataError("the model has no items to index")
         kind = auto_kind(n) if kind == "auto" else kind
-        reduce = l2_reduction
         rows = np.ascontiguousarray(vectors[1:].cpu().numpy(), dtype=np.float32)
-        max_norm = float(np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64).max())
-                         ) if reduce else None
+        max_norm = float(np.sqrt(_squared_norms(rows).max())) if l2_reduction else None
         rows = mips_to_l2(rows, max_norm)
         factory = factory or default_factory(kind, n, rows.shape[1])  # d + 1 when reduced
         faiss = _faiss()
-        metric = faiss.METRIC_L2 if reduce else faiss.METRIC_INNER_PRODUCT
+        metric = faiss.METRIC_L2 if l2_reduction else faiss.METRIC_INNER_PRODUCT
         index = faiss.index_factory(rows.shape[1], factory, metric)
         if kind == "hnsw":
             faiss.downcast_index(index.index).hnsw.efConstruction = HNSW_EF_CONSTRUCTION
