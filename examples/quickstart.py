@@ -512,6 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     stopper = EarlyStopping(patience=args.patience)
     train_seconds, epoch = train(model, split, data.n_items, optimizer, stopper, args, start)
 
+    valid = evaluate(model, split.valid, args)  # the restored best epoch, as selection saw it
     rules = ("pessimistic", "expected", "optimistic")
     test_by_rule = {rule: evaluate(model, split.test, args, rule) for rule in rules}
     test = test_by_rule["pessimistic"]
@@ -539,6 +540,9 @@ def main(argv: list[str] | None = None) -> None:
     log.info("wall time: %.0fs", time.perf_counter() - start)
     results = {
         "args": vars(args), "best_epoch": stopper.best_step, "epochs_run": epoch,
+        "valid": valid["masked"], "valid_unmasked": valid["unmasked"],
+        "dataset": data.name, "n_users": data.n_users, "n_items": data.n_items,
+        "n_interactions": data.n_interactions,
         "test": test["masked"], "test_unmasked": test["unmasked"],
         "popularity": popularity["masked"], "popularity_unmasked": popularity["unmasked"],
         "test_by_tie_rule": test_by_rule, "popularity_by_tie_rule": popularity_by_rule,
