@@ -41,6 +41,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,15 +157,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training examples: windows every --max-len items (every interaction a "
                         "target once per epoch), every prefix (RecBole), or each user's last "
                         "window only")
+    p.add_argument("--cold-items", type=float, default=0.0, metavar="FRACTION",
+                   help="hold this share of the items out of training (chosen by --seed) and "
+                        "validate and test on the queries whose target is one of them: how "
+                        "well the model ranks items it never saw (0: off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the init, order and negatives")
     p.add_argument("--max-len", type=int, default=20, help="most recent items per user")
     p.add_argument("--batch-size", type=int, default=64, help="users per step")
     p.add_argument("--lr", type=float, default=1e-3, help="adapters, DTL, SASRec, ID table")
     p.add_argument("--encoder-lr", type=float, default=5e-5, help="base encoder (--method full)")
-    p.add_argument("--loss", default="sampled_softmax",
-                   choices=("bce", "sampled_softmax", "full_softmax"), help="training loss")
-    p.add_argument("--negatives", type=int, default=0,
-                   help="uniform negatives per position (0: in-batch only, sampled softmax)")
+    p.add_argument("--loss", default=None,
+                   choices=("bce", "sampled_softmax", "full_softmax"),
+                   help="training loss (default: full_softmax where the item table is cached "
+                        "or an ID table, i.e. --method side/frozen/id; sampled_softmax where "
+                        "the encoder runs each step)")
+    p.add_argument("--negatives", type=int, default=None,
+                   help="uniform negatives per position (default: 0, in-batch only, for the "
+                        "sampled softmax; 1 for the other losses)")
     p.add_argument("--adapter-layers", type=int, default=0,
                    help="adapters in the top N encoder blocks only (0: all blocks); the frozen "
                         "blocks below are then computed once and cached")
@@ -174,8 +183,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.2, help="SASRec dropout")
     p.add_argument("--dtl", default="linear", choices=("linear", "moe"),
                    help="item-side adaptor: Fu et al.'s DTL or UniSRec's whitening MoE")
-    p.add_argument("--id-fusion", default=None, choices=("add", "gate"),
-                   help="add a learned ID embedding to the text embedding (warm catalogues)")
+    p.add_argument("--id-fusion", default=None, choices=("add", "gate", "none"),
+                   help="add a learned ID embedding to the text embedding (default: add for "
+                        "the text methods; items held out of training score by text alone)")
     p.add_argument("--similarity", default="dot", choices=("dot", "cosine"),
                    help="score = user . item, or their cosine / --temperature")
     p.add_argument("--temperature", type=float, default=1.0, help="divides every score")
@@ -227,11 +237,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--auto-epochs and --time-budget go with --method auto")
     if args.auto_epochs < 1 or (args.time_budget is not None and not args.time_budget > 0):
         p.error("--auto-epochs must be >= 1 and --time-budget > 0")
+    if not 0.0 <= args.cold_items < 1.0:
+        p.error(f"--cold-items is a share of the items in [0, 1), got {args.cold_items}")
+    if args.cold_items and (args.method == AUTO or args.recipe):
+        p.error("--cold-items trains one named method: pick a recipe on a warm run first, "
+                "then train it with --method/--id-fusion/... and --cold-items")
     if args.method == "id" and args.top_blocks:
         p.error("--top-blocks needs a text encoder")
-    if args.method == "id" and (args.dtl != "linear" or args.id_fusion):
+    if args.method == "id" and (args.dtl != "linear" or args.id_fusion not in (None, "none")):
         p.error("--dtl and --id-fusion are item-text options: --method id has neither")
+    resolve_defaults(args)
     return args
+
+
+CACHED_TABLE_METHODS = ("side", "frozen", "id")
+"""Methods whose item table is a cache or an ID table, so that scoring every item each step
+(the full softmax) costs one matrix product rather than encoding the catalogue."""
+
+
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """The defaults chosen across the five shared data sets (docs/results.md, "Defaults across
+    data sets"): ID fusion for the text methods, the full softmax where the table is cached.
+    --method auto and --recipe choose these themselves."""
+    picked = args.method == AUTO or args.recipe
+    if args.id_fusion is None:
+        args.id_fusion = None if picked or args.method == "id" else "add"
+    elif args.id_fusion == "none":
+        args.id_fusion = None
+    if args.loss is None:
+        args.loss = "full_softmax" if args.method in CACHED_TABLE_METHODS else "sampled_softmax"
+    if args.negatives is None:
+        # the rule of adarec.rec.select.Recipe.num_negatives: only the in-batch sampled softmax
+        # can do without uniform negatives
+        args.negatives = 0 if picked or args.loss == "sampled_softmax" else 1
 
 
 def data_root(given: str | None = None) -> Path:
@@ -278,6 +316,32 @@ def load_data(args: argparse.Namespace) -> tuple[InteractionData, LeaveOneOutSpl
     if args.max_users:
         split = select_users(split, split.users[: args.max_users])
     return data, split
+
+
+def cold_start(split: LeaveOneOutSplit, n_items: int,
+               args: argparse.Namespace) -> tuple[LeaveOneOutSplit, Any]:
+    """--cold-items: `adarec.rec.cold_item_split` of ``split``; the returned split trains
+    without the held-out items and validates / tests on the queries whose target is one of
+    them (early stopping then picks the epoch that ranks unseen items best)."""
+    from adarec.errors import DataError
+    from adarec.rec.data import LeaveOneOutSplit
+    from adarec.rec.splits import cold_item_split
+
+    if split.given:
+        raise DataError("--cold-items re-splits the data: it needs the leave-one-out split made "
+                        "here, and this data came split (leave out --cold-items)")
+    cold = cold_item_split(split, n_items, args.cold_items, args.seed)
+    if not cold.valid or not cold.test:
+        raise DataError(f"--cold-items {args.cold_items:g}: no validation or test query has a "
+                        "held-out target; hold out a larger share")
+    log.info("cold items: %d of %d items held out of training; %d validation and %d test "
+             "queries have one as their target", len(cold.cold_items), n_items,
+             len(cold.valid), len(cold.test))
+    cold_split = LeaveOneOutSplit(
+        split.users, cold.train, cold.valid, cold.test,
+        valid_users=[split.users[i] for i in cold.users_valid],
+        test_users=[split.users[i] for i in cold.users_test])
+    return cold_split, cold
 
 
 def default_encoder() -> str:
@@ -365,11 +429,12 @@ def evaluate(
 
 def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
           optimizer: torch.optim.Optimizer, stopper: Any, args: argparse.Namespace,
-          t0: float) -> tuple[list[float], int]:
+          t0: float, held_out: Sequence[int] = ()) -> tuple[list[float], int]:
     """Train with `adarec.rec.training.fit` until validation NDCG@10 stops improving (or
     ``--epochs``), the best epoch restored; returns the training seconds per epoch and the
     epochs run. The loop state goes to ``--out``/training_state at each epoch end (and every
-    ``--save-every-steps`` steps), so ``--resume`` continues a killed run bit for bit."""
+    ``--save-every-steps`` steps), so ``--resume`` continues a killed run bit for bit.
+    ``held_out`` items are never drawn as negatives (--cold-items)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -378,7 +443,8 @@ def train(model: TransRec, split: LeaveOneOutSplit, n_items: int,
     from adarec.rec.training import EpochEnd, StepEnd, fit
 
     dataset = TrainDataset.for_split(split, args.max_len, sampling=args.sampling)
-    collator = TrainCollator(n_items, args.max_len, args.negatives, args.seed)
+    collator = TrainCollator(n_items, args.max_len, args.negatives, args.seed,
+                             exclude_items=held_out)
     bar: dict[int, Any] = {}  # this epoch's progress bar
     steps_run = 0
 
@@ -476,6 +542,7 @@ def main(argv: list[str] | None = None) -> None:
     import adarec
     from adarec.rec.early_stopping import EarlyStopping
     from adarec.rec.metrics import PopularityRecommender
+    from adarec.rec.objective import hold_out_items
     from adarec.rec.training import PROTOCOLS
 
     out = Path(args.out)
@@ -491,6 +558,9 @@ def main(argv: list[str] | None = None) -> None:
              data.n_users, data.n_items, data.n_interactions, len(split.users),
              " (given with the data)" if split.given else "")
 
+    cold = None
+    if args.cold_items:
+        split, cold = cold_start(split, data.n_items, args)
     item, recipe, selection = None, None, None
     if args.recipe:
         from adarec.rec.select import load_recipe
@@ -508,9 +578,13 @@ def main(argv: list[str] | None = None) -> None:
     model, summary = build_model(args, data, item)
     log.info("parameters (model as defined):\n%s", summary)
     model.dedup = not args.no_dedup
+    held_out = cold.cold_items if cold is not None else []
+    if held_out:
+        hold_out_items(model, held_out, data.n_items)
     optimizer = optimizer_for(model, args)
     stopper = EarlyStopping(patience=args.patience)
-    train_seconds, epoch = train(model, split, data.n_items, optimizer, stopper, args, start)
+    train_seconds, epoch = train(model, split, data.n_items, optimizer, stopper, args, start,
+                                 held_out)
 
     valid = evaluate(model, split.valid, args)  # the restored best epoch, as selection saw it
     rules = ("pessimistic", "expected", "optimistic")
@@ -536,13 +610,23 @@ def main(argv: list[str] | None = None) -> None:
         log.info("%s HR@10 / NDCG@10 (history masked) by tie rule: %s", name, ", ".join(
             f"{r} {m['masked']['hr@10']:.4f} / {m['masked']['ndcg@10']:.4f}"
             for r, m in by_rule.items()))
+    cold_results = None
+    if cold is not None:
+        chance = 10 / data.n_items  # a uniformly random top-10 over the catalogue
+        hr = test["masked"]["hr@10"]
+        cold_results = {"items": len(cold.cold_items), "valid_queries": len(cold.valid),
+                        "test_queries": len(cold.test), "chance_hr@10": chance,
+                        "warm_test": evaluate(model, cold.warm_test, args)["masked"]}
+        log.info("cold items: test HR@10 %.4f on %d queries whose target was held out of "
+                 "training = %.1fx chance (10 / %d items); warm queries %.4f", hr, len(cold.test),
+                 hr / chance, data.n_items, cold_results["warm_test"]["hr@10"])
     log.info("checkpoints: %s", ", ".join(saved))
     log.info("wall time: %.0fs", time.perf_counter() - start)
     results = {
         "args": vars(args), "best_epoch": stopper.best_step, "epochs_run": epoch,
         "valid": valid["masked"], "valid_unmasked": valid["unmasked"],
         "dataset": data.name, "n_users": data.n_users, "n_items": data.n_items,
-        "n_interactions": data.n_interactions,
+        "n_interactions": data.n_interactions, "cold": cold_results,
         "test": test["masked"], "test_unmasked": test["unmasked"],
         "popularity": popularity["masked"], "popularity_unmasked": popularity["unmasked"],
         "test_by_tie_rule": test_by_rule, "popularity_by_tie_rule": popularity_by_rule,

@@ -90,9 +90,36 @@ def test_text_len_auto_trains_with_the_chosen_length(  # type: ignore[no-untyped
     monkeypatch.setattr(text_length, "warn_identical", lambda found, name="": warned.append(found))
     quickstart.main(["--dataset", "lastfm", "--data-root", str(tmp_path), "--encoder",
                      str(encoder), "--text-len", "auto", "--method", "frozen",
-                     "--min-user-interactions", "3", "--epochs", "1", "--threads", "1",
+                     "--id-fusion", "none", "--min-user-interactions", "3", "--epochs", "1",
+                     "--threads", "1",
                      "--dim", "16", "--max-len", "4", "--precision", "fp32", "--out", str(out)])
     assert [(f.length, f.identical, f.largest_group) for f in warned] == [(8, 2, 2)]
     results = json.loads((out / "results.json").read_text())
     # "Artist 7" is [CLS] artist 7 [SEP]: 4 tokens, below the search's minimum of 8
     assert results["text_len"] == 8 and results["args"]["text_len"] == "auto"
+
+
+def test_cold_items_train_without_them_and_report_against_chance(  # type: ignore[no-untyped-def]
+        quickstart, tmp_path: Path) -> None:
+    encoder = tiny_encoder(tmp_path)
+    folder = tmp_path / "lastfm"
+    folder.mkdir()
+    (folder / "interactions.csv").write_text("user,item,timestamp\n" + "".join(
+        f"{u},{(u * 3 + i) % 20},{i}\n" for u in range(30) for i in range(7)))
+    (folder / "items.csv").write_text("item,text\n" + "".join(f"{i},Artist number {i}\n"
+                                                              for i in range(20)))
+    out = tmp_path / "run"
+    quickstart.main(["--dataset", "lastfm", "--data-root", str(tmp_path), "--encoder",
+                     str(encoder), "--cold-items", "0.2", "--min-user-interactions", "3",
+                     "--epochs", "1", "--threads", "1", "--dim", "16", "--max-len", "4",
+                     "--precision", "fp32", "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    cold = results["cold"]
+    assert cold["items"] == 4 and cold["chance_hr@10"] == pytest.approx(10 / 20)
+    assert cold["test_queries"] > 0 and "hr@10" in cold["warm_test"]
+    # the shipped default keeps its ID fusion; held-out items are scored by their text alone
+    assert results["args"]["id_fusion"] == "add"
+    with pytest.raises(SystemExit):
+        quickstart.parse_args(["--cold-items", "0.2", "--method", "auto"])
+    with pytest.raises(SystemExit):
+        quickstart.parse_args(["--cold-items", "1.5"])

@@ -53,6 +53,7 @@ from adarec.rec.metrics import (
     tie_counts,
     topk_chunked,
 )
+from adarec.rec.objective import hold_out_items
 from adarec.rec.param_groups import param_groups, parameter_roles
 from adarec.rec.recipes import apply_method
 from adarec.rec.select import (
@@ -152,6 +153,7 @@ __all__ = [
     "full_ranking_counts",
     "full_ranking_ranks",
     "full_softmax_loss",
+    "hold_out_items",
     "identical_items",
     "in_batch_candidates",
     "kinds",

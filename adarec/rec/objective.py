@@ -4,7 +4,7 @@ is taken (every position, or the last one for CPC), which items are encoded, and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -46,6 +46,21 @@ def _loss_mask(model: Any, batch: Mapping[str, Tensor]) -> Tensor:
         last[:, -1] = mask[:, -1]
         mask = last
     return mask
+
+
+def hold_out_items(model: Any, items: Sequence[int], n_items: int) -> None:
+    """Mark ``items`` (indices 1..``n_items``) as held out of training, e.g. the cold items of
+    `adarec.rec.splits.cold_item_split`: training refuses to score them (`refuse_held_out`) and
+    an ID fusion switches its ID part off for them, so they are ranked by their content alone,
+    as an item that arrives after training would be. Draw negatives with
+    ``TrainCollator(..., exclude_items=items)``."""
+    ids = torch.as_tensor(list(items), dtype=torch.long)
+    if ids.numel() and not 1 <= int(ids.min()) <= int(ids.max()) <= n_items:
+        raise DataError(f"held-out items must be item indices in 1..{n_items}")
+    model.held_out = torch.zeros(n_items + 1, dtype=torch.bool)
+    model.held_out[ids] = True
+    if getattr(model, "id_fusion", None) is not None:
+        model.id_fusion.exclude(ids)
 
 
 def refuse_held_out(model: Any, candidates: Tensor) -> None:
@@ -99,4 +114,5 @@ def next_item_loss(model: Any, batch: Mapping[str, Tensor]) -> Tensor:
                                 candidate_ids=cands.ids)
 
 
-__all__ = ["LOSS_NAMES", "OBJECTIVES", "check_objective", "next_item_loss", "refuse_held_out"]
+__all__ = ["LOSS_NAMES", "OBJECTIVES", "check_objective", "hold_out_items", "next_item_loss",
+           "refuse_held_out"]

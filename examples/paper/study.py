@@ -74,6 +74,7 @@ from adarec.rec.datasets import load_movielens_100k, load_movielens_latest_small
 from adarec.rec.early_stopping import EarlyStopping
 from adarec.rec.item_encoders import IDItemEncoder, PrecomputedItemEncoder, TextItemEncoder
 from adarec.rec.metrics import PopularityRecommender
+from adarec.rec.objective import hold_out_items
 from adarec.rec.param_groups import param_groups
 from adarec.rec.policies import (
     apply_policy,
@@ -440,10 +441,7 @@ def train(model: TransRec, run: Run, setting: Prepared, n_items: int, args: argp
     ``--save-every-steps`` steps), from which ``--resume`` continues a killed run bit for bit."""
     cfg = config(run, args)
     if setting.held_out:
-        model.held_out = torch.zeros(n_items + 1, dtype=torch.bool)
-        model.held_out[setting.held_out] = True
-        if model.id_fusion is not None:
-            model.id_fusion.exclude(setting.held_out)
+        hold_out_items(model, setting.held_out, n_items)
     opt = torch.optim.AdamW(param_groups(
         model, cfg["lr"], base_lr=args.encoder_lr if run.method == "full" else None))
     dataset = TrainDataset(setting.train, args.max_len, sampling=cfg["sampling"])

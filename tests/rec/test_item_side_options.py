@@ -154,3 +154,18 @@ def test_held_out_items_never_enter_training() -> None:
     with pytest.raises(ValueError, match="outside the items"):
         full_softmax_loss(user, emb, torch.tensor([1, 11, 3, 4]), ~cold)
     assert PAD == 0
+
+
+def test_hold_out_items_ranks_them_by_content_alone() -> None:
+    model = text_model(id_fusion="add", loss="full_softmax", num_negatives=1).eval()
+    adarec.rec.hold_out_items(model, [11, 12], N_ITEMS)
+    assert model.held_out is not None and model.held_out.tolist() == [
+        i in (11, 12) for i in range(N_ITEMS + 1)]
+    before = model.item_table().detach()
+    with torch.no_grad():
+        model.id_fusion.embedding.weight.add_(1.0)  # any ID table: cold rows do not move
+    after = model.item_table().detach()
+    torch.testing.assert_close(after[[11, 12]], before[[11, 12]])
+    assert not torch.allclose(after[[1, 2]], before[[1, 2]])
+    with pytest.raises(ValueError, match=r"1\.\.12"):
+        adarec.rec.hold_out_items(model, [0], N_ITEMS)
