@@ -186,6 +186,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--id-fusion", default=None, choices=("add", "gate", "none"),
                    help="add a learned ID embedding to the text embedding (default: add for "
                         "the text methods; items held out of training score by text alone)")
+    p.add_argument("--id-dropout", type=float, default=0.0, metavar="P",
+                   help="switch the ID part off for this share of the items at each training "
+                        "step, so the text alone also learns to rank (items that arrive after "
+                        "training; see --cold-items)")
     p.add_argument("--similarity", default="dot", choices=("dot", "cosine"),
                    help="score = user . item, or their cosine / --temperature")
     p.add_argument("--temperature", type=float, default=1.0, help="divides every score")
@@ -237,6 +241,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--auto-epochs and --time-budget go with --method auto")
     if args.auto_epochs < 1 or (args.time_budget is not None and not args.time_budget > 0):
         p.error("--auto-epochs must be >= 1 and --time-budget > 0")
+    if not 0.0 <= args.id_dropout < 1.0:
+        p.error(f"--id-dropout is a probability in [0, 1), got {args.id_dropout}")
     if not 0.0 <= args.cold_items < 1.0:
         p.error(f"--cold-items is a share of the items in [0, 1), got {args.cold_items}")
     if args.cold_items and (args.method == AUTO or args.recipe):
@@ -247,6 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.method == "id" and (args.dtl != "linear" or args.id_fusion not in (None, "none")):
         p.error("--dtl and --id-fusion are item-text options: --method id has neither")
     resolve_defaults(args)
+    if args.id_dropout and not args.id_fusion and not (args.method == AUTO or args.recipe):
+        p.error("--id-dropout drops the ID fusion's ID part: it needs --id-fusion add/gate")
     return args
 
 
@@ -397,7 +405,8 @@ def build_model(args: argparse.Namespace, data: InteractionData,
         return model, apply_method(model, "id")
     if item is None:
         item = item_encoder(args, data)
-    model = TransRec(item, user_dim=args.dim, dtl=args.dtl, id_fusion=args.id_fusion, **common)
+    model = TransRec(item, user_dim=args.dim, dtl=args.dtl, id_fusion=args.id_fusion,
+                     id_dropout=args.id_dropout if args.id_fusion else 0.0, **common)
     side = args.method == "side"
     summary = apply_method(
         model, args.method, adapter_layers=args.adapter_layers, top_blocks=args.top_blocks,

@@ -55,13 +55,17 @@ def test_quickstart_on_a_csv_then_recommend(tmp_path: Path,
                      "--threads", "1", "--out", str(out2), "--dim", "16", "--text-len", "8",
                      "--max-len", "5", "--precision", "fp32", "--method", "frozen", "--dtl",
                      "moe", "--id-fusion", "add", "--similarity", "cosine", "--temperature",
-                     "0.07", "--loss", "full_softmax", "--negatives", "1"])
+                     "0.07", "--loss", "full_softmax", "--negatives", "1", "--id-dropout", "0.3"])
     saved = json.loads((out2 / "model" / "transrec_config.json").read_text())["transrec"]
     assert (saved["dtl"], saved["id_fusion"], saved["similarity"]) == ("moe", "add", "cosine")
+    assert saved["id_dropout"] == 0.3
     recommend.main(["--model", str(out2 / "model"), "--user", "3", *data, "--threads", "1"])
     assert "Movie number" in (out2 / "recommend.log").read_text()
     with pytest.raises(SystemExit):
         quickstart.parse_args(["--method", "id", "--id-fusion", "add"])
+    for bad in (["--id-fusion", "none", "--id-dropout", "0.5"], ["--id-dropout", "1"]):
+        with pytest.raises(SystemExit):
+            quickstart.parse_args(bad)
 
 
 def test_audio_items_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

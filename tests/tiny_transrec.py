@@ -66,3 +66,16 @@ def resign(folder: Path) -> None:
     config["weights"] = write_weights(folder, "model.safetensors", tensors,
                                       {CONFIG_DIGEST: config_digest(config)})
     file.write_text(json.dumps(config))
+
+
+class Tok:
+    """A whitespace tokenizer with a fixed vocabulary (enough for add_items)."""
+
+    def __call__(self, texts, padding, truncation, max_length, return_tensors):
+        rows = [[2, *(5 + (hash(w) % 90) for w in t.split())][:max_length] for t in texts]
+        ids = torch.zeros(len(rows), max_length, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return {"input_ids": ids, "attention_mask": mask}

@@ -84,7 +84,7 @@ WEIGHTS = "model.safetensors"
 FEATURE = "features."  # prefix of item-feature tensors in the weights file
 ADAPTER_PART = ".adarec_adapters."
 SETTINGS = ("user_dim", "objective", "loss", "num_negatives", "dtl", "id_fusion", "similarity",
-            "temperature", "logq_correction")
+            "temperature", "logq_correction", "id_dropout")
 logger = logging.getLogger(__name__)
 
 
@@ -128,6 +128,7 @@ def _settings(model: Any) -> dict[str, Any]:
     return {"user_dim": model.dim, "objective": model.objective, "loss": model.loss_name,
             "num_negatives": model.num_negatives, "dtl": dtl,
             "id_fusion": None if model.id_fusion is None else model.id_fusion.mode,
+            "id_dropout": 0.0 if model.id_fusion is None else model.id_fusion.dropout,
             "similarity": model.similarity, "temperature": model.temperature,
             "logq_correction": model.logq_correction, "policy": model.policy,
             "policy_args": model.policy_args}

@@ -11,7 +11,10 @@
   Defaults follow the paper's released configuration (8 experts, dropout 0.2 on the input).
 - `IDFusion`: a learned ID embedding added to (``"add"``) or gated into (``"gate"``) the adapted
   text embedding (UniSRec's transductive setting adds it), with the ID part switched off for
-  items listed in `IDFusion.exclude` (cold items: their rows were never trained).
+  items listed in `IDFusion.exclude` (cold items: their rows were never trained), and, with
+  ``dropout``, for a random share of the items at each training step, so that the model also
+  learns to score an item by its content alone (DropoutNet: Volkovs et al., *DropoutNet:
+  Addressing Cold Start in Recommender Systems*, NeurIPS 2017).
 """
 
 from __future__ import annotations
@@ -94,16 +97,20 @@ class IDFusion(nn.Module):
     weigh the ID per item and dimension. The ID table belongs to one catalogue
     (``transferable = False``: left out of `TransRec.transferable_state_dict`). Items passed to
     `exclude` get ``e = 0``, hence exactly the content embedding under either mode.
+    ``dropout``: in training mode each item occurrence gets ``e = 0`` with this probability
+    (the content must then carry it, as for an item that arrives after training); off in eval.
     """
 
     transferable = False
     known: Tensor
 
-    def __init__(self, n_items: int, dim: int, mode: str = "add") -> None:
+    def __init__(self, n_items: int, dim: int, mode: str = "add", dropout: float = 0.0) -> None:
         super().__init__()
         if mode not in FUSIONS:
             raise ConfigError(f"id fusion mode={mode!r} is not one of {list(FUSIONS)}")
-        self.mode = mode
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"id fusion dropout={dropout!r} must be in [0, 1)")
+        self.mode, self.dropout = mode, float(dropout)
         self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=0.02)
         with torch.no_grad():
@@ -124,9 +131,27 @@ class IDFusion(nn.Module):
             raise DataError(f"item ids must be in 1..{self.n_items}")
         self.known[ids] = False
 
+    def grow(self, n_items: int) -> None:
+        """Make room for items appended after training (`TransRec.add_items`): their rows are
+        zero and their ID part is off, so they score by content alone, like a held-out item."""
+        extra = n_items - self.n_items
+        if extra < 0:
+            raise DataError(f"the ID table has {self.n_items} items; it cannot shrink to "
+                            f"{n_items}")
+        if extra == 0:
+            return
+        w = self.embedding.weight
+        self.embedding = nn.Embedding.from_pretrained(
+            torch.cat([w.detach(), w.new_zeros(extra, w.size(1))]), freeze=not w.requires_grad,
+            padding_idx=0)
+        self.known = torch.cat([self.known, self.known.new_zeros(extra)])
+
     def forward(self, item_ids: Tensor, content: Tensor) -> Tensor:
         ids = item_ids.to(self.known.device)
-        e = self.embedding(ids) * self.known[ids].unsqueeze(-1).to(content.dtype)
+        keep = self.known[ids]
+        if self.training and self.dropout > 0:
+            keep = keep & (torch.rand(ids.shape, device=ids.device) >= self.dropout)
+        e = self.embedding(ids) * keep.unsqueeze(-1).to(content.dtype)
         if self.gate is None:
             return content + e
         return content + torch.sigmoid(self.gate(torch.cat([content, e], dim=-1))) * e

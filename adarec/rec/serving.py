@@ -185,6 +185,8 @@ def add_items(model: Any, item_ids: Sequence[Hashable], inputs: Sequence[Any],
         raise ConfigError(f"without an item map new items get the next indices {expected[:3]}"
                           "...; call set_item_map first to use raw ids")
     model.item_encoder.add_items(list(inputs), preprocessor)
+    if model.id_fusion is not None:  # new items have no trained ID: content alone scores them
+        model.id_fusion.grow(model.n_items)
     new = list(range(first, model.n_items + 1))
     if model.item_ids is not None:
         old_texts = model.item_texts

@@ -56,7 +56,8 @@ class TransRec(nn.Module):
     ``dtl``: ``True``/``"linear"``, ``"moe"`` (UniSRec's whitening MoE adaptor), ``False``
     (identity; item width must equal ``user_dim``) or any module mapping item width to
     ``user_dim``; an adapter set may own another (``inject_adapters(..., dtl=...)``).
-    ``id_fusion="add"``/``"gate"`` adds a learned ID embedding (`IDFusion`).
+    ``id_fusion="add"``/``"gate"`` adds a learned ID embedding (`IDFusion`); ``id_dropout``
+    switches it off for that share of the item occurrences in training (cold-item robustness).
     ``similarity="cosine"`` scores L2-normalised vectors divided by ``temperature``. Without
     ``user_encoder`` a `SASRec` of width ``user_dim`` is built from ``max_len``, ``n_layers``,
     ``n_heads``, ``dropout``. ``held_out``: a bool mask ``[n_items + 1]`` of items training must
@@ -69,6 +70,7 @@ class TransRec(nn.Module):
         num_negatives: int = 1, dtl: bool | str | nn.Module = True, max_len: int = 50,
         n_layers: int = 2, n_heads: int = 2, dropout: float = 0.1, temperature: float = 1.0,
         logq_correction: bool = True, id_fusion: str | None = None, similarity: str = "dot",
+        id_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         check_objective(objective, loss, num_negatives)
@@ -82,7 +84,10 @@ class TransRec(nn.Module):
         self.dtl = build_adaptor(dtl, item_encoder.dim, user_dim)
         self.dtl_kind = adaptor_name(dtl)  # None for a module passed as ``dtl``
         self.dtl_sets = SetDTLs()  # where adapter sets' own DTLs go (`adarec.rec.set_dtl`)
-        self.id_fusion = IDFusion(self.n_items, user_dim, id_fusion) if id_fusion else None
+        if id_dropout and not id_fusion:
+            raise ConfigError("id_dropout drops the ID fusion's ID part: it needs id_fusion")
+        self.id_fusion = (IDFusion(self.n_items, user_dim, id_fusion, dropout=id_dropout)
+                          if id_fusion else None)
         self.user_encoder = user_encoder or SASRec(user_dim, n_layers=n_layers, n_heads=n_heads,
                                                    max_len=max_len, dropout=dropout)
         self.dim, self.similarity, self.held_out = user_dim, similarity, cast(Tensor | None, None)

@@ -34,6 +34,7 @@ FULL = ("--loss", "full_softmax", "--negatives", "1")
 SAMPLED = ("--loss", "sampled_softmax", "--negatives", "0")
 COSINE = ("--similarity", "cosine", "--temperature", "0.07")
 ID, NO_ID = ("--id-fusion", "add"), ("--id-fusion", "none")
+ID_DROP = (*ID, "--id-dropout", "0.5")  # DropoutNet's rate: half the items score by text alone
 # slug -> (label, quickstart options); ID rows first: the best of them is each table's baseline.
 # Every option a configuration differs in is spelled out, so that the table stays the same
 # when the quickstart's defaults move (they are chosen from this table).
@@ -49,7 +50,11 @@ CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
                          ("--method", "side", *ID, *FULL)),
     "side-id-cos-full": ("side network + ID, cosine / 0.07, full softmax",
                          ("--method", "side", *ID, *FULL, *COSINE)),
+    "side-iddrop-dot-full": ("side network + ID (dropout 0.5), dot, full softmax",
+                             ("--method", "side", *ID_DROP, *FULL)),
     "frozen-id-dot-full": ("frozen + ID, dot, full softmax", ("--method", "frozen", *ID, *FULL)),
+    "frozen-iddrop-dot-full": ("frozen + ID (dropout 0.5), dot, full softmax",
+                               ("--method", "frozen", *ID_DROP, *FULL)),
     "frozen-dot-sampled": ("frozen, dot, sampled softmax",
                            ("--method", "frozen", *NO_ID, *SAMPLED)),
     "frozen-dot-full": ("frozen, dot, full softmax", ("--method", "frozen", *NO_ID, *FULL)),
@@ -67,8 +72,9 @@ SETTINGS: dict[str, tuple[list[str], tuple[str, ...]]] = {
               "frozen-moe-id-cos-full"], ()),
     # 20 % of the items never seen in training; validation and test on the queries whose target
     # is one of them. ID rows would score 0 by construction; ID fusion is off for those items.
-    "cold": (["side-id-dot-full", "side-dot-sampled", "frozen-dot-full", "frozen-cos-full",
-              "frozen-id-dot-full"], ("--cold-items", "0.2")),
+    "cold": (["side-id-dot-full", "side-iddrop-dot-full", "side-dot-sampled", "frozen-dot-full",
+              "frozen-cos-full", "frozen-id-dot-full", "frozen-iddrop-dot-full"],
+             ("--cold-items", "0.2")),
 }
 """setting -> (its configurations, the quickstart options every run of it gets)."""
 

@@ -180,7 +180,7 @@ def test_remove_items(dot: TransRec, kind: str) -> None:
 
 def test_add_items_without_rebuild() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_serving import Tok
+    from tiny_transrec import Tok
 
     model = helpers.text_model().eval()
     index = ItemIndex.build(model, "flat")

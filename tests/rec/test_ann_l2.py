@@ -104,7 +104,7 @@ def test_format_1_record_reads_as_inner_product_and_bad_dim_refused(tmp_path: Pa
 
 def test_items_added_after_a_reduced_build_are_found() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_serving import Tok
+    from tiny_transrec import Tok
 
     model = helpers.text_model().eval()
     index = ItemIndex.build(model, "flat", l2_reduction=True)

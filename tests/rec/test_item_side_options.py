@@ -55,6 +55,57 @@ def test_id_fusion_is_off_exactly_for_excluded_items(mode: str) -> None:
         IDFusion(10, 4, "concat")
 
 
+@pytest.mark.parametrize("mode", ["add", "gate"])
+def test_id_dropout_switches_the_id_part_off_for_a_share_in_training_only(mode: str) -> None:
+    torch.manual_seed(0)
+    fusion = IDFusion(50, 4, mode, dropout=0.3)
+    fusion.exclude([7])
+    ids = torch.randint(1, 51, (4000,))
+    content = torch.randn(4000, 4)
+    dropped = (fusion(ids, content) - content).abs().sum(-1) == 0
+    assert dropped[ids == 7].all()  # excluded items stay off
+    share = dropped[ids != 7].float().mean().item()
+    assert 0.27 < share < 0.33, share
+    fusion.eval()  # serving: every known item keeps its ID part
+    dropped = (fusion(ids, content) - content).abs().sum(-1) == 0
+    assert dropped.tolist() == (ids == 7).tolist()
+    with pytest.raises(ValueError, match="dropout"):
+        IDFusion(10, 4, mode, dropout=1.0)
+
+
+def test_id_dropout_needs_fusion_and_survives_a_folder_round_trip(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs id_fusion"):
+        text_model(id_dropout=0.5)
+    model = text_model(id_fusion="add", id_dropout=0.25)
+    model.save_pretrained(tmp_path / "m", include_base=True)
+    back = adarec.rec.TransRec.from_pretrained(tmp_path / "m")
+    assert back.id_fusion is not None and back.id_fusion.dropout == 0.25
+    torch.testing.assert_close(back.eval().item_table(), model.eval().item_table())
+
+
+@pytest.mark.parametrize("mode", ["add", "gate"])
+def test_items_added_after_training_score_by_content_and_survive_a_reload(
+    mode: str, tmp_path: Path,
+) -> None:
+    from tiny_transrec import Tok
+
+    model = text_model(id_fusion=mode).eval()
+    with torch.no_grad():
+        model.id_fusion.embedding.weight.normal_()
+    before = model.item_table().clone()
+    new = model.add_items([13, 14], ["a b c", "d e"], Tok())
+    assert new == [13, 14] and model.id_fusion.n_items == 14
+    table = model.item_table()
+    torch.testing.assert_close(table[: N_ITEMS + 1], before)  # old items: unchanged
+    content = model.dtl(model.item_encoder(torch.tensor(new)))
+    torch.testing.assert_close(table[new], content)  # no ID part: content alone
+    ranked = model.recommend([[1, 2]], k=12).items[0]  # every item but the history
+    assert set(new) <= set(ranked) and len(ranked) == 12
+    model.save_pretrained(tmp_path / "m", include_base=True)
+    back = adarec.rec.TransRec.from_pretrained(tmp_path / "m")
+    torch.testing.assert_close(back.item_table(), table)
+
+
 @pytest.mark.parametrize("kw", [{"dtl": "moe"}, {"id_fusion": "add"}, {"id_fusion": "gate"},
                                 {"similarity": "cosine", "temperature": 0.1}])
 @pytest.mark.parametrize("loss", ["bce", "sampled_softmax", "full_softmax"])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import tiny_transrec as helpers
 import torch
+from tiny_transrec import Tok
 
 import adarec
 from adarec.errors import CheckpointError, ConfigError, DataError, UnknownItemError
@@ -19,19 +20,6 @@ from adarec.rec import IDItemEncoder, TransRec
 IDS = [None, *(f"m{i}" for i in range(1, helpers.N_ITEMS + 1))]
 TEXTS = ["", *(f"movie {i}" for i in range(1, helpers.N_ITEMS + 1))]
 LONG = [f"m{i}" for i in (1, 2, 3, 4, 5, 6, 7, 8)]  # longer than max_len = 5
-
-
-class Tok:
-    """A whitespace tokenizer with a fixed vocabulary (enough for add_items)."""
-
-    def __call__(self, texts, padding, truncation, max_length, return_tensors):
-        rows = [[2, *(5 + (hash(w) % 90) for w in t.split())][:max_length] for t in texts]
-        ids = torch.zeros(len(rows), max_length, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
 
 
 def _trained(model: TransRec) -> TransRec:
