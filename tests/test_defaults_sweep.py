@@ -77,6 +77,18 @@ def test_seeds_are_averaged_with_their_standard_error(sweep: ModuleType, tmp_pat
     assert sweep._cell(row["valid"]) == "0.2000 ± 0.1000"
 
 
+def test_the_report_reads_only_the_seeds_asked_for(sweep: ModuleType, tmp_path: Path) -> None:
+    """More seeds of one configuration must not change a seed-0 table's ranks."""
+    fake_run(tmp_path, "a", "id-dot-full", 0.2, 0.2)
+    fake_run(tmp_path, "a", "side-dot-sampled", 0.1, 0.1)
+    fake_run(tmp_path, "a", "side-dot-sampled", 0.5, 0.5, seed=1)
+    configs = ["id-dot-full", "side-dot-sampled"]
+    assert sweep.summarise(tmp_path, ["a"], configs, [0])["table"]["a"]["order"] == configs
+    assert sweep.summarise(tmp_path, ["a"], configs)["table"]["a"]["order"] == configs[::-1]
+    row = sweep.summarise(tmp_path, ["a"], configs, [0, 1])["table"]["a"]["rows"]["id-dot-full"]
+    assert row["valid"] == [0.2]  # seed 1 of this one has not run: one value, no error
+
+
 @pytest.mark.slow
 def test_one_sweep_through_the_quickstart(tmp_path: Path) -> None:
     """Two configurations on a tiny data set in the shared layout: each trains, is skipped when

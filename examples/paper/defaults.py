@@ -106,10 +106,14 @@ def run_one(out: Path, dataset: str, config: str, seed: int, args: argparse.Name
     return f"{dataset}/{config}/seed{seed}: {time.perf_counter() - t0:.0f} s"
 
 
-def load(out: Path, dataset: str, config: str) -> tuple[list[dict[str, Any]], int]:
-    """The finished seeds' results and the count of failed ones."""
+def load(out: Path, dataset: str, config: str,
+         seeds: list[int] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """The finished seeds' results and the count of failed ones; ``seeds``: only those (so that
+    a table of seed 0 stays the same when more seeds of some configurations have run)."""
     results, failed = [], 0
-    for folder in sorted((out / dataset / config).glob("seed*")):
+    folders = (sorted((out / dataset / config).glob("seed*")) if seeds is None
+               else [run_folder(out, dataset, config, s) for s in seeds])
+    for folder in folders:
         if (folder / "results.json").is_file():
             results.append(json.loads((folder / "results.json").read_text()))
         elif (folder / "failed.txt").is_file():
@@ -131,13 +135,14 @@ def _cell(values: list[float]) -> str:
     return f"{m:.4f}" if len(values) == 1 else f"{m:.4f} ± {se:.4f}"
 
 
-def summarise(out: Path, datasets: list[str], configs: list[str]) -> dict[str, Any]:
+def summarise(out: Path, datasets: list[str], configs: list[str],
+              seeds: list[int] | None = None) -> dict[str, Any]:
     """Per data set and configuration: seeds' validation / test numbers, and the ranks."""
     table: dict[str, dict[str, Any]] = {}
     for d in datasets:
         rows = {}
         for c in configs:
-            results, failed = load(out, d, c)
+            results, failed = load(out, d, c, seeds)
             rows[c] = dict(
                 results=results, failed=failed,
                 valid=[r["valid"]["ndcg@10"] for r in results],
@@ -159,10 +164,11 @@ def summarise(out: Path, datasets: list[str], configs: list[str]) -> dict[str, A
     return dict(table=table, complete=complete, mean_rank=mean_rank)
 
 
-def report(out: Path, datasets: list[str], configs: list[str], cold: bool = False) -> str:
+def report(out: Path, datasets: list[str], configs: list[str], cold: bool = False,
+           seeds: list[int] | None = None) -> str:
     """Markdown: a table per data set, then the mean validation rank. ``cold``: the test is
     on held-out items, compared with chance (10 / items) instead of the ID model."""
-    s = summarise(out, datasets, configs)
+    s = summarise(out, datasets, configs, seeds)
     lines = []
     for d in datasets:
         t = s["table"][d]
@@ -208,14 +214,15 @@ def report(out: Path, datasets: list[str], configs: list[str], cold: bool = Fals
     return "\n".join(lines)
 
 
-def plot(out: Path, datasets: list[str], configs: list[str], file: Path) -> None:
+def plot(out: Path, datasets: list[str], configs: list[str], file: Path,
+         seeds: list[int] | None = None) -> None:
     """Test NDCG@10 (masked) per data set and configuration, relative to the ID best."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = summarise(out, datasets, configs)
+    s = summarise(out, datasets, configs, seeds)
     shown = [d for d in datasets if s["table"][d]["id_best"]]
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(configs)
@@ -248,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="warm: leave-one-out; cold: 20 %% of the items held out of training")
     p.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS),
                    help="default: the setting's")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="seeds to run, and the only ones the report reads")
     p.add_argument("--jobs", type=int, default=1, help="quickstart runs side by side")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     p.add_argument("--data-root", default=None, help="folder of the shared data sets")
@@ -265,12 +273,12 @@ def main(argv: list[str] | None = None) -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(lambda j: run_one(out, *j, args, extra), jobs):
                 print(line, flush=True)
-    text = report(out, args.datasets, configs, cold=args.setting == "cold")
+    text = report(out, args.datasets, configs, cold=args.setting == "cold", seeds=args.seeds)
     out.mkdir(parents=True, exist_ok=True)
     (out / "defaults.md").write_text(text)
     print(text)
     if args.plot:
-        plot(out, args.datasets, configs, Path(args.plot))
+        plot(out, args.datasets, configs, Path(args.plot), args.seeds)
 
 
 if __name__ == "__main__":
