@@ -1,5 +1,6 @@
-"""RecBole 1.2.1's SASRec beside adarec's ID-SASRec on MovieLens-100k: the same leave-one-out
-split (checked user by user), the same model size, and both evaluation protocols scored by the
+"""RecBole 1.2.1's SASRec beside adarec's ID-SASRec on MovieLens-100k or another shared data set
+(``--dataset``, read as the quickstart's ``--dataset`` reads it): the same leave-one-out split
+(checked user by user), the same model size, and both evaluation protocols scored by the
 same metric code (adarec's `target_ranks` on each model's full score table).
 
 Settings shared by both sides: 20 most recent items, width 64 (FFN 256), 2 layers, 2 heads,
@@ -8,10 +9,12 @@ on validation NDCG@10 (history unmasked, as RecBole scores it), fp32. RecBole ke
 recipe (every prefix a training example, batch 2048, post-LN blocks); adarec uses its
 quickstart's recipe (`examples/quickstart.py --method id`, given `--adarec-args`).
 
-RecBole reads the interactions adarec loaded, written to ``--out/data`` with each timestamp
-replaced by the item's position in its user's sequence: reading ML-100k itself, RecBole keeps
-timestamps as float32 (64-second steps at these values), which ties interactions a few seconds
-apart, and its split then differs from adarec's in 9 of the 1,886 validation and test targets.
+RecBole reads the interactions adarec loaded (`adarec.rec.datasets.load_shared`, as the
+quickstart reads them, so both sides train on one split), written to ``--out/data`` with each
+timestamp replaced by the item's position in its user's sequence: reading ML-100k itself,
+RecBole keeps timestamps as float32 (64-second steps at these values), which ties interactions
+a few seconds apart, and its split then differs from adarec's in 9 of the 1,886 validation and
+test targets.
 
 RecBole pins old numpy/pandas, so its side runs in the venv of `benchmarks/recbole_env.sh`:
 
@@ -76,7 +79,7 @@ def run_recbole(seed: int, args: argparse.Namespace) -> None:
     from recbole.utils import init_seed
 
     from adarec.rec.data import leave_one_out
-    from adarec.rec.datasets import load_movielens_100k
+    from adarec.rec.datasets import load_shared
 
     out = Path(args.out).resolve()  # RecBole's trainer runs inside it (see below)
     result_file = out / f"recbole-seed{seed}.json"
@@ -84,11 +87,12 @@ def run_recbole(seed: int, args: argparse.Namespace) -> None:
         print(f"recbole seed {seed}: done already ({result_file})")
         return
     torch.set_num_threads(args.threads)
-    data = load_movielens_100k()
-    split = leave_one_out(data)
-    folder = _write_atomic(out / "data", data)
+    data = load_shared(args.dataset)  # what `quickstart.py --dataset` reads
+    split = leave_one_out(data, skip_short=True)  # and how it splits it
+    name = f"{args.dataset}-adarec"
+    folder = _write_atomic(out / "data", data, name)
     os.chdir(out)  # RecBole's trainer writes ./log_tensorboard wherever it runs
-    config = Config(model="SASRec", dataset=DATASET,
+    config = Config(model="SASRec", dataset=name,
                     config_dict={**recbole_config(seed, args), "data_path": str(folder.parent)})
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
@@ -145,7 +149,7 @@ def run_recbole(seed: int, args: argparse.Namespace) -> None:
     mismatches += sum(valid_ours[u][1] != t for u, t in valid_users.items())
     mismatches += len(set(valid_ours) ^ set(valid_users)) + len(set(ours) ^ set(users))
     result = {
-        "side": "recbole", "seed": seed, "best_epoch": log["best_epoch"],
+        "side": "recbole", "dataset": args.dataset, "seed": seed, "best_epoch": log["best_epoch"],
         "epochs_run": len(log["epochs"]),
         "train_seconds_per_epoch": [e["seconds"] for e in log["epochs"]],
         "recbole_own_test": recbole_test, "test": _both(scores, targets, histories),
@@ -161,21 +165,18 @@ def run_recbole(seed: int, args: argparse.Namespace) -> None:
           f"{result['test']['masked']['ndcg@10']:.4f} masked; split mismatches {mismatches}")
 
 
-DATASET = "ml-100k-adarec"
-
-
-def _write_atomic(root: Path, data: Any) -> Path:
-    """MovieLens-100k as adarec orders it, for RecBole: one row per interaction with the
-    timestamp replaced by its position in the user's sequence (exact in float32), so both
-    libraries order every user's items identically."""
-    folder = root / DATASET
+def _write_atomic(root: Path, data: Any, name: str) -> Path:
+    """The data as adarec orders it, for RecBole: one row per interaction with the timestamp
+    replaced by its position in the user's sequence (exact in float32), so both libraries
+    order every user's items identically."""
+    folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["user_id:token\titem_id:token\ttimestamp:float"]
     for user, seq in data.sequences.items():
         lines += [f"{user}\t{data.item_ids[i]}\t{pos}" for pos, i in enumerate(seq)]
-    tmp = folder / f"{DATASET}.inter.tmp"
+    tmp = folder / f"{name}.inter.tmp"
     tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, folder / f"{DATASET}.inter")
+    os.replace(tmp, folder / f"{name}.inter")
     return folder
 
 
@@ -217,7 +218,8 @@ def run_adarec(seed: int, args: argparse.Namespace) -> None:
         print(f"adarec seed {seed}: done already ({folder})")
         return
     cmd = [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--method", "id",
-           "--seed", str(seed), "--out", str(folder), "--threads", str(args.threads),
+           "--dataset", args.dataset, "--seed", str(seed), "--out", str(folder),
+           "--threads", str(args.threads),
            "--max-len", str(SHARED["max_len"]), "--dim", str(SHARED["dim"]),
            "--dropout", str(SHARED["dropout"]), "--loss", "full_softmax", "--negatives", "1",
            "--lr", str(SHARED["lr"]), "--select", "unmasked", "--patience", str(args.patience),
@@ -232,6 +234,10 @@ def report(args: argparse.Namespace) -> str:
     rows = []
     recbole = [json.loads(f.read_text()) for f in sorted(out.glob("recbole-seed*.json"))]
     adarec = [json.loads(f.read_text()) for f in sorted(out.glob("adarec-seed*/results.json"))]
+    found = {r.get("dataset", "ml-100k") for r in recbole + adarec}
+    if found - {args.dataset}:
+        raise SystemExit(f"{out} holds runs on {sorted(found)}, not only --dataset "
+                         f"{args.dataset}: one folder per data set")
     if recbole:
         rows.append(("RecBole 1.2.1 SASRec", recbole,
                      lambda r, p: r["test"][p], lambda r: r["train_seconds_per_epoch"]))
@@ -260,6 +266,7 @@ def report(args: argparse.Namespace) -> str:
                      f"{r['n_test_users']} users; RecBole's own NDCG@10 {own:.4f} vs adarec's "
                      f"metric on its scores {ours:.4f}")
     cpus = {r.get("cpu", "?") for r in recbole} | {r.get("cpu", "?") for r in adarec}
+    notes.append(f"data set: {args.dataset}")
     text = "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + \
         f"\n\nCPU: {'; '.join(sorted(map(str, cpus)))}\n"
     (out / "recbole.md").write_text(text)
@@ -285,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("side", choices=("recbole", "adarec", "report"))
+    p.add_argument("--dataset", default="ml-100k", help="a shared data set (quickstart's "
+                   "--dataset names; files under $ADAREC_DATA, else ../shared/data)")
     p.add_argument("--out", default="runs/recbole")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=2)

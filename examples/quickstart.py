@@ -59,27 +59,12 @@ AUTO = "auto"  # --method auto: a recipe picked on validation (adarec.rec.select
 RECIPE_FILE = "recipe.json"
 log = logging.getLogger("quickstart")
 
-# The shared data sets by name: each is read through the same CSV options a user's own data
-# goes through (--interactions, --items, --user-col, ...), relative to --data-root.
-# ml-100k is RecBole's bundled copy (the default data, no folder needed).
-DATASETS: dict[str, dict[str, str]] = {
-    "ml-100k": {},
-    "ml-latest-small": dict(interactions="ml-latest-small/ratings.csv",
-                            items="ml-latest-small/movies.csv", user_col="userId",
-                            item_col="movieId", item_key="movieId",
-                            text="{title}. Genres: {genres}"),
-    "ml-1m-subset": dict(interactions="ml-1m-subset/interactions.csv",
-                         items="ml-1m-subset/items.csv", user_col="user", item_col="item",
-                         text="{title}. Genres: {genres}"),
-    "amazon-games": dict(interactions="amazon-games/interactions.csv",
-                         items="amazon-games/items.csv", user_col="user", item_col="item",
-                         text="text"),
-    "lastfm": dict(interactions="lastfm/interactions.csv", items="lastfm/items.csv",
-                   user_col="user", item_col="item", text="text"),
-}
+# The shared data sets by name: adarec.rec.datasets.SHARED_DATASETS (not imported here: --help
+# stays instant) says how each is read through the CSV options a user's own data goes through
+# (--interactions, --items, --user-col, ...), relative to --data-root. ml-100k is RecBole's
+# bundled copy (the default data).
+DATASETS = ("ml-100k", "ml-latest-small", "ml-1m-subset", "amazon-games", "lastfm")
 DATASET_OPTIONS = ("user_col", "item_col", "item_key", "text")
-DATA_ROOT_ENV = "ADAREC_DATA"
-DEFAULT_DATA_ROOT = "../shared/data"
 
 
 def text_len(value: str) -> int | str:
@@ -114,8 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="a shared data set by name: sets --interactions, --items and the "
                            "column options from the DATASETS table (files under --data-root)")
     data.add_argument("--data-root", default=None, metavar="FOLDER",
-                      help=f"where --dataset looks (default: ${DATA_ROOT_ENV}, else "
-                           f"{DEFAULT_DATA_ROOT})")
+                      help="where --dataset looks (default: $ADAREC_DATA, else "
+                           "../shared/data)")
     data.add_argument("--user-col", default="user_id", help="user column of --interactions")
     data.add_argument("--item-col", default="item_id", help="item column of --interactions")
     data.add_argument("--time-col", default="timestamp",
@@ -280,24 +265,16 @@ def resolve_defaults(args: argparse.Namespace) -> None:
         args.negatives = 0 if picked or args.loss == "sampled_softmax" else 1
 
 
-def data_root(given: str | None = None) -> Path:
-    """--data-root, else $ADAREC_DATA, else ../shared/data (relative to the working folder)."""
-    return Path(given or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
-
-
 def apply_dataset(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
-    """Fill the CSV options from ``DATASETS[args.dataset]`` where they still hold their
+    """Fill the CSV options from ``SHARED_DATASETS[args.dataset]`` where they still hold their
     ``defaults`` (an option given on the command line wins, e.g. another ``--text``); a
     missing file is named with the folder it was looked for in and how to point there."""
-    entry, root = DATASETS[args.dataset], data_root(args.data_root)
+    from adarec.rec.datasets import shared_dataset_options
+
+    entry = shared_dataset_options(args.dataset, args.data_root)
     for key in ("interactions", "items"):
         if key in entry:
-            path = root / entry[key]
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"--dataset {args.dataset}: {path} not found; pass --data-root FOLDER or set "
-                    f"{DATA_ROOT_ENV} to the folder that holds {entry[key].split('/')[0]}/")
-            setattr(args, key, str(path))
+            setattr(args, key, entry[key])
     for key in DATASET_OPTIONS:
         if key in entry and getattr(args, key) == defaults[key]:
             setattr(args, key, entry[key])

@@ -9,6 +9,8 @@ import pytest
 from tiny_runs import tiny_encoder
 
 import adarec.rec.text_length as text_length
+from adarec.errors import DataError, DataFileNotFoundError
+from adarec.rec.datasets import SHARED_DATASETS, load_shared
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +34,22 @@ def _tiny_lastfm(root: Path) -> None:
 
 def test_every_shared_data_set_is_in_the_table(quickstart) -> None:  # type: ignore[no-untyped-def]
     assert set(quickstart.DATASETS) == {"ml-100k", "ml-latest-small", "ml-1m-subset",
-                                        "amazon-games", "lastfm"}
+                                        "amazon-games", "lastfm"} == set(SHARED_DATASETS)
+
+
+def test_load_shared_reads_what_the_quickstart_reads(  # type: ignore[no-untyped-def]
+        quickstart, tmp_path: Path) -> None:
+    _tiny_lastfm(tmp_path)
+    ours = load_shared("lastfm", tmp_path, min_user_interactions=3)
+    theirs, _ = quickstart.load_data(quickstart.parse_args(
+        ["--dataset", "lastfm", "--data-root", str(tmp_path), "--min-user-interactions", "3"]))
+    assert (ours.name, ours.item_ids, ours.item_texts) == (
+        theirs.name, theirs.item_ids, theirs.item_texts)
+    assert ours.sequences == theirs.sequences
+    with pytest.raises(DataError, match="unknown data set 'lastfm2'"):
+        load_shared("lastfm2", tmp_path)
+    with pytest.raises(DataFileNotFoundError, match="ADAREC_DATA"):
+        load_shared("amazon-games", tmp_path)
 
 
 def test_dataset_reads_through_the_csv_options(quickstart, tmp_path: Path,  # type: ignore[no-untyped-def]

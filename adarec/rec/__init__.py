@@ -19,7 +19,13 @@ from adarec.rec.data import (
     sample_negatives,
     tokenize_item_texts,
 )
-from adarec.rec.datasets import load_atomic, load_movielens_100k, load_movielens_latest_small
+from adarec.rec.datasets import (
+    SHARED_DATASETS,
+    load_atomic,
+    load_movielens_100k,
+    load_movielens_latest_small,
+    load_shared,
+)
 from adarec.rec.early_stopping import EarlyStopping
 from adarec.rec.guards import all_scores_tied, refuse_collapsed
 from adarec.rec.item_adaptors import IDFusion, WhiteningMoEAdaptor
@@ -101,6 +107,7 @@ __all__ = [
     "OBJECTIVES",
     "PAD",
     "POLICIES",
+    "SHARED_DATASETS",
     "TIES",
     "AudioItemEncoder",
     "Candidates",
@@ -164,6 +171,7 @@ __all__ = [
     "load_movielens_100k",
     "load_movielens_latest_small",
     "load_recipe",
+    "load_shared",
     "load_state_cache",
     "load_transferable",
     "pad_left",

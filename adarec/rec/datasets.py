@@ -1,4 +1,4 @@
-"""Loaders for the MovieLens data sets used in the examples, read in place (never copied).
+"""Loaders for the public data sets used in the examples, read in place (never copied).
 
 Every rating counts as one implicit interaction (no rating threshold), as in the paper's
 sequential setting. Item texts feed the pre-trained text encoder. Both go through the same
@@ -8,6 +8,7 @@ readers as the user's own data (`adarec.rec.readers`), so the same checks apply.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -111,4 +112,62 @@ def load_movielens_100k(
     )
 
 
-__all__ = ["load_atomic", "load_movielens_100k", "load_movielens_latest_small"]
+# The shared data sets by name, each read through the CSV options a user's own data goes
+# through (`InteractionData.from_csv`), with paths relative to a data root. ml-100k is RecBole's
+# bundled copy (no folder needed).
+SHARED_DATASETS: dict[str, dict[str, str]] = {
+    "ml-100k": {},
+    "ml-latest-small": dict(interactions="ml-latest-small/ratings.csv",
+                            items="ml-latest-small/movies.csv", user_col="userId",
+                            item_col="movieId", item_key="movieId",
+                            text="{title}. Genres: {genres}"),
+    "ml-1m-subset": dict(interactions="ml-1m-subset/interactions.csv",
+                         items="ml-1m-subset/items.csv", user_col="user", item_col="item",
+                         text="{title}. Genres: {genres}"),
+    "amazon-games": dict(interactions="amazon-games/interactions.csv",
+                         items="amazon-games/items.csv", user_col="user", item_col="item",
+                         text="text"),
+    "lastfm": dict(interactions="lastfm/interactions.csv", items="lastfm/items.csv",
+                   user_col="user", item_col="item", text="text"),
+}
+DATA_ROOT_ENV = "ADAREC_DATA"
+DEFAULT_DATA_ROOT = "../shared/data"
+
+
+def data_root(given: str | Path | None = None) -> Path:
+    """``given``, else ``$ADAREC_DATA``, else ``../shared/data`` (relative to the working
+    folder): where the shared data sets' folders are looked for."""
+    return Path(given or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
+
+
+def shared_dataset_options(name: str, root: str | Path | None = None) -> dict[str, str]:
+    """The CSV options that read the shared data set ``name`` (files resolved under
+    `data_root`); a missing file is named with the folder it was looked for in."""
+    if name not in SHARED_DATASETS:
+        raise DataError(f"unknown data set {name!r}; known: {sorted(SHARED_DATASETS)}")
+    options, folder = dict(SHARED_DATASETS[name]), data_root(root)
+    for key in ("interactions", "items"):
+        if key in options:
+            path = folder / options[key]
+            if not path.is_file():
+                raise DataFileNotFoundError(
+                    f"data set {name}: {path} not found; pass the data root (--data-root) or set "
+                    f"{DATA_ROOT_ENV} to the folder that holds {options[key].split('/')[0]}/")
+            options[key] = str(path)
+    return options
+
+
+def load_shared(name: str, root: str | Path | None = None,
+                min_user_interactions: int = 5) -> InteractionData:
+    """A shared data set by name, read as `examples/quickstart.py --dataset NAME` reads it."""
+    options = shared_dataset_options(name, root)
+    if "interactions" not in options:
+        return load_movielens_100k(None, min_user_interactions)
+    return InteractionData.from_csv(
+        options["interactions"], options["user_col"], options["item_col"], "timestamp",
+        items=options["items"], item_key=options.get("item_key"), text=options["text"],
+        min_user_interactions=min_user_interactions, name=name)
+
+
+__all__ = ["DATA_ROOT_ENV", "SHARED_DATASETS", "data_root", "load_atomic", "load_movielens_100k",
+           "load_movielens_latest_small", "load_shared", "shared_dataset_options"]

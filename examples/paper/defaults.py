@@ -165,10 +165,11 @@ def summarise(out: Path, datasets: list[str], configs: list[str],
 
 
 def report(out: Path, datasets: list[str], configs: list[str], cold: bool = False,
-           seeds: list[int] | None = None) -> str:
+           seeds: list[int] | None = None, summary: dict[str, Any] | None = None) -> str:
     """Markdown: a table per data set, then the mean validation rank. ``cold``: the test is
-    on held-out items, compared with chance (10 / items) instead of the ID model."""
-    s = summarise(out, datasets, configs, seeds)
+    on held-out items, compared with chance (10 / items) instead of the ID model. ``summary``:
+    `summarise`'s answer when the caller has it already (read once for report and plot)."""
+    s = summary or summarise(out, datasets, configs, seeds)
     lines = []
     for d in datasets:
         t = s["table"][d]
@@ -215,14 +216,14 @@ def report(out: Path, datasets: list[str], configs: list[str], cold: bool = Fals
 
 
 def plot(out: Path, datasets: list[str], configs: list[str], file: Path,
-         seeds: list[int] | None = None) -> None:
+         seeds: list[int] | None = None, summary: dict[str, Any] | None = None) -> None:
     """Test NDCG@10 (masked) per data set and configuration, relative to the ID best."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = summarise(out, datasets, configs, seeds)
+    s = summary or summarise(out, datasets, configs, seeds)
     shown = [d for d in datasets if s["table"][d]["id_best"]]
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(configs)
@@ -273,12 +274,13 @@ def main(argv: list[str] | None = None) -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(lambda j: run_one(out, *j, args, extra), jobs):
                 print(line, flush=True)
-    text = report(out, args.datasets, configs, cold=args.setting == "cold", seeds=args.seeds)
+    summary = summarise(out, args.datasets, configs, args.seeds)
+    text = report(out, args.datasets, configs, cold=args.setting == "cold", summary=summary)
     out.mkdir(parents=True, exist_ok=True)
     (out / "defaults.md").write_text(text)
     print(text)
     if args.plot:
-        plot(out, args.datasets, configs, Path(args.plot), args.seeds)
+        plot(out, args.datasets, configs, Path(args.plot), summary=summary)
 
 
 if __name__ == "__main__":
